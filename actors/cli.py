@@ -1,0 +1,83 @@
+"""The hostaudit command line: run, test config, test output, export config, version."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from actors import __version__
+
+log = logging.getLogger("hostaudit")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hostaudit", description="Host security auditing agent "
+                                     "(the Auditbeat System module's datasets as ECS events).")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("-c", "--config", metavar="FILE", help="YAML configuration file (Auditbeat shape)")
+        sub.add_argument("-E", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a setting, e.g. -E output.file.path=/tmp/out (repeatable)")
+        return sub
+
+    with_config(commands.add_parser("run", help="run the agent in the foreground"))
+    test = commands.add_parser("test", help="check the configuration or the output")
+    test_what = test.add_subparsers(dest="what", required=True)
+    with_config(test_what.add_parser("config", help="validate the configuration"))
+    with_config(test_what.add_parser("output", help="connect to the configured output and check it"))
+    export = commands.add_parser("export", help="print the effective configuration")
+    export_what = export.add_subparsers(dest="what", required=True)
+    with_config(export_what.add_parser("config", help="print the effective configuration as YAML"))
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    if arguments.command == "version":
+        print(f"hostaudit version {__version__} (Python {sys.version.split()[0]})")
+        return 0
+
+    from actors.config import ConfigError, export_yaml, load_settings
+
+    try:
+        settings = load_settings(arguments.config, arguments.overrides)
+    except ConfigError as error:
+        print(f"hostaudit: configuration error: {error}", file=sys.stderr)
+        return 1
+    if arguments.command == "test" and arguments.what == "config":
+        print("Config OK")
+        return 0
+    if arguments.command == "export":
+        sys.stdout.write(export_yaml(settings))
+        return 0
+    if arguments.command == "test" and arguments.what == "output":
+        from actors.outputs.check import check_output
+        return check_output(settings)
+    return _run(settings)
+
+
+def _run(settings: "Settings") -> int:  # noqa: F821 - imported lazily above
+    import setproctitle
+
+    from actors.agent import load_agent_identity
+    from actors.logs import configure_logging
+    from actors.supervisor import run
+
+    setproctitle.setproctitle("hostaudit: supervisor")
+    configure_logging(settings.logging_level, "supervisor")
+    try:
+        agent = load_agent_identity(settings.path_data)
+    except OSError as error:
+        print(f"hostaudit: path.data: cannot use {settings.path_data}: {error.strerror}", file=sys.stderr)
+        return 1
+    log.info("hostaudit %s starting: datasets %s, output %s, path.data %s", __version__,
+             ", ".join(settings.datasets), settings.output.type, settings.path_data)
+    return run(settings, agent)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

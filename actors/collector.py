@@ -1,0 +1,198 @@
+"""The collector: every period it observes one dataset, diffs, spools the events, then commits its state."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pykka
+
+from actors.event import Event, deep_merge
+from actors.spool import SpoolWriter, spool_size
+from actors.state import CommittedState, StateStore
+
+log = logging.getLogger("hostaudit.collector")
+
+BACKPRESSURE_LOG_INTERVAL = 60.0
+
+
+def encode_document(document: Mapping[str, Any]) -> bytes:
+    """Serialise one ECS document as compact UTF-8 JSON (undecodable bytes from /proc become U+FFFD)."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
+
+
+def with_fields(event: Event, extra: Mapping[str, Any]) -> Event:
+    """Return `event` with `extra` merged into its fields."""
+    return replace(event, fields=deep_merge(deep_merge({}, event.fields), extra))
+
+
+@dataclass
+class CycleResult:
+    """What one collection cycle did, for heartbeats and logs."""
+
+    events: int = 0
+    blocked: bool = False  # the spool was full: nothing emitted, nothing committed
+    duration: float = 0.0
+
+
+class DatasetRunner:
+    """Drives one dataset: observe -> diff against the committed state -> spool -> commit.
+
+    Events are spooled (durable) before the state they were derived from is committed, so a crash between
+    the two repeats a change rather than losing it. When the spool is full nothing is emitted or committed
+    and the next cycle catches up by diff: a change is reported late, never lost.
+    """
+
+    def __init__(self, dataset: Any, state_period: float, store: StateStore, spool: SpoolWriter,
+                 spool_root: Path, spool_max_bytes: int, common: Callable[[], Mapping[str, Any]],
+                 on_spooled: Callable[[], None] = lambda: None) -> None:
+        self.dataset = dataset
+        self.name: str = dataset.name
+        self.state_period = state_period
+        self.store = store
+        self.spool = spool
+        self.spool_root = spool_root
+        self.spool_max_bytes = spool_max_bytes
+        self.common = common
+        self.on_spooled = on_spooled
+        committed = store.load(self.name)
+        self.committed = replace(committed, sequence=max(committed.sequence, spool.last_sequence))
+        self.restored = committed.snapshot is not None  # the first diff then covers the agent's downtime
+        self.events_emitted = 0
+        self._last_backpressure_log = 0.0
+
+    def state_report_due(self, now: float) -> bool:
+        last = self.committed.last_state_report
+        return last is None or now - last >= self.state_period
+
+    def cycle(self) -> CycleResult:
+        started = time.monotonic()
+        now = time.time()
+        if spool_size(self.spool_root) >= self.spool_max_bytes:
+            self._log_backpressure()
+            return CycleResult(blocked=True, duration=time.monotonic() - started)
+        current = self.dataset.observe()
+        events: list[Event] = []
+        report_due = self.state_report_due(now)
+        if report_due:
+            report = {"system": {"audit": {"report": {"id": str(uuid.uuid4())}}}}
+            events += [with_fields(event, report) for event in self.dataset.state_report(current)]
+        if self.committed.snapshot is not None:
+            changes = self.dataset.diff(self.committed.snapshot, current, at_startup=self.restored)
+            if self.restored:
+                changes = [with_fields(event, {"system": {"audit": {"detected_at_startup": True}}})
+                           for event in changes]
+            events += changes
+        self.restored = False
+        sequence = self._spool(events)
+        self.committed = CommittedState(
+            snapshot=current,
+            last_state_report=now if report_due else self.committed.last_state_report,
+            sequence=sequence,
+        )
+        self.store.commit(self.name, self.committed)
+        self.events_emitted += len(events)
+        return CycleResult(events=len(events), duration=time.monotonic() - started)
+
+    def _spool(self, events: Sequence[Event]) -> int:
+        """Stamp, encode and durably append `events`; return the last sequence used."""
+        sequence = self.committed.sequence
+        if not events:
+            return sequence
+        common = self.common()
+        records = []
+        for event in events:
+            sequence += 1
+            records.append((sequence, encode_document(event.stamped(sequence).to_document(common))))
+        self.spool.append(records)
+        self.on_spooled()
+        return sequence
+
+    def _log_backpressure(self) -> None:
+        now = time.monotonic()
+        if now - self._last_backpressure_log >= BACKPRESSURE_LOG_INTERVAL:
+            self._last_backpressure_log = now
+            log.warning("dataset %s: spool under %s is full (queue.disk.max_size = %d bytes); holding changes "
+                        "until the output catches up", self.name, self.spool_root, self.spool_max_bytes)
+
+    def close(self) -> None:
+        self.spool.close()
+        self.store.close()
+
+
+class Progress:
+    """A counter the collector bumps after every cycle; heartbeats carry it so the supervisor sees hangs."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last: CycleResult = CycleResult()
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Message: run one collection cycle now."""
+
+
+class CollectorActor(pykka.ThreadingActor):
+    """Schedules the runner's cycles every `period` at a fixed rate, and records progress."""
+
+    def __init__(self, runner: DatasetRunner, period: float, progress: Progress,
+                 hang_file: str = "", on_crash: Callable[[BaseException], None] = lambda error: None) -> None:
+        super().__init__()
+        self.runner = runner
+        self.period = period
+        self.progress = progress
+        self.hang_file = hang_file
+        self.on_crash = on_crash
+        self._timer: threading.Timer | None = None
+        self._next_due = time.monotonic()
+
+    def on_start(self) -> None:
+        self.actor_ref.tell(Tick())
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, Tick):
+            self._tick()
+
+    def _tick(self) -> None:
+        self._wedge_if_asked()
+        try:
+            result = self.runner.cycle()
+        except Exception as error:  # a bug in a dataset: the process exits and the supervisor restarts it
+            log.exception("dataset %s: collection failed", self.runner.name)
+            self.on_crash(error)
+            return
+        self.progress.last = result
+        self.progress.count += 1
+        self._next_due = max(self._next_due + self.period, time.monotonic())
+        self._timer = threading.Timer(self._next_due - time.monotonic(), self.actor_ref.tell, (Tick(),))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _wedge_if_asked(self) -> None:
+        """Test hook (`debug.hang_file`): stop making progress, as a collector stuck in a read would.
+
+        The hook fires when the file exists and is empty or names this dataset on one of its lines.
+        """
+        if not self.hang_file:
+            return
+        try:
+            named = Path(self.hang_file).read_text().split()
+        except FileNotFoundError:
+            return
+        if not named or self.runner.name in named:
+            log.warning("dataset %s: %s exists, hanging on purpose (debug.hang_file)", self.runner.name,
+                        self.hang_file)
+            while True:
+                time.sleep(3600)
+
+    def on_stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.runner.close()

@@ -1,0 +1,53 @@
+"""The dataset contract every collector runs, and the registry of the datasets that are built."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence
+
+from actors.event import Event
+
+# Dataset name -> module under actors.datasets. Adding a dataset touches its module and this line.
+BUILT_DATASETS: dict[str, str] = {"host": "actors.datasets.host"}
+# Datasets of the Auditbeat System module that hostaudit knows of but has not built yet.
+PLANNED_DATASETS: tuple[str, ...] = ("process", "socket", "user", "login", "package")
+
+
+@dataclass(frozen=True)
+class DatasetContext:
+    """What a dataset may know of its surroundings: where the host's files are and its own options."""
+
+    hostfs: Path
+    options: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"detect_password_changes": True}
+    host_id: str = ""  # the host's machine-id, for entity ids
+
+
+class Dataset(Protocol):
+    """A dataset observes one aspect of the host and turns differences between observations into events.
+
+    It knows nothing of actors, processes, spools or outputs. Snapshots are JSON-serialisable values so the
+    runtime can persist the last committed one and diff against it after a restart.
+    """
+
+    name: str
+
+    def observe(self) -> Any:
+        """Read the host now and return a snapshot."""
+
+    def diff(self, previous: Any, current: Any, at_startup: bool) -> Sequence[Event]:
+        """Return change events between two snapshots (`previous` is None on a first run).
+
+        `at_startup` is True when `previous` was committed by an earlier run of the agent: the events then
+        describe what changed while the agent was down and are marked as detected at startup.
+        """
+
+    def state_report(self, current: Any) -> Sequence[Event]:
+        """Return the full state events (`event.kind: state`) for a snapshot."""
+
+
+def load_dataset(name: str, context: DatasetContext) -> Dataset:
+    """Import and construct the dataset called `name`."""
+    module = importlib.import_module(BUILT_DATASETS[name])
+    return module.create(context)

@@ -1,0 +1,35 @@
+"""The output contract (publish a batch of encoded events, durably) and the factory for the configured one."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol, Sequence
+
+
+class OutputError(Exception):
+    """The output could not take the batch now; the producer keeps it spooled and retries."""
+
+
+class Output(Protocol):
+    """Writes encoded ECS events somewhere. Knows nothing of datasets.
+
+    `publish` returns only when every event of the batch is durably accepted (written and flushed, or
+    acknowledged by the broker); otherwise it raises OutputError and the whole batch is sent again later.
+    """
+
+    def publish(self, batch: Sequence[bytes]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def create_output(kind: str, options: Mapping[str, Any]) -> Output:
+    """Construct the enabled output (`console`, `file` or `kafka`) from its settings."""
+    if kind == "console":
+        from actors.outputs.console import ConsoleOutput
+        return ConsoleOutput(options)
+    if kind == "file":
+        from actors.outputs.file import FileOutput
+        return FileOutput(options)
+    if kind == "kafka":
+        from actors.outputs.kafka import KafkaOutput
+        return KafkaOutput(options)
+    raise ValueError(f"unknown output {kind!r}")

@@ -1,0 +1,17 @@
+"""Modules the forkserver imports once, so every child process shares their pages instead of loading its own."""
+
+import json  # noqa: F401
+import sqlite3  # noqa: F401
+
+import psutil  # noqa: F401
+import pykka  # noqa: F401
+import setproctitle  # noqa: F401
+
+import actors.collector  # noqa: F401
+import actors.datasets.host  # noqa: F401
+import actors.outputs.console  # noqa: F401
+import actors.outputs.file  # noqa: F401
+import actors.producer  # noqa: F401
+import actors.worker  # noqa: F401
+
+setproctitle.setproctitle("hostaudit: forkserver")

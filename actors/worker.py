@@ -1,0 +1,184 @@
+"""Child-process entry points: a collector or the producer, its role in ps/top, signals and heartbeats."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as WakeEvent
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import setproctitle
+
+from actors.agent import AgentIdentity, common_fields
+from actors.logs import configure_logging
+
+log = logging.getLogger("hostaudit.worker")
+
+HEARTBEAT_INTERVAL = 1.0
+STOP_TIMEOUT = 4.0
+
+
+def set_role(role: str) -> None:
+    """Show `hostaudit: <role>` in ps and top."""
+    setproctitle.setproctitle(f"hostaudit: {role}")
+
+
+@dataclass(frozen=True)
+class CollectorSpec:
+    """Everything a collector process needs, picklable across the forkserver."""
+
+    dataset: str
+    period: float
+    state_period: float
+    options: Mapping[str, Any]
+    hostfs: Path
+    path_data: Path
+    agent: AgentIdentity
+    spool_max_bytes: int
+    hang_file: str
+    log_level: str
+
+
+@dataclass(frozen=True)
+class ProducerSpec:
+    """Everything the producer process needs."""
+
+    path_data: Path
+    output_type: str
+    output_options: Mapping[str, Any]
+    log_level: str
+    drain_timeout: float = 5.0
+
+
+class _Lifecycle:
+    """SIGTERM asks the process to stop; SIGINT is the supervisor's business, not a child's."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda signum, frame: self.stopping.set())
+
+    def wait(self) -> None:
+        while not self.stopping.wait(0.5):
+            pass
+
+
+def _heartbeats(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle: _Lifecycle) -> None:
+    """Send `stats()` (with the progress counter) to the supervisor every second; stop if it is gone."""
+    while not lifecycle.stopping.is_set():
+        try:
+            conn.send(stats())
+        except (OSError, EOFError):
+            log.warning("supervisor is gone; stopping")
+            lifecycle.stopping.set()
+            return
+        time.sleep(HEARTBEAT_INTERVAL)
+
+
+def _start_heartbeats(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle: _Lifecycle) -> None:
+    threading.Thread(target=_heartbeats, args=(conn, stats, lifecycle), name="heartbeat", daemon=True).start()
+
+
+def collector_main(spec: CollectorSpec, heartbeat: Connection, wake: WakeEvent) -> None:
+    """Run one dataset's collector actor until SIGTERM."""
+    from actors.collector import CollectorActor, DatasetRunner, Progress
+    from actors.datasets import DatasetContext, load_dataset
+    from actors.datasets.host import describe_host
+    from actors.spool import SpoolWriter
+    from actors.state import StateStore
+
+    set_role(spec.dataset)
+    lifecycle = _Lifecycle()
+    configure_logging(spec.log_level, spec.dataset)
+    host = describe_host(spec.hostfs)
+    context = DatasetContext(hostfs=spec.hostfs, options=spec.options, host_id=host.get("id", ""))
+    spool_root = spec.path_data / "spool"
+    runner = DatasetRunner(
+        dataset=load_dataset(spec.dataset, context),
+        state_period=spec.state_period,
+        store=StateStore(spec.path_data / "state.db"),
+        spool=SpoolWriter(spool_root / spec.dataset),
+        spool_root=spool_root,
+        spool_max_bytes=spec.spool_max_bytes,
+        common=_HostFieldsCache(spec.agent, spec.hostfs, describe_host, host),
+        on_spooled=wake.set,
+    )
+    progress = Progress()
+
+    def crashed(error: BaseException) -> None:
+        os._exit(1)  # the supervisor sees the exit code and restarts this dataset
+
+    actor = CollectorActor.start(runner, spec.period, progress, spec.hang_file, crashed)
+    _start_heartbeats(heartbeat, lambda: {"progress": progress.count, "events": runner.events_emitted,
+                                          "scan_seconds": progress.last.duration,
+                                          "blocked": progress.last.blocked}, lifecycle)
+    lifecycle.wait()
+    try:
+        actor.stop(timeout=STOP_TIMEOUT)
+    except Exception as error:  # pykka raises its own Timeout; a wedged actor cannot be stopped politely
+        log.warning("dataset %s did not stop in %.0f s (%s); exiting anyway", spec.dataset, STOP_TIMEOUT, error)
+        os._exit(1)
+    sys.exit(0)
+
+
+class _HostFieldsCache:
+    """The common fields of every event, with `host.*` re-read at most every five minutes."""
+
+    REFRESH_SECONDS = 300.0
+
+    def __init__(self, agent: AgentIdentity, hostfs: Path, describe: Callable[[Path], Mapping[str, Any]],
+                 host: Mapping[str, Any]) -> None:
+        self.agent, self.hostfs, self.describe = agent, hostfs, describe
+        self.fields = common_fields(agent, host)
+        self.read_at = time.monotonic()
+
+    def __call__(self) -> Mapping[str, Any]:
+        if time.monotonic() - self.read_at >= self.REFRESH_SECONDS:
+            self.fields = common_fields(self.agent, self.describe(self.hostfs))
+            self.read_at = time.monotonic()
+        return self.fields
+
+
+def producer_main(spec: ProducerSpec, heartbeat: Connection, wake: WakeEvent) -> None:
+    """Run the producer actor: deliver spooled events to the output until SIGTERM, then drain and exit."""
+    from actors.outputs import create_output
+    from actors.producer import ProducerActor, Pump
+
+    set_role("producer")
+    lifecycle = _Lifecycle()
+    configure_logging(spec.log_level, "producer")
+    output = create_output(spec.output_type, spec.output_options)
+    actor = ProducerActor.start(
+        spec.path_data / "spool", output,
+        bulk_max_size=int(spec.output_options.get("bulk_max_size", 2048) or 2048),
+        backoff_initial=float(spec.output_options.get("backoff_init", 1.0)),
+        backoff_max=float(spec.output_options.get("backoff_max", 60.0)),
+    ).proxy()
+    pumps = [0]
+    _start_heartbeats(heartbeat, lambda: {"progress": pumps[0]}, lifecycle)
+    retry_at = 0.0
+    while not lifecycle.stopping.is_set():
+        pumps[0] += 1
+        if time.monotonic() < retry_at:
+            lifecycle.stopping.wait(min(0.5, retry_at - time.monotonic()))
+            continue
+        wake.clear()  # cleared before reading, so an append after this moment wakes the next wait
+        result = actor.pump().get()
+        if result.retry_after:
+            retry_at = time.monotonic() + result.retry_after
+        elif not result.more:
+            wake.wait(0.5)
+    deadline = time.monotonic() + spec.drain_timeout
+    while time.monotonic() < deadline:  # flush: deliver what the stopped collectors spooled last
+        result = actor.pump().get()
+        if result.retry_after or not result.more:
+            break  # drained, or the output is down and the rest stays spooled for the next run
+    actor.actor_ref.stop(timeout=STOP_TIMEOUT)
+    sys.exit(0)

@@ -1,0 +1,638 @@
+"""Runs a real single-node Apache Kafka broker (KRaft, 127.0.0.1) from Maven Central jars for tests and benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import ctypes
+import dataclasses
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl as _ssl
+import subprocess
+import sys
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+HERE = Path(__file__).resolve().parent
+POM = HERE / "pom.xml"
+SERVER_TEMPLATE = HERE / "server.properties"
+LOG4J2_CONFIG = HERE / "log4j2.properties"
+MARKER_NAME = ".complete"  # written into lib/ after a successful, verified copy
+LOG_TAIL_LINES = 40
+DEFAULT_JVM_OPTS = (
+    "-Xms128m",
+    "-Xmx512m",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-XX:MaxInlineLevel=15",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+)
+
+
+class BrokerError(RuntimeError):
+    """Something needed to run the broker failed (java/mvn missing, fetch, format, start, TLS material)."""
+
+
+# --------------------------------------------------------------------------- jar cache
+
+
+def kafka_version() -> str:
+    """The Kafka version pinned in ops/kafka/pom.xml (the single source of truth)."""
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    node = ET.parse(POM).getroot().find("m:properties/m:kafka.version", ns)
+    if node is None or not (node.text or "").strip():
+        raise BrokerError(f"no <kafka.version> property in {POM}")
+    return node.text.strip()
+
+
+def cache_dir() -> Path:
+    """${HOSTAUDIT_KAFKA_CACHE:-$HOME/.cache/hostaudit/kafka-<version>}."""
+    env = os.environ.get("HOSTAUDIT_KAFKA_CACHE")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path.home() / ".cache" / "hostaudit" / f"kafka-{kafka_version()}"
+
+
+def lib_dir() -> Path:
+    return cache_dir() / "lib"
+
+
+def _lib_complete(lib: Path, version: str) -> bool:
+    marker = lib / MARKER_NAME
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    if info.get("kafka_version") != version or not info.get("jars"):
+        return False
+    return all((lib / jar).is_file() for jar in info["jars"])
+
+
+def _tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _lock(path: Path, timeout: float) -> int:
+    """Take an exclusive flock on path (bounded wait); returns the fd to close to release it."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise BrokerError(f"timed out after {timeout:.0f}s waiting for the lock {path}") from None
+            time.sleep(0.2)
+
+
+def fetch_jars(timeout: float = 900.0) -> Path:
+    """Make sure the broker classpath is in the jar cache (runs Maven only if it is not); returns lib/."""
+    version = kafka_version()
+    lib = lib_dir()
+    if _lib_complete(lib, version):
+        return lib
+    cache = lib.parent
+    cache.mkdir(parents=True, exist_ok=True)
+    fd = _lock(cache / ".fetch.lock", timeout)
+    try:
+        if _lib_complete(lib, version):  # another process fetched while we waited
+            return lib
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise BrokerError(
+                f"mvn not found: Maven is needed once to fetch the Kafka {version} jars into {lib} "
+                "(apt-get install -y maven)"
+            )
+        tmp = cache / f"lib.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        cmd = [mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(POM),
+               "dependency:copy-dependencies", f"-Dkafka.lib.dir={tmp}"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise BrokerError(f"mvn timed out after {timeout:.0f}s fetching Kafka {version}") from exc
+        if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise BrokerError(f"mvn failed (exit {proc.returncode}): {_tail(proc.stdout + proc.stderr)}")
+        jars = sorted(p.name for p in tmp.glob("*.jar"))
+        for needed in (f"kafka_2.13-{version}.jar", f"kafka-server-{version}.jar", "log4j-core-"):
+            if not any(j.startswith(needed) for j in jars):
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise BrokerError(f"mvn succeeded but {needed}* is missing from the copied jars: {jars}")
+        (tmp / MARKER_NAME).write_text(json.dumps({"kafka_version": version, "jars": jars}, indent=1))
+        if lib.exists():
+            shutil.rmtree(lib)
+        os.rename(tmp, lib)
+        return lib
+    finally:
+        os.close(fd)
+
+
+def find_java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    if home and os.access(Path(home) / "bin" / "java", os.X_OK):
+        return str(Path(home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError("java not found: Kafka 4.x needs Java 17+ (apt-get install -y openjdk-17-jre-headless "
+                          "or set JAVA_HOME)")
+    return java
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- TLS material
+
+
+@dataclasses.dataclass(frozen=True)
+class SslMaterial:
+    """Test PKI: a CA, a broker certificate for 127.0.0.1/localhost signed by it, and an unrelated CA."""
+
+    directory: Path
+    ca_pem: Path            # clients: ssl_cafile
+    ca_key: Path
+    broker_cert_pem: Path
+    broker_key_pem: Path
+    keystore: Path          # PKCS12 (broker key + cert chain) for ssl.keystore.location
+    keystore_password: str
+    wrong_ca_pem: Path      # a CA that did NOT sign the broker cert: handshakes must fail with it
+
+    def to_json(self) -> dict[str, str]:
+        return {k: str(v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _openssl(args: list[str], cwd: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise BrokerError("openssl not found (apt-get install -y openssl)")
+    try:
+        proc = subprocess.run([openssl, *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        raise BrokerError(f"openssl {args[0]} timed out") from exc
+    if proc.returncode != 0:
+        raise BrokerError(f"openssl {' '.join(args)} failed (exit {proc.returncode}): {_tail(proc.stderr)}")
+
+
+def _make_ca(directory: Path, name: str, cn: str) -> tuple[Path, Path]:
+    key, pem = directory / f"{name}.key", directory / f"{name}.pem"
+    _openssl(["req", "-x509", "-new", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "3650",
+              "-keyout", key.name, "-out", pem.name, "-subj", f"/CN={cn}",
+              "-addext", "basicConstraints=critical,CA:TRUE",
+              "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+              "-addext", "subjectKeyIdentifier=hash"], directory)
+    return key, pem
+
+
+def make_ssl_material(directory: Path, password: str | None = None) -> SslMaterial:
+    """Create (with openssl) a test CA, a broker cert for 127.0.0.1/localhost in a PKCS12 keystore, and a wrong CA."""
+    directory = Path(directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    password = password or secrets.token_hex(12)
+    ca_key, ca_pem = _make_ca(directory, "ca", "hostaudit test CA")
+    _wrong_key, wrong_pem = _make_ca(directory, "wrong-ca", "hostaudit unrelated CA")
+    ext = directory / "broker.ext"
+    ext.write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+    )
+    _openssl(["req", "-new", "-newkey", "rsa:2048", "-nodes", "-sha256",
+              "-keyout", "broker.key", "-out", "broker.csr", "-subj", "/CN=localhost"], directory)
+    _openssl(["x509", "-req", "-sha256", "-days", "3650", "-in", "broker.csr",
+              "-CA", ca_pem.name, "-CAkey", ca_key.name, "-set_serial", f"0x{secrets.token_hex(16)}",
+              "-extfile", ext.name, "-out", "broker.pem"], directory)
+    _openssl(["pkcs12", "-export", "-in", "broker.pem", "-inkey", "broker.key", "-certfile", ca_pem.name,
+              "-name", "broker", "-out", "broker.p12", "-passout", f"pass:{password}"], directory)
+    for secret in (ca_key, directory / "broker.key", directory / "broker.p12"):
+        secret.chmod(0o600)
+    return SslMaterial(directory=directory, ca_pem=ca_pem, ca_key=ca_key,
+                       broker_cert_pem=directory / "broker.pem", broker_key_pem=directory / "broker.key",
+                       keystore=directory / "broker.p12", keystore_password=password,
+                       wrong_ca_pem=wrong_pem)
+
+
+# --------------------------------------------------------------------------- broker
+
+
+def _set_pdeathsig() -> None:
+    """preexec_fn: SIGKILL the broker if the (forking thread of the) parent dies, so tests leave no orphans."""
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class KafkaBroker:
+    """One KRaft broker+controller child process on 127.0.0.1, with its config, data and log under workdir."""
+
+    def __init__(self, workdir: Path, port: int = 0, ssl_port: int | None = None,
+                 ssl: SslMaterial | None = None, *, node_id: int = 1,
+                 jvm_opts: tuple[str, ...] = DEFAULT_JVM_OPTS,
+                 extra_properties: Mapping[str, str] | None = None,
+                 die_with_parent: bool = True) -> None:
+        if ssl_port and ssl is None:
+            raise ValueError("ssl_port given without ssl material (see make_ssl_material)")
+        self.workdir = Path(workdir).resolve()
+        self.port = port                  # 0 until the first start picks one
+        self.ssl = ssl
+        self.ssl_port = (ssl_port or 0) if ssl is not None else None
+        self.controller_port = 0
+        self.node_id = node_id
+        self.jvm_opts = tuple(jvm_opts)
+        self.extra_properties = dict(extra_properties or {})
+        self.die_with_parent = die_with_parent
+        self.last_start_seconds: float | None = None  # start() to ready, for benchmarks
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    # ---- paths and addresses
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "server.properties"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "broker.log"
+
+    @property
+    def bootstrap(self) -> str:
+        if not self.port:
+            raise BrokerError("broker has no port yet: call start() first")
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        if self.ssl is None:
+            raise BrokerError("broker has no SSL listener (pass ssl=make_ssl_material(...))")
+        if not self.ssl_port:
+            raise BrokerError("broker has no SSL port yet: call start() first")
+        return f"127.0.0.1:{self.ssl_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def rss_kib(self) -> int | None:
+        """Resident set size of the broker JVM in KiB (None if not running)."""
+        if not self.running:
+            return None
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        except OSError:
+            return None
+        return None
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES, since_last_start: bool = True) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                if since_last_start:
+                    f.seek(self._log_offset)
+                return _tail(f.read().decode("utf-8", "replace"), lines)
+        except OSError as exc:
+            return f"(no log: {exc})"
+
+    # ---- lifecycle
+    def _render_config(self) -> str:
+        listeners = [f"PLAINTEXT://127.0.0.1:{self.port}"]
+        protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+        if self.ssl is not None:
+            listeners.append(f"SSL://127.0.0.1:{self.ssl_port}")
+            protocols.append("SSL:SSL")
+        advertised = ",".join(listeners)
+        listeners.append(f"CONTROLLER://127.0.0.1:{self.controller_port}")
+        text = SERVER_TEMPLATE.read_text()
+        for key, value in {
+            "@NODE_ID@": str(self.node_id),
+            "@CONTROLLER_PORT@": str(self.controller_port),
+            "@LISTENERS@": ",".join(listeners),
+            "@ADVERTISED_LISTENERS@": advertised,
+            "@SECURITY_PROTOCOL_MAP@": ",".join(protocols),
+            "@DATA_DIR@": str(self.data_dir),
+        }.items():
+            text = text.replace(key, value)
+        extra: dict[str, str] = {}
+        if self.ssl is not None:
+            extra.update({
+                "ssl.keystore.type": "PKCS12",
+                "ssl.keystore.location": str(self.ssl.keystore),
+                "ssl.keystore.password": self.ssl.keystore_password,
+                "ssl.key.password": self.ssl.keystore_password,
+                "ssl.client.auth": "none",
+                "ssl.endpoint.identification.algorithm": "https",
+            })
+        extra.update(self.extra_properties)
+        if extra:
+            text += "\n# --- added by broker.py ---\n" + "".join(f"{k}={v}\n" for k, v in extra.items())
+        return text
+
+    def _java_cmd(self, java: str, lib: Path, *args: str, heap: tuple[str, ...] | None = None) -> list[str]:
+        return [java, *(heap if heap is not None else self.jvm_opts),
+                f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",
+                f"-Dkafka.logs.dir={self.workdir / 'logs'}",
+                "-cp", str(lib / "*"), *args]
+
+    def _format(self, java: str, lib: Path, timeout: float) -> None:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cmd = self._java_cmd(java, lib, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                             "-c", str(self.config_path), "--ignore-formatted",
+                             heap=("-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"))
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout, 5.0),
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            raise BrokerError(f"kafka StorageTool format timed out after {timeout:.0f}s") from exc
+        if proc.returncode != 0 or not (self.data_dir / "meta.properties").is_file():
+            raise BrokerError(f"kafka StorageTool format failed (exit {proc.returncode}): "
+                              f"{_tail(proc.stdout + proc.stderr)}")
+
+    def start(self, timeout: float = 90.0) -> None:
+        """Fetch jars if needed, format storage (first start only), launch the broker, wait until it serves metadata."""
+        if self.running:
+            raise BrokerError(f"broker already running (pid {self.pid})")
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        lib = fetch_jars()
+        java = find_java()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self.controller_port = self.controller_port or free_port()
+        if self.ssl is not None:
+            self.ssl_port = self.ssl_port or free_port()
+        self.config_path.write_text(self._render_config())
+        if not (self.data_dir / "meta.properties").is_file():
+            self._format(java, lib, deadline - time.monotonic())
+        with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
+            log.write(f"=== broker.py: starting Kafka {kafka_version()} at {time.strftime('%F %T')} "
+                      f"(port {self.port}, ssl_port {self.ssl_port}, controller {self.controller_port}) ===\n"
+                      .encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                self._java_cmd(java, lib, "kafka.Kafka", str(self.config_path)),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                start_new_session=True,
+                preexec_fn=_set_pdeathsig if self.die_with_parent else None,
+            )
+        try:
+            self._wait_ready(deadline)
+        except BaseException:
+            self.kill()
+            raise
+        self.last_start_seconds = time.monotonic() - t0
+
+    def _wait_ready(self, deadline: float) -> None:
+        last_error = "no attempt made"
+        while True:
+            assert self._proc is not None
+            code = self._proc.poll()
+            if code is not None:
+                raise BrokerError(f"Kafka broker exited with code {code} during startup; "
+                                  f"log {self.log_path}:\n{self.log_tail()}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerError(f"Kafka broker not ready before the timeout ({last_error}); "
+                                  f"log {self.log_path}:\n{self.log_tail()}")
+            try:
+                self._probe(min(remaining, 5.0))
+                return
+            except Exception as exc:  # noqa: BLE001 -- any probe failure means "not ready yet"; kept for the message
+                last_error = f"last probe: {type(exc).__name__}: {exc}"
+            time.sleep(min(0.25, max(deadline - time.monotonic(), 0)))
+
+    def _probe(self, timeout: float) -> None:
+        """Ready = the plaintext port answers a kafka-python metadata request listing this node (+ TLS handshake)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout):
+            pass
+        try:
+            from kafka import KafkaAdminClient
+        except ImportError as exc:
+            raise BrokerError("kafka-python is needed for the readiness check: run with the repo's "
+                              ".venv/bin/python") from exc
+        ms = max(int(timeout * 1000), 500)
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="broker.py-probe",
+                                 request_timeout_ms=ms, bootstrap_timeout_ms=ms,
+                                 reconnect_backoff_ms=100, reconnect_backoff_max_ms=500)
+        try:
+            cluster = admin.describe_cluster()
+        finally:
+            admin.close()
+        live = {b.get("broker_id", b.get("node_id")) for b in cluster.get("brokers", []) if not b.get("is_fenced")}
+        if self.node_id not in live:
+            raise BrokerError(f"metadata lists unfenced brokers {sorted(map(str, live))}, not node {self.node_id}")
+        if self.ssl is not None:
+            ctx = _ssl.create_default_context(cafile=str(self.ssl.ca_pem))
+            with socket.create_connection(("127.0.0.1", self.ssl_port), timeout=timeout) as raw:
+                with ctx.wrap_socket(raw, server_hostname="127.0.0.1"):
+                    pass
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM (controlled shutdown), then SIGKILL after timeout; returns the exit code (None if never started)."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        return proc.returncode
+
+    def kill(self) -> int | None:
+        """SIGKILL at once (a crash: no controlled shutdown, no flush)."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        return proc.returncode
+
+    def restart_same_data(self, timeout: float = 90.0) -> None:
+        """Start again on the same ports and data dir (stops first if still running)."""
+        if self.running:
+            self.stop()
+        self.start(timeout)
+
+    def __enter__(self) -> KafkaBroker:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return (f"KafkaBroker(workdir={str(self.workdir)!r}, port={self.port}, ssl_port={self.ssl_port}, "
+                f"pid={self.pid}, running={self.running})")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _state_path(workdir: Path) -> Path:
+    return workdir / "broker.json"
+
+
+def _pid_alive_kafka(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"kafka.Kafka" in cmdline
+
+
+def _cli_start(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    pid_file = workdir / "broker.pid"
+    if pid_file.exists():
+        pid = int(pid_file.read_text().strip() or 0)
+        if pid and _pid_alive_kafka(pid):
+            print(f"broker already running in {workdir} (pid {pid})", file=sys.stderr)
+            return 1
+    state: dict[str, object] = {}
+    if _state_path(workdir).exists():
+        state = json.loads(_state_path(workdir).read_text())
+    ssl_mat: SslMaterial | None = None
+    if args.ssl or args.ssl_port or state.get("ssl"):  # a restart keeps the TLS listener it had
+        ssl_dir = workdir / "ssl"
+        if isinstance(state.get("ssl"), dict):
+            saved = state["ssl"]
+            ssl_mat = SslMaterial(**{k: (v if k == "keystore_password" else Path(v)) for k, v in saved.items()})
+        else:
+            ssl_mat = make_ssl_material(ssl_dir)
+    broker = KafkaBroker(workdir, port=args.port or int(state.get("port", 0) or 0),
+                         ssl_port=(args.ssl_port or int(state.get("ssl_port", 0) or 0)) if ssl_mat else None,
+                         ssl=ssl_mat, die_with_parent=False)
+    broker.controller_port = int(state.get("controller_port", 0) or 0)
+    try:
+        broker.start(timeout=args.timeout)
+    except BrokerError as exc:
+        print(f"broker start failed: {exc}", file=sys.stderr)
+        return 1
+    pid_file.write_text(f"{broker.pid}\n")
+    new_state = {"pid": broker.pid, "port": broker.port, "controller_port": broker.controller_port,
+                 "ssl_port": broker.ssl_port, "bootstrap": broker.bootstrap,
+                 "ssl_bootstrap": broker.ssl_bootstrap if ssl_mat else None,
+                 "ssl": ssl_mat.to_json() if ssl_mat else None,
+                 "log": str(broker.log_path), "kafka_version": kafka_version(),
+                 "ready_seconds": round(broker.last_start_seconds or 0, 2)}
+    _state_path(workdir).write_text(json.dumps(new_state, indent=1))
+    print(broker.bootstrap)
+    if ssl_mat:
+        print(f"ssl: {broker.ssl_bootstrap} (ssl_cafile={ssl_mat.ca_pem})", file=sys.stderr)
+    return 0
+
+
+def _cli_stop(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir).resolve()
+    pid_file = workdir / "broker.pid"
+    if not pid_file.exists():
+        print(f"no broker.pid in {workdir}: nothing to stop", file=sys.stderr)
+        return 0
+    pid = int(pid_file.read_text().strip() or 0)
+    if not pid or not _pid_alive_kafka(pid):
+        pid_file.unlink()
+        print(f"broker (pid {pid}) was not running", file=sys.stderr)
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while _pid_alive_kafka(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _pid_alive_kafka(pid):
+        print(f"broker pid {pid} still alive after {args.timeout:.0f}s: SIGKILL", file=sys.stderr)
+        os.kill(pid, signal.SIGKILL)
+        end = time.monotonic() + 10
+        while _pid_alive_kafka(pid) and time.monotonic() < end:
+            time.sleep(0.1)
+    pid_file.unlink(missing_ok=True)
+    return 0
+
+
+def _cli_status(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir).resolve()
+    pid_file = workdir / "broker.pid"
+    pid = int(pid_file.read_text().strip() or 0) if pid_file.exists() else 0
+    if pid and _pid_alive_kafka(pid):
+        state = json.loads(_state_path(workdir).read_text()) if _state_path(workdir).exists() else {}
+        print(f"running pid {pid} bootstrap {state.get('bootstrap')} ssl {state.get('ssl_bootstrap')}")
+        return 0
+    print("not running")
+    return 3
+
+
+def _cli_fetch(_args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    try:
+        lib = fetch_jars()
+    except BrokerError as exc:
+        print(f"fetch failed: {exc}", file=sys.stderr)
+        return 1
+    print(lib)
+    print(f"kafka {kafka_version()}: {len(list(lib.glob('*.jar')))} jars, {time.monotonic() - t0:.2f}s",
+          file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="broker.py", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("start", help="start a daemonized broker; prints its bootstrap address when ready")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--port", type=int, default=0, help="plaintext port (default: previous one, else a free one)")
+    p.add_argument("--ssl", action="store_true", help="also listen with TLS (test CA made in WORKDIR/ssl)")
+    p.add_argument("--ssl-port", type=int, default=0, help="TLS port (implies --ssl)")
+    p.add_argument("--timeout", type=float, default=90.0)
+    p.set_defaults(func=_cli_start)
+    p = sub.add_parser("stop", help="stop the broker started in WORKDIR (SIGTERM, then SIGKILL)")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--timeout", type=float, default=20.0)
+    p.set_defaults(func=_cli_stop)
+    p = sub.add_parser("status", help="exit 0 if the broker of WORKDIR runs, 3 if not")
+    p.add_argument("--workdir", required=True)
+    p.set_defaults(func=_cli_status)
+    p = sub.add_parser("fetch", help="populate the jar cache (Maven) and print its lib/ path")
+    p.set_defaults(func=_cli_fetch)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

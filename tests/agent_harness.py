@@ -1,0 +1,134 @@
+"""Runs the real `hostaudit` command as a subprocess for tests, and reads back what it wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import psutil
+
+from actors.ecs import assert_ecs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def read_ndjson(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """Every complete JSON line of the files, each checked against the ECS field table."""
+    events = []
+    for path in paths:
+        if not path.exists():
+            continue
+        for line in path.read_bytes().splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # a line still being written
+            event = json.loads(line)
+            assert_ecs(event)
+            events.append(event)
+    return events
+
+
+class Agent:
+    """One `hostaudit run` subprocess with the file output under a temporary directory."""
+
+    def __init__(self, workdir: Path, config: str | None = None, overrides: Iterable[str] = (),
+                 env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.data = workdir / "data"
+        self.output_dir = workdir / "out"
+        self.stderr_path = workdir / "agent.stderr"
+        self.config_path: Path | None = None
+        if config is not None:
+            self.config_path = workdir / "hostaudit.yml"
+            self.config_path.write_text(config)
+        self.overrides = [f"path.data={self.data}", "output.console.enabled=false", "output.file.enabled=true",
+                          f"output.file.path={self.output_dir}", *overrides]
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        command = [sys.executable, "-m", "actors.cli", "run"]
+        if self.config_path is not None:
+            command += ["-c", str(self.config_path)]
+        for override in self.overrides:
+            command += ["-E", override]
+        return command
+
+    def start(self) -> "Agent":
+        self.stderr = self.stderr_path.open("ab")
+        self.process = subprocess.Popen(self.command(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.stderr,
+                                        env=self.env, start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def events(self) -> list[dict[str, Any]]:
+        return read_ndjson(sorted(self.output_dir.glob("*.ndjson*"), reverse=True))
+
+    def wait_for_event(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict:
+        return wait_for(lambda: next((e for e in self.events() if predicate(e)), None), timeout,
+                        f"{what}; agent log:\n{self.log()[-3000:]}")
+
+    def role_pid(self, role: str) -> int | None:
+        """The pid of the agent's child process titled `hostaudit: <role>`, if running."""
+        try:
+            children = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return None
+        for child in children:
+            try:
+                if child.cmdline()[:1] == [f"hostaudit: {role}"] and child.status() != psutil.STATUS_ZOMBIE:
+                    return child.pid
+            except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
+                continue
+        return None
+
+    def wait_for_role(self, role: str, timeout: float, not_pid: int | None = None) -> int:
+        return wait_for(lambda: (pid := self.role_pid(role)) and pid != not_pid and pid, timeout,
+                        f"process 'hostaudit: {role}'; agent log:\n{self.log()[-3000:]}")
+
+    def wait_for_log(self, text: str, timeout: float) -> None:
+        wait_for(lambda: text in self.log(), timeout, f"log line containing {text!r}; log:\n{self.log()[-3000:]}")
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait; return the exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill_all(self) -> None:
+        """SIGKILL the agent and every process of its session (test clean-up)."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # already gone
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.stderr.close()
