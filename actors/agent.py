@@ -41,14 +41,34 @@ def load_agent_identity(path_data: Path) -> AgentIdentity:
         agent_id = str(uuid.UUID(json.loads(meta_path.read_text())["id"]))
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         agent_id = str(uuid.uuid4())
-        temporary = meta_path.with_suffix(".tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump({"id": agent_id}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, meta_path)
+        _write_private(meta_path, json.dumps({"id": agent_id}).encode())
     return AgentIdentity(id=agent_id, ephemeral_id=str(uuid.uuid4()), name=socket.gethostname())
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically with mode 0600."""
+    temporary = path.with_suffix(".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def load_digest_key(path_data: Path) -> bytes:
+    """The per-install key for keyed digests of secrets (e.g. shadow hashes), `<path.data>/digest.key`, 0600."""
+    ensure_private_dir(path_data)
+    key_path = path_data / "digest.key"
+    try:
+        key = key_path.read_bytes()
+        if len(key) == 32:
+            return key
+    except FileNotFoundError:
+        pass  # first start: create it below
+    key = os.urandom(32)
+    _write_private(key_path, key)
+    return key
 
 
 def common_fields(agent: AgentIdentity, host: Mapping[str, Any]) -> dict[str, Any]:

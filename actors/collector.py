@@ -90,15 +90,31 @@ class DatasetRunner:
                            for event in changes]
             events += changes
         self.restored = False
-        sequence = self._spool(events)
-        self.committed = CommittedState(
-            snapshot=current,
-            last_state_report=now if report_due else self.committed.last_state_report,
-            sequence=sequence,
-        )
-        self.store.commit(self.name, self.committed)
-        self.events_emitted += len(events)
+        first_commit = self.committed.snapshot is None
+        self._spool_and_commit(events, current, now if report_due else self.committed.last_state_report,
+                               persist=bool(events) or report_due or first_commit)
         return CycleResult(events=len(events), duration=time.monotonic() - started)
+
+    def apply_stream(self, items: Sequence[Any]) -> bool:
+        """Fold kernel notifications into the committed snapshot and spool their events.
+
+        Returns False (nothing done) while the spool is full: the caller keeps the items and offers them again.
+        """
+        if spool_size(self.spool_root) >= self.spool_max_bytes:
+            self._log_backpressure()
+            return False
+        snapshot, events = self.dataset.apply_stream(self.committed.snapshot, items)
+        self._spool_and_commit(list(events), snapshot, self.committed.last_state_report, persist=bool(events))
+        return True
+
+    def _spool_and_commit(self, events: Sequence[Event], snapshot: Any, last_state_report: float | None,
+                          persist: bool) -> None:
+        """Spool `events`, then commit the snapshot they were derived from (persisted when it matters)."""
+        sequence = self._spool(events)
+        self.committed = CommittedState(snapshot, last_state_report, sequence)
+        if persist:
+            self.store.commit(self.name, self.committed)
+        self.events_emitted += len(events)
 
     def _spool(self, events: Sequence[Event]) -> int:
         """Stamp, encode and durably append `events`; return the last sequence used."""
@@ -139,6 +155,34 @@ class Tick:
     """Message: run one collection cycle now."""
 
 
+@dataclass(frozen=True)
+class StreamItems:
+    """Message: kernel notifications read by the stream thread; the reply says whether they were taken."""
+
+    items: Sequence[Any]
+
+
+STREAM_BATCH_SECONDS = 0.05
+STREAM_BATCH_ITEMS = 2000
+
+
+def pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, stats: dict[str, int]) -> None:
+    """Read kernel notifications in batches (up to 50 ms or 2,000 items) and hand each to the collector actor,
+    waiting until it is spooled before reading more, so a slow pipeline backs up into the kernel's buffer."""
+    while not stopping.is_set():
+        batch: list[Any] = []
+        deadline = time.monotonic() + STREAM_BATCH_SECONDS
+        while len(batch) < STREAM_BATCH_ITEMS and time.monotonic() < deadline:
+            batch += stream.read(max(0.0, deadline - time.monotonic()))
+        stats["lost"] = stream.lost()
+        if not batch:
+            continue
+        stats["items"] = stats.get("items", 0) + len(batch)
+        while not actor.ask(StreamItems(batch)):
+            if stopping.wait(0.2):
+                return
+
+
 class CollectorActor(pykka.ThreadingActor):
     """Schedules the runner's cycles every `period` at a fixed rate, and records progress."""
 
@@ -156,9 +200,22 @@ class CollectorActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         self.actor_ref.tell(Tick())
 
-    def on_receive(self, message: Any) -> None:
+    def on_receive(self, message: Any) -> Any:
         if isinstance(message, Tick):
             self._tick()
+        elif isinstance(message, StreamItems):
+            return self._apply_stream(message.items)
+        return None
+
+    def _apply_stream(self, items: Sequence[Any]) -> bool:
+        try:
+            taken = self.runner.apply_stream(items)
+        except Exception as error:  # a bug in a dataset: the process exits and the supervisor restarts it
+            log.exception("dataset %s: applying kernel notifications failed", self.runner.name)
+            self.on_crash(error)
+            return False
+        self.progress.count += 1
+        return taken
 
     def _tick(self) -> None:
         self._wedge_if_asked()

@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NoReturn, Sequence
@@ -393,6 +392,8 @@ def _read_file(path: Path, what: str) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the {what}: {error.strerror}") from None
     if path.suffix.lower() == ".toml":
+        import tomllib  # only secrets files may be TOML
+
         try:
             data: Any = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
@@ -871,8 +872,10 @@ def _kafka_options(section: dict[str, Any], schema: Mapping[str, Any], user_laye
     if enabled and section.get("version") is not None:
         log.info("%s.version: ignored, the Kafka client negotiates the protocol version", key)
     required_acks = _int(f"{key}.required_acks", section.get("required_acks"), -1, 1)
-    if enabled and required_acks == 0:
-        log.warning("%s.required_acks: 0, Kafka will not acknowledge events: they can be lost", key)
+    if enabled and required_acks != -1:
+        # kafka-python would silently turn idempotence off for acks != all; hostaudit refuses instead.
+        _fail(f"{key}.required_acks", f"{required_acks} conflicts with idempotent, at-least-once delivery "
+              "(enable_idempotence needs -1, all in-sync replicas)")
     compression = section.get("compression")
     compression = "none" if compression is False or compression in ("no", "off") else compression
     compression = _choice(f"{key}.compression", compression, COMPRESSIONS)

@@ -21,5 +21,7 @@ def configure_logging(level: str, role: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+    # kafka-python logs every reconnect attempt at WARNING/ERROR; hostaudit reports an outage itself, once a
+    # minute with the spool depth, so the client's own lines only show at debug level.
+    logging.getLogger("kafka").setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.CRITICAL)
     logging.getLogger("pykka").setLevel(max(logging.WARNING, root.level))

@@ -97,7 +97,7 @@ class ProducerActor(pykka.ThreadingActor):
         if now - self._last_outage_log >= OUTAGE_LOG_INTERVAL:
             self._last_outage_log = now
             pending = sum(r.pending_bytes() for r in self.readers.values())
-            log.warning("output unavailable (%s); %d bytes spooled, retrying in %.0f s", error, pending,
+            log.warning("output unavailable (%s); %d bytes spooled, retrying in %.1f s", error, pending,
                         self._backoff)
         return PumpResult(more=False, retry_after=self._backoff)
 

@@ -88,7 +88,8 @@ def _start_heartbeats(conn: Connection, stats: Callable[[], dict[str, Any]], lif
 
 def collector_main(spec: CollectorSpec, heartbeat: Connection, wake: WakeEvent) -> None:
     """Run one dataset's collector actor until SIGTERM."""
-    from actors.collector import CollectorActor, DatasetRunner, Progress
+    from actors.agent import load_digest_key
+    from actors.collector import CollectorActor, DatasetRunner, Progress, pump_stream
     from actors.datasets import DatasetContext, load_dataset
     from actors.datasets.host import describe_host
     from actors.spool import SpoolWriter
@@ -98,10 +99,14 @@ def collector_main(spec: CollectorSpec, heartbeat: Connection, wake: WakeEvent) 
     lifecycle = _Lifecycle()
     configure_logging(spec.log_level, spec.dataset)
     host = describe_host(spec.hostfs)
-    context = DatasetContext(hostfs=spec.hostfs, options=spec.options, host_id=host.get("id", ""))
+    context = DatasetContext(hostfs=spec.hostfs, options=spec.options, host_id=host.get("id", ""),
+                             digest_key=load_digest_key(spec.path_data))
     spool_root = spec.path_data / "spool"
+    dataset = load_dataset(spec.dataset, context)
+    # Subscribe before the first poll, so nothing falls between the poll and the subscription.
+    stream = dataset.open_stream() if hasattr(dataset, "open_stream") else None
     runner = DatasetRunner(
-        dataset=load_dataset(spec.dataset, context),
+        dataset=dataset,
         state_period=spec.state_period,
         store=StateStore(spec.path_data / "state.db"),
         spool=SpoolWriter(spool_root / spec.dataset),
@@ -116,9 +121,13 @@ def collector_main(spec: CollectorSpec, heartbeat: Connection, wake: WakeEvent) 
         os._exit(1)  # the supervisor sees the exit code and restarts this dataset
 
     actor = CollectorActor.start(runner, spec.period, progress, spec.hang_file, crashed)
+    stream_stats: dict[str, int] = {}
+    if stream is not None:
+        threading.Thread(target=pump_stream, args=(stream, actor, lifecycle.stopping, stream_stats),
+                         name="stream", daemon=True).start()
     _start_heartbeats(heartbeat, lambda: {"progress": progress.count, "events": runner.events_emitted,
                                           "scan_seconds": progress.last.duration,
-                                          "blocked": progress.last.blocked}, lifecycle)
+                                          "blocked": progress.last.blocked, **stream_stats}, lifecycle)
     lifecycle.wait()
     try:
         actor.stop(timeout=STOP_TIMEOUT)
@@ -158,8 +167,8 @@ def producer_main(spec: ProducerSpec, heartbeat: Connection, wake: WakeEvent) ->
     actor = ProducerActor.start(
         spec.path_data / "spool", output,
         bulk_max_size=int(spec.output_options.get("bulk_max_size", 2048) or 2048),
-        backoff_initial=float(spec.output_options.get("backoff_init", 1.0)),
-        backoff_max=float(spec.output_options.get("backoff_max", 60.0)),
+        backoff_initial=float(spec.output_options.get("backoff", {}).get("init", 1.0)),
+        backoff_max=float(spec.output_options.get("backoff", {}).get("max", 60.0)),
     ).proxy()
     pumps = [0]
     _start_heartbeats(heartbeat, lambda: {"progress": pumps[0]}, lifecycle)

@@ -23,3 +23,28 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
     yield start
     for agent in agents:
         agent.kill_all()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The broker named by KAFKA_BOOTSTRAP_SERVERS (ops/test.sh starts one), else one started here."""
+    import os
+
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    from tests.kafka_support import KafkaBroker
+
+    with KafkaBroker(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator["KafkaBroker"]:  # noqa: F821
+    """A broker of the test's own, to stop, restart or give TLS listeners without disturbing the others."""
+    from tests.kafka_support import KafkaBroker
+
+    broker = KafkaBroker(tmp_path / "kafka", extra_properties={"broker.session.timeout.ms": "4000",
+                                                               "broker.heartbeat.interval.ms": "500"})
+    yield broker
+    broker.stop()

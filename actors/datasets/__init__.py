@@ -10,9 +10,12 @@ from typing import Any, Mapping, Protocol, Sequence
 from actors.event import Event
 
 # Dataset name -> module under actors.datasets. Adding a dataset touches its module and this line.
-BUILT_DATASETS: dict[str, str] = {"host": "actors.datasets.host"}
+BUILT_DATASETS: dict[str, str] = {
+    "host": "actors.datasets.host",
+    "user": "actors.datasets.user",
+}
 # Datasets of the Auditbeat System module that hostaudit knows of but has not built yet.
-PLANNED_DATASETS: tuple[str, ...] = ("process", "socket", "user", "login", "package")
+PLANNED_DATASETS: tuple[str, ...] = ("process", "socket", "login", "package")
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class DatasetContext:
     hostfs: Path
     options: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"detect_password_changes": True}
     host_id: str = ""  # the host's machine-id, for entity ids
+    digest_key: bytes = b""  # a random per-install key (kept 0600 in path.data) for keyed digests of secrets
 
 
 class Dataset(Protocol):
@@ -45,6 +49,38 @@ class Dataset(Protocol):
 
     def state_report(self, current: Any) -> Sequence[Event]:
         """Return the full state events (`event.kind: state`) for a snapshot."""
+
+
+class Stream(Protocol):
+    """Kernel notifications a dataset subscribes to (process connector, sock_diag destroy groups).
+
+    The runtime calls `read` in a dedicated thread and hands each batch to the collector actor, waiting until
+    the actor has spooled it before reading more: a slow pipeline leaves the backlog in the kernel's socket
+    buffer, bounded, and `lost()` counts what the kernel dropped (ENOBUFS).
+    """
+
+    def read(self, timeout: float) -> list[Any]:
+        """Block up to `timeout` seconds; return the notifications received, already enriched (e.g. a new
+        process's exe and args, read at once before the process can exit). [] on timeout."""
+
+    def lost(self) -> int:
+        """How many notifications the kernel reported dropped since the stream opened."""
+
+    def close(self) -> None: ...
+
+
+class StreamingDataset(Dataset, Protocol):
+    """A dataset that also learns of changes between polls from the kernel. The poll remains the
+    reconciliation pass (and the only source when the stream is unavailable)."""
+
+    def open_stream(self) -> Stream | None:
+        """Subscribe; None (with one logged warning saying why) when unavailable: not root, refused, ..."""
+
+    def apply_stream(self, snapshot: Any, items: Sequence[Any]) -> tuple[Any, Sequence[Event]]:
+        """Fold stream notifications into the committed snapshot; return the new snapshot and its events.
+
+        Runs in the collector actor, serialised with observe/diff, so a change reported from the stream is not
+        reported again by the next poll's diff."""
 
 
 def load_dataset(name: str, context: DatasetContext) -> Dataset:

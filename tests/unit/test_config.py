@@ -203,7 +203,7 @@ def test_the_announcement_example_configures_host_right_once_unbuilt_datasets_ar
     host = settings.datasets["host"]
     assert (host.period, host.state_period, dict(host.options)) == (60.0, 3600.0, {})
     if "user" in BUILT_DATASETS:
-        assert settings.datasets["user"].options == {"detect_password_changes": True}
+        assert settings.datasets["user"].options == {"detect_password_changes": True, "source": "files"}
 
 
 def test_the_shipped_example_file_is_the_announcement_example(tmp_path: Path) -> None:
@@ -561,7 +561,6 @@ def test_kafka_output_options_as_given(tmp_path: Path) -> None:
   topic: audit
   key: ''
   partition.round_robin.group_events: 5
-  required_acks: 1
   compression: 'off'
   headers: [{{key: env, value: prod}}]
   ssl.certificate_authorities: [{ca}]
@@ -574,7 +573,7 @@ def test_kafka_output_options_as_given(tmp_path: Path) -> None:
     options = load(tmp_path, text).output.options
     assert options["topic"] == "audit" and options["key"] == ""
     assert options["partition"] == {"round_robin": {"group_events": 5, "reachable_only": False}}
-    assert options["required_acks"] == 1 and options["compression"] == "none"
+    assert options["required_acks"] == -1 and options["compression"] == "none"
     assert options["headers"] == ({"key": "env", "value": "prod"},)
     assert options["ssl"]["enabled"] is True and options["ssl"]["certificate_authorities"] == (str(ca),)
     assert options["username"] == "agent" and options["password"].reveal() == PASSWORD
@@ -612,14 +611,18 @@ def test_kafka_output_errors(tmp_path: Path, extra: str, message: str) -> None:
     assert error(tmp_path, kafka_file(tmp_path, extra)).startswith(message)
 
 
-def test_kafka_notes_what_it_ignores_and_warns_about_acks_0(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_kafka_notes_what_it_ignores(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="hostaudit.config")
-    options = load(tmp_path, kafka_file(tmp_path, "  version: 2.1.0\n  max_retries: 3\n  required_acks: 0\n")
-                   ).output.options
-    assert "version" not in options and "max_retries" not in options and options["required_acks"] == 0
+    options = load(tmp_path, kafka_file(tmp_path, "  version: 2.1.0\n  max_retries: 3\n")).output.options
+    assert "version" not in options and "max_retries" not in options
     assert "output.kafka.version: ignored" in caplog.text
     assert "output.kafka.max_retries: not used by hostaudit, ignored" in caplog.text
-    assert "output.kafka.required_acks: 0" in caplog.text
+
+
+@pytest.mark.parametrize("acks", ["0", "1"])
+def test_acks_that_would_turn_idempotence_off_are_a_config_error(tmp_path: Path, acks: str) -> None:
+    assert error(tmp_path, kafka_file(tmp_path, f"  required_acks: {acks}\n")).startswith(
+        f"output.kafka.required_acks: {acks} conflicts with idempotent, at-least-once delivery")
 
 
 # --- other settings -----------------------------------------------------------------------------------------

@@ -1,0 +1,807 @@
+"""The process dataset: processes read from /proc (and every exec from the kernel's process connector), and their events."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence, TypedDict
+
+from actors import procfs
+from actors.config import ConfigError
+from actors.datasets import DatasetContext
+from actors.datasets.host import read_boot_id, read_boot_time
+from actors.entity import process_entity_id
+from actors.event import CHANGE, STATE, Event, iso_millis
+from actors.exe_hash import ECS_HASH_TYPES, ExecutableHasher, FileId, HashOptions, HashResult, hash_options
+from actors.proc_connector import ConnectorUnavailable, ProcConnector, ProcessExec, ProcessExit
+
+DATASET = "process"
+LOG = logging.getLogger("hostaudit.process")
+
+EXISTING = "existing_process"
+STARTED = "process_started"
+STOPPED = "process_stopped"
+ERROR = "process_error"
+CHANGED_IMAGE = "process_changed_image"  # an exec by a process already reported (Auditbeat's kernel_tracing name)
+
+BACKENDS = ("auto", "netlink", "procfs")
+SNAPSHOT_VERSION = 1
+PF_KTHREAD = 0x00200000  # task flag in field 9 of /proc/PID/stat
+KTHREADD_PID = 2
+TICKS_PER_SECOND = 100  # USER_HZ, as go-sysinfo hard-codes it
+NANOS_PER_TICK = 1_000_000_000 // TICKS_PER_SECOND
+_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ESRCH})
+_DENIED = frozenset({errno.EACCES, errno.EPERM})
+
+# Capability bits 0..40 (linux/capability.h); a newer kernel's extra bits are named CAP_<n>.
+CAPABILITY_NAMES: tuple[str, ...] = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)
+
+# A 64-hex container id as the last component of a cgroup path of docker, containerd, CRI-O, podman or
+# Kubernetes: /docker/<id>, docker-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope, libpod-<id>.scope,
+# /kubepods/burstable/pod<uid>/<id> (podman may nest a /container cgroup under its scope).
+CONTAINER_RUNTIMES = ("docker", "containerd", "crio", "libpod", "podman", "kubepods")
+CONTAINER_ID = re.compile(r"(?:^|[/\-:])([0-9a-f]{64})(?:\.scope)?(?=/|$)")
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    """How ECS classifies one action, and the verb of its message."""
+
+    kind: str
+    category: tuple[str, ...]
+    type: tuple[str, ...]
+    verb: str
+
+
+ACTIONS: Mapping[str, ActionSpec] = {
+    EXISTING: ActionSpec(STATE, ("process",), ("info",), "is RUNNING"),
+    STARTED: ActionSpec(CHANGE, ("process",), ("start",), "STARTED"),
+    STOPPED: ActionSpec(CHANGE, ("process",), ("end",), "STOPPED"),
+    ERROR: ActionSpec(CHANGE, ("process",), ("info",), ""),
+    CHANGED_IMAGE: ActionSpec(CHANGE, ("process",), ("change",), "CHANGED IMAGE"),
+}
+
+
+class ProcessRecord(TypedDict, total=False):
+    """One process in the snapshot: what its events need, JSON-ready and compact (absent keys are unknown)."""
+
+    pid: int
+    ppid: int
+    ticks: int  # start time in clock ticks since boot (field 22 of /proc/PID/stat): with pid, the identity
+    approx: bool  # ticks derived from the connector's fork/exec time because /proc could not be read in time
+    start_ns: int  # start in ns since boot, exact, when the connector saw the fork (for event.duration)
+    start: str  # process.start, ISO UTC millis
+    name: str
+    exe: str
+    args: list[str]
+    cwd: str
+    uid: str
+    gid: str
+    euid: str
+    egid: str
+    suid: str
+    sgid: str
+    user: str
+    group: str
+    cap_eff: str  # capability masks in hex, as /proc shows them (names are derived when an event is built)
+    cap_prm: str
+    hash: dict[str, str]
+    hash_error: str  # the exe could not be hashed: reported as error.message on a normal event
+    container: str
+    entity_id: str
+    error: str  # the process could not be read: reported as process_error (Auditbeat's Error)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProcessOptions:
+    """The `process.*` options: where exec notifications come from, and executable hashing."""
+
+    backend: str = "auto"
+    hash: HashOptions = field(default_factory=HashOptions)
+
+
+def process_options(raw: Mapping[str, Any]) -> ProcessOptions:
+    """Read the dataset's options; raise ConfigError naming the setting when one is wrong."""
+    backend = str(raw.get("backend", "auto")).lower()
+    if backend not in BACKENDS:
+        raise ConfigError(f"process.backend: {raw.get('backend')!r} is not one of {', '.join(BACKENDS)} "
+                          "(auto uses the kernel's process connector when it can, else polls /proc)")
+    return ProcessOptions(backend=backend, hash=hash_options(raw.get("hash")))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading /proc/PID
+# ---------------------------------------------------------------------------------------------------------
+
+class Stat(NamedTuple):
+    """The fields of /proc/PID/stat the dataset uses."""
+
+    name: str  # comm
+    ppid: int
+    flags: int
+    ticks: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessDetails:
+    """What was read of one process. Files that were absent or denied leave their fields None."""
+
+    pid: int
+    stat: Stat
+    exe: str | None = None
+    exe_id: FileId | None = None  # identity of the executable file, for the hash cache
+    args: tuple[str, ...] | None = None
+    cwd: str | None = None
+    ids: tuple[str, str, str, str, str, str] | None = None  # uid, euid, suid, gid, egid, sgid
+    cap_effective: int = 0
+    cap_permitted: int = 0
+    container_id: str | None = None
+    denied: tuple[str, ...] = ()  # files we were not allowed to read (not root)
+    error: str = ""  # another read error: the process is reported as process_error
+    vanished: bool = False  # the process exited while it was read
+
+
+def read_file(path: str, whole: bool = False) -> bytes | None:
+    """Read a /proc file (one read, or all of it with `whole`); None when absent or the process is gone.
+
+    Raises procfs.Unreadable for any other error (EACCES, EIO, ...).
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno in _ABSENT:
+            return None
+        raise procfs.Unreadable(path, error) from error
+    try:
+        data = os.read(descriptor, 16384)
+        if whole and data:
+            chunks = [data]
+            while chunk := os.read(descriptor, 65536):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        return data
+    except OSError as error:
+        if error.errno in _ABSENT:
+            return None
+        raise procfs.Unreadable(path, error) from error
+    finally:
+        os.close(descriptor)
+
+
+def parse_stat(raw: bytes) -> Stat | None:
+    """Parse /proc/PID/stat ("pid (comm) state ppid ..."); None when it is not in that form."""
+    opening, closing = raw.find(b"("), raw.rfind(b")")
+    if opening < 0 or closing < opening:
+        return None
+    fields = raw[closing + 2:].split()
+    if len(fields) < 20:
+        return None
+    try:
+        return Stat(raw[opening + 1:closing].decode("utf-8", "replace"), int(fields[1]), int(fields[6]),
+                    int(fields[19]))
+    except ValueError:
+        return None
+
+
+def _status_line(raw: bytes, key: bytes) -> list[bytes]:
+    """The values of one "Key:\tv1\tv2" line of /proc/PID/status ([] when missing)."""
+    start = raw.find(key)
+    if start < 0:
+        return []
+    end = raw.find(b"\n", start + 1)
+    return raw[start + len(key):end if end >= 0 else len(raw)].split()
+
+
+def parse_status(raw: bytes) -> tuple[tuple[str, str, str, str, str, str] | None, int, int]:
+    """Return (uid, euid, suid, gid, egid, sgid) and the effective and permitted capability masks."""
+    uids, gids = _status_line(raw, b"\nUid:"), _status_line(raw, b"\nGid:")
+    effective, permitted = _status_line(raw, b"\nCapEff:"), _status_line(raw, b"\nCapPrm:")
+    ids = None
+    if len(uids) >= 3 and len(gids) >= 3:
+        ids = (uids[0].decode(), uids[1].decode(), uids[2].decode(), gids[0].decode(), gids[1].decode(),
+               gids[2].decode())
+    return ids, int(effective[0], 16) if effective else 0, int(permitted[0], 16) if permitted else 0
+
+
+def parse_cmdline(raw: bytes) -> tuple[str, ...]:
+    """Split /proc/PID/cmdline on NUL (the trailing NUL ends the last argument)."""
+    if raw.endswith(b"\0"):
+        raw = raw[:-1]
+    return tuple(part.decode("utf-8", "replace") for part in raw.split(b"\0")) if raw else ()
+
+
+def container_id(cgroup: str) -> str | None:
+    """The container id in a /proc/PID/cgroup text (docker, containerd, CRI-O, podman, Kubernetes), or None."""
+    for line in cgroup.splitlines():
+        path = line.split(":", 2)[-1]
+        if not any(runtime in path for runtime in CONTAINER_RUNTIMES):
+            continue
+        matches = CONTAINER_ID.findall(path)
+        if matches:
+            return matches[-1]
+    return None
+
+
+def capability_names(mask: int) -> list[str]:
+    """CAP_* names of the bits set in a capability mask, lowest bit first."""
+    names = []
+    bit = 0
+    while mask >> bit:
+        if mask >> bit & 1:
+            names.append(CAPABILITY_NAMES[bit] if bit < len(CAPABILITY_NAMES) else f"CAP_{bit}")
+        bit += 1
+    return names
+
+
+class _Reader:
+    """Reads the files of one /proc/PID in order, collecting what was denied or failed."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.denied: list[str] = []
+        self.errors: list[str] = []
+
+    def file(self, name: str, whole: bool = False) -> bytes | None:
+        try:
+            return read_file(self.base + name, whole)
+        except procfs.Unreadable as error:
+            self._problem(name, error)
+            return None
+
+    def link(self, name: str) -> str | None:
+        try:
+            return procfs.read_link(self.base + name)
+        except procfs.Unreadable as error:
+            self._problem(name, error)
+            return None
+
+    def file_id(self, name: str) -> FileId | None:
+        try:
+            status = os.stat(self.base + name)
+        except OSError:  # gone, denied, or a dangling link in a synthetic tree: no hash, not an error
+            return None
+        return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+    def _problem(self, name: str, error: procfs.Unreadable) -> None:
+        if error.errno in _DENIED:
+            self.denied.append(name)
+        else:
+            self.errors.append(str(error))
+
+
+def read_stat(proc: str, pid: int) -> Stat | None:
+    """Read /proc/PID/stat; None when the process is gone (or the file is unreadable or malformed)."""
+    try:
+        raw = read_file(f"{proc}{pid}/stat")
+    except procfs.Unreadable:
+        return None
+    return None if raw is None else parse_stat(raw)
+
+
+def read_details(proc: str, pid: int, stat: Stat | None = None) -> ProcessDetails | None:
+    """Read one process now (`proc` is "<hostfs>/proc/"); None when it is gone before anything is read.
+
+    The executable and arguments come first: for a process that has just exec'd they matter most, and it
+    may exit any moment. A file absent after another was read means the process exited while we read it
+    (`vanished`); a zombie still has its stat and status, with an empty cmdline and no exe.
+    """
+    reader = _Reader(f"{proc}{pid}/")
+    exe = reader.link("exe")
+    cmdline = reader.file("cmdline", whole=True)
+    if stat is None:
+        raw = reader.file("stat")
+        stat = None if raw is None else parse_stat(raw)
+        if stat is None:
+            return None
+    status = reader.file("status")
+    cwd = reader.link("cwd")
+    exe_id = reader.file_id("exe") if exe else None
+    cgroup = reader.file("cgroup", whole=True)
+    ids, effective, permitted = parse_status(status) if status else (None, 0, 0)
+    vanished = any(content is None and name not in reader.denied
+                   for name, content in (("cmdline", cmdline), ("status", status)))
+    return ProcessDetails(
+        pid=pid,
+        stat=stat,
+        exe=exe,
+        exe_id=exe_id,
+        args=None if cmdline is None else parse_cmdline(cmdline),
+        cwd=cwd,
+        ids=ids,
+        cap_effective=effective,
+        cap_permitted=permitted,
+        container_id=None if cgroup is None else container_id(cgroup.decode("utf-8", "replace")),
+        denied=tuple(reader.denied),
+        error="; ".join(reader.errors),
+        vanished=vanished,
+    )
+
+
+def is_kernel_thread(details: ProcessDetails) -> bool:
+    """Kernel threads: the PF_KTHREAD flag, kthreadd itself, or (as Auditbeat) uid 0 / a kthreadd child without
+    an executable. A usermode helper that kthreadd started and that exec'd a program (modprobe, a core-dump
+    pipe) has an executable and no PF_KTHREAD: it is a real process and is reported."""
+    stat = details.stat
+    if stat.flags & PF_KTHREAD or details.pid == KTHREADD_PID:
+        return True
+    if details.exe:
+        return False
+    return stat.ppid == KTHREADD_PID or (details.ids is not None and details.ids[0] == "0")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# User and group names from <hostfs>/etc/passwd and /etc/group (not NSS)
+# ---------------------------------------------------------------------------------------------------------
+
+class _NameFile:
+    """id -> name of a passwd-format file, re-read only when the file changes (inode, size, mtime)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._identity: tuple[int, int, int] | None = None
+        self.names: dict[str, str] = {}
+
+    def refresh(self) -> None:
+        try:
+            status = os.stat(self.path)
+        except OSError:
+            self._identity, self.names = None, {}
+            return
+        identity = (status.st_ino, status.st_size, status.st_mtime_ns)
+        if identity == self._identity:
+            return
+        names: dict[str, str] = {}
+        try:
+            text = procfs.read_text(self.path) or ""
+        except procfs.Unreadable as error:
+            LOG.warning("%s; user and group names are left out", error)
+            text = ""
+        for line in text.splitlines():
+            parts = line.split(":")
+            if len(parts) >= 3 and parts[0] and not parts[0].startswith(("#", "+", "-")):
+                names.setdefault(parts[2].strip(), parts[0])  # the first entry wins, as getpwuid(3)
+        self._identity, self.names = identity, names
+
+
+class AccountNames:
+    """User names by uid and group names by gid, from the host's own files (a container's NSS would lie)."""
+
+    def __init__(self, hostfs: Path) -> None:
+        self._users = _NameFile(procfs.host_path(hostfs, "/etc/passwd"))
+        self._groups = _NameFile(procfs.host_path(hostfs, "/etc/group"))
+
+    def refresh(self) -> None:
+        self._users.refresh()
+        self._groups.refresh()
+
+    def user(self, uid: str) -> str | None:
+        return self._users.names.get(uid)
+
+    def group(self, gid: str) -> str | None:
+        return self._groups.names.get(gid)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Events (pure functions of records)
+# ---------------------------------------------------------------------------------------------------------
+
+def start_iso(boot_time: int, ticks: int) -> str:
+    """process.start as go-sysinfo computes it (btime + Duration(float(ticks)/100*1e9)), in ISO UTC millis."""
+    nanos = int(ticks / TICKS_PER_SECOND * 1e9)
+    return iso_millis((boot_time * 1000 + nanos // 1_000_000) / 1000)
+
+
+def process_fields(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The ECS fields of a process record (user.*, container.id and error.message included)."""
+    process: dict[str, Any] = {"pid": record["pid"]}
+    for key, ecs_name in (("name", "name"), ("cwd", "working_directory"), ("exe", "executable"),
+                          ("start", "start"), ("entity_id", "entity_id")):
+        if record.get(key):
+            process[ecs_name] = record[key]
+    if record.get("args"):
+        process["args"] = list(record["args"])
+    if "ppid" in record:
+        process["parent"] = {"pid": record["ppid"]}
+    fields: dict[str, Any] = {"process": process}
+    custom: dict[str, Any] = {}
+    hashes = record.get("hash") or {}
+    if ecs_hashes := {name: value for name, value in hashes.items() if name in ECS_HASH_TYPES}:
+        process["hash"] = ecs_hashes
+    if other_hashes := {name: value for name, value in hashes.items() if name not in ECS_HASH_TYPES}:
+        # ECS 9.4 has process.hash.{md5,sha1,sha256,sha384,sha512} only; Auditbeat's other types go here.
+        custom["hash"] = other_hashes
+    capabilities = {name: capability_names(int(record[key], 16))
+                    for key, name in (("cap_eff", "effective"), ("cap_prm", "permitted")) if record.get(key)}
+    if capabilities := {name: names for name, names in capabilities.items() if names}:
+        process["thread"] = {"capabilities": capabilities}
+    user, saved = _user_fields(record)
+    if user:
+        fields["user"] = user
+    if saved:
+        # Auditbeat's user.saved.id / user.saved.group.id are not ECS 9.4 fields: they go under
+        # system.audit.process.user.saved.* (ECS's own spelling would be process.saved_user.id /
+        # process.saved_group.id).
+        custom["user"] = {"saved": saved}
+    if custom:
+        fields["system"] = {"audit": {"process": custom}}
+    if record.get("container"):
+        fields["container"] = {"id": record["container"]}
+    if message := "; ".join(record[key] for key in ("error", "hash_error") if record.get(key)):
+        fields["error"] = {"message": message}
+    return fields
+
+
+def _user_fields(record: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """user.* (ids as strings, each only when known) and the saved ids."""
+    user: dict[str, Any] = {}
+    if record.get("uid"):
+        user["id"] = record["uid"]
+    if record.get("user"):
+        user["name"] = record["user"]
+    group = {key: record[source] for key, source in (("id", "gid"), ("name", "group")) if record.get(source)}
+    if group:
+        user["group"] = group
+    effective: dict[str, Any] = {"id": record["euid"]} if record.get("euid") else {}
+    if record.get("egid"):
+        effective["group"] = {"id": record["egid"]}
+    if effective:
+        user["effective"] = effective
+    saved: dict[str, Any] = {"id": record["suid"]} if record.get("suid") else {}
+    if record.get("sgid"):
+        saved["group"] = {"id": record["sgid"]}
+    return user, saved
+
+
+def display_name(record: Mapping[str, Any]) -> str:
+    """The name a message shows: comm, else the executable's base name, else "(unknown)"."""
+    return record.get("name") or os.path.basename(record.get("exe", "")) or "(unknown)"
+
+
+def process_message(action: str, record: Mapping[str, Any]) -> str:
+    """Auditbeat's makeMessage: "Process NAME (PID: N) by user USER VERB", or "ERROR for PID N: ERR"."""
+    if action == ERROR:
+        return f"ERROR for PID {record['pid']}: {record.get('error', '')}"
+    user = f" by user {record['user']}" if record.get("user") else ""
+    return f"Process {display_name(record)} (PID: {record['pid']}){user} {ACTIONS[action].verb}"
+
+
+def process_event(action: str, record: Mapping[str, Any], extra: Mapping[str, Any] | None = None,
+                  timestamp: float | None = None) -> Event:
+    """One event of `action` for a process record; `extra` is merged into its fields (exit code, ...).
+    `timestamp` (epoch seconds) is when it happened, when the kernel said so; else now."""
+    spec = ACTIONS[action]
+    fields = process_fields(record)
+    for key, value in (extra or {}).items():
+        fields[key] = {**fields.get(key, {}), **value}
+    when = {} if timestamp is None else {"timestamp": timestamp}
+    return Event(dataset=DATASET, action=action, kind=spec.kind, category=spec.category, type=spec.type,
+                 message=process_message(action, record), fields=fields, **when)
+
+
+def appeared_event(record: Mapping[str, Any], timestamp: float | None = None) -> Event:
+    """process_started, or process_error when the process could not be read (as Auditbeat)."""
+    return process_event(ERROR if record.get("error") else STARTED, record, timestamp=timestamp)
+
+
+def stopped_events(record: Mapping[str, Any], exit: ProcessExit | None = None) -> list[Event]:
+    """process_stopped for a record (none for one that was reported as process_error, as Auditbeat); with the
+    connector's EXIT it carries process.exit_code, process.end and event.duration."""
+    if record.get("error"):
+        return []
+    if exit is None:
+        return [process_event(STOPPED, record)]
+    start_ns = record.get("start_ns", record.get("ticks", 0) * NANOS_PER_TICK)
+    extra = {"process": {"exit_code": exit.exit_code, "end": iso_millis(exit.time)},
+             "event": {"duration": max(0, exit.boot_ns - start_ns)}}
+    return [process_event(STOPPED, record, extra, timestamp=exit.time)]
+
+
+def same_process(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Identity is (pid, start ticks); ticks derived from the connector's clock may be one tick off."""
+    if old.get("ticks") == new.get("ticks"):
+        return True
+    if old.get("approx") or new.get("approx"):
+        return abs(old.get("ticks", 0) - new.get("ticks", 0)) <= 1
+    return False
+
+
+def image_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """The same process now runs another executable (both known)."""
+    return bool(old.get("exe")) and bool(new.get("exe")) and old["exe"] != new["exe"]
+
+
+def _processes(snapshot: Any) -> Mapping[str, Mapping[str, Any]] | None:
+    if isinstance(snapshot, Mapping) and snapshot.get("version") == SNAPSHOT_VERSION:
+        processes = snapshot.get("processes")
+        if isinstance(processes, Mapping):
+            return processes
+    return None
+
+
+def process_changes(previous: Any, current: Any) -> list[Event]:
+    """Events between two snapshots: stops first (a reused pid is a stop, then a start), then starts and
+    image changes. After a reboot (another boot id) every previous process stopped."""
+    old, new = _processes(previous), _processes(current)
+    if old is None or new is None:
+        if previous is not None:
+            LOG.warning("process: ignoring a previous snapshot in an unknown format (%s)", type(previous).__name__)
+        return []
+    rebooted = previous.get("boot_id", "") != current.get("boot_id", "")
+    events: list[Event] = []
+    for pid, record in old.items():
+        now = new.get(pid)
+        if rebooted or now is None or not same_process(record, now):
+            events += stopped_events(record)
+    for pid, record in new.items():
+        before = old.get(pid)
+        if rebooted or before is None or not same_process(before, record):
+            events.append(appeared_event(record))
+        elif image_changed(before, record):
+            events.append(process_event(CHANGED_IMAGE, record))
+    return events
+
+
+def state_events(current: Any) -> list[Event]:
+    """existing_process for every process of the snapshot (process_error for those that could not be read)."""
+    processes = _processes(current) or {}
+    return [process_event(ERROR if record.get("error") else EXISTING, record) for record in processes.values()]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The dataset
+# ---------------------------------------------------------------------------------------------------------
+
+class ProcessDataset:
+    """The `process` dataset: a /proc scan per poll, and (backend auto/netlink) every exec and exit as it
+    happens through the kernel's process connector.
+
+    A process is identified by (pid, start ticks). The poll reads only /proc/PID/stat of processes it already
+    knows; a new one is read in full and its executable hashed (once per distinct file).
+
+    Fork without exec: a forked child that has not exec'd is reported by the next poll if still alive (as
+    procfs alone would), not from the stream: forks of servers and shells are numerous and carry no new image.
+    A stream exec or exit of a process is folded into the snapshot, so the poll does not report it again.
+    """
+
+    name = DATASET
+
+    def __init__(self, context: DatasetContext) -> None:
+        self.hostfs = Path(context.hostfs)
+        self.proc = str(procfs.host_path(self.hostfs, "/proc")) + "/"
+        self.host_id = context.host_id
+        self.options = process_options(context.options)
+        self.hasher = ExecutableHasher(self.options.hash) if self.options.hash.enabled else None
+        self.names = AccountNames(self.hostfs)
+        self.boot_id = read_boot_id(self.hostfs)
+        self.boot_time = read_boot_time(self.hostfs)
+        self._known: dict[str, ProcessRecord] = {}  # the last poll's records, reused while (pid, ticks) holds
+        self._skipped: dict[str, Stat] = {}  # pid -> stat of kernel threads and vanished entries
+        self._warned: set[str] = set()
+
+    # -- Dataset --------------------------------------------------------------------------------------------
+
+    def observe(self) -> dict[str, Any]:
+        """Scan /proc now: {"version", "boot_id", "processes": {pid: record}}. Never raises for a process."""
+        self.names.refresh()
+        processes: dict[str, ProcessRecord] = {}
+        skipped: dict[str, Stat] = {}
+        try:
+            entries = os.listdir(self.proc)
+        except OSError as error:
+            self._warn_once("listdir", "cannot list %s (%s): no processes are reported", self.proc,
+                            error.strerror)
+            entries = []
+        for entry in entries:
+            if not entry.isdigit():
+                continue
+            stat = read_stat(self.proc, int(entry))
+            if stat is None or stat.flags & PF_KTHREAD or entry == "2":
+                continue
+            record = self._known.get(entry)
+            if record is not None and record.get("ticks") == stat.ticks and record.get("name") == stat.name:
+                processes[entry] = record
+            elif self._skipped.get(entry) == stat:  # the same kernel thread or zombie as last time
+                skipped[entry] = stat
+            elif (record := self._read_new(int(entry), stat)) is not None:
+                processes[entry] = record
+            else:
+                skipped[entry] = stat
+        self._known, self._skipped = dict(processes), skipped
+        return {"version": SNAPSHOT_VERSION, "boot_id": self.boot_id, "processes": processes}
+
+    def diff(self, previous: Any, current: Any, at_startup: bool) -> Sequence[Event]:
+        """process_stopped / process_started (process_error) / process_changed_image between two snapshots."""
+        return process_changes(previous, current)
+
+    def state_report(self, current: Any) -> Sequence[Event]:
+        return state_events(current)
+
+    # -- StreamingDataset -----------------------------------------------------------------------------------
+
+    def open_stream(self) -> ProcConnector | None:
+        """Subscribe to the process connector (backend auto/netlink). With auto, None and one warning when it
+        cannot be opened; with netlink, ConnectorUnavailable naming the setting."""
+        if self.options.backend == "procfs":
+            return None
+        connector = ProcConnector(self.read_exec)
+        try:
+            return connector.open()
+        except ConnectorUnavailable as error:
+            if self.options.backend == "netlink":
+                raise ConnectorUnavailable(f"process.backend is netlink, but {error}. Run as root on the host, "
+                                           "or set process.backend: auto (or procfs) to poll /proc") from None
+            LOG.warning("process: %s; polling /proc every period instead, so processes that live less than a "
+                        "period are missed (set process.backend: procfs to choose this and silence the warning)",
+                        error)
+            return None
+
+    def read_exec(self, pid: int) -> ProcessDetails | None:
+        """The connector's enrichment: read a process that has just exec'd (runs in the stream's thread)."""
+        return read_details(self.proc, pid)
+
+    def apply_stream(self, snapshot: Any, items: Sequence[Any]) -> tuple[Any, Sequence[Event]]:
+        """Fold connector items into the committed snapshot. Before the first poll (no snapshot) items are
+        dropped: the first poll reports everything alive as state."""
+        processes = _processes(snapshot)
+        if processes is None:
+            return snapshot, []
+        processes = dict(processes)
+        events: list[Event] = []
+        self.names.refresh()
+        for item in items:
+            if isinstance(item, ProcessExec):
+                events += self._apply_exec(processes, item)
+            elif isinstance(item, ProcessExit):
+                events += self._apply_exit(processes, item)
+        return {**snapshot, "processes": processes}, events
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    def _apply_exec(self, processes: dict[str, Any], item: ProcessExec) -> list[Event]:
+        key = str(item.pid)
+        old = processes.get(key)
+        record = self._exec_record(item, old)
+        if record is None:
+            return []
+        events: list[Event] = []
+        if old is not None and same_process(old, record):
+            if old.get("exe") == record.get("exe") and old.get("args") == record.get("args"):
+                return []  # the poll already saw this image: a late item
+            processes[key] = self._known[key] = record
+            return [process_event(CHANGED_IMAGE, record, timestamp=item.time)]
+        if old is not None:  # the pid was reused and its exit is lost (ENOBUFS)
+            events += stopped_events(old)
+        processes[key] = self._known[key] = record
+        events.append(appeared_event(record, timestamp=item.time))
+        return events
+
+    def _apply_exit(self, processes: dict[str, Any], item: ProcessExit) -> list[Event]:
+        record = processes.pop(str(item.pid), None)
+        if record is None:  # never reported (a fork that did not exec nor live to a poll), or already stopped
+            return []
+        self._known.pop(str(item.pid), None)
+        return stopped_events(record, item)
+
+    def _exec_record(self, item: ProcessExec, old: Mapping[str, Any] | None) -> ProcessRecord | None:
+        """The record of an exec'd process from what was read at once; from the kernel's times alone when
+        /proc was too late. None for an exec we can say nothing new about."""
+        details = item.details
+        if details is not None and details.stat.flags & PF_KTHREAD:
+            return None  # only kernel threads are left out: an exec'd process is real even if already a zombie
+        if details is not None:
+            return self._record(details, start_ns=self._fork_time(item, details.stat.ticks))
+        if old is not None and item.fork_boot_ns is None:
+            return None  # an exec by a known process that exited before we could read its new image
+        start_ns = item.fork_boot_ns if item.fork_boot_ns is not None else item.boot_ns
+        ticks = start_ns // NANOS_PER_TICK
+        record: ProcessRecord = {"pid": item.pid, "ticks": ticks, "approx": True, "start_ns": start_ns}
+        if item.ppid is not None:
+            record["ppid"] = item.ppid
+        self._add_identity(record)
+        return record
+
+    @staticmethod
+    def _fork_time(item: ProcessExec, ticks: int) -> int | None:
+        """The exact fork time when the connector saw the fork of this very process (same tick)."""
+        if item.fork_boot_ns is not None and abs(item.fork_boot_ns // NANOS_PER_TICK - ticks) <= 1:
+            return item.fork_boot_ns
+        return None
+
+    def _read_new(self, pid: int, stat: Stat) -> ProcessRecord | None:
+        """Read a process the poll has not seen; None when it vanished or is a kernel thread."""
+        details = read_details(self.proc, pid, stat)
+        if details is None or details.vanished or is_kernel_thread(details):
+            return None
+        return self._record(details)
+
+    def _record(self, details: ProcessDetails, start_ns: int | None = None) -> ProcessRecord:
+        stat = details.stat
+        record: ProcessRecord = {"pid": details.pid, "ppid": stat.ppid, "ticks": stat.ticks, "name": stat.name}
+        if start_ns is not None:
+            record["start_ns"] = start_ns
+        self._add_identity(record)
+        if details.exe:
+            record["exe"] = details.exe
+        if details.args is not None:
+            record["args"] = list(details.args)
+        if details.cwd:
+            record["cwd"] = details.cwd
+        if details.ids is not None:
+            self._add_user(record, details.ids)
+        if details.cap_effective:
+            record["cap_eff"] = f"{details.cap_effective:x}"
+        if details.cap_permitted:
+            record["cap_prm"] = f"{details.cap_permitted:x}"
+        if details.container_id:
+            record["container"] = details.container_id
+        if details.denied and os.geteuid() != 0:  # root is refused only mid-exec: nothing to advise
+            self._warn_once("denied", "process: cannot read %s of some processes (permission denied); those "
+                            "fields are left out. Run hostaudit as root to see every process in full.",
+                            ", ".join(details.denied))
+        if details.error:
+            record["error"] = f"failed to load process information for PID {details.pid}: {details.error}"
+        self._add_hash(record, details)
+        return record
+
+    def _add_identity(self, record: ProcessRecord) -> None:
+        if self.boot_time is not None:
+            record["start"] = start_iso(self.boot_time, record["ticks"])
+        if self.host_id:
+            record["entity_id"] = process_entity_id(self.host_id, record["pid"], record["ticks"])
+
+    def _add_user(self, record: ProcessRecord, ids: tuple[str, str, str, str, str, str]) -> None:
+        uid, euid, suid, gid, egid, sgid = ids
+        record.update(uid=uid, euid=euid, suid=suid, gid=gid, egid=egid, sgid=sgid)
+        if (user := self.names.user(uid)) is not None:
+            record["user"] = user
+        if (group := self.names.group(gid)) is not None:
+            record["group"] = group
+
+    def _add_hash(self, record: ProcessRecord, details: ProcessDetails) -> None:
+        if self.hasher is None or not details.exe or details.exe_id is None:
+            return
+        result = self._hash(details)
+        if result is None:
+            return
+        if result.error:
+            record["hash_error"] = (f"failed to hash executable {details.exe} for PID {details.pid}: "
+                                    f"{result.error}")
+        else:
+            record["hash"] = dict(result.digests)
+
+    def _hash(self, details: ProcessDetails) -> HashResult | None:
+        """Hash through /proc/PID/exe (the very file, in any mount namespace, even deleted); if the process is
+        gone, through the path on the host when it is still the same file. None when neither works."""
+        assert self.hasher is not None and details.exe_id is not None and details.exe is not None
+        if (cached := self.hasher.cached(details.exe_id)) is not None:
+            return cached
+        result = self.hasher.hash_path(f"{self.proc}{details.pid}/exe", expected=details.exe_id)
+        if result is None and not details.exe.endswith(" (deleted)"):
+            result = self.hasher.hash_path(str(procfs.host_path(self.hostfs, details.exe)), expected=details.exe_id)
+        return result
+
+    def _warn_once(self, topic: str, message: str, *args: Any) -> None:
+        if topic not in self._warned:
+            self._warned.add(topic)
+            LOG.warning(message, *args)
+
+
+def create(context: DatasetContext) -> ProcessDataset:
+    """Construct the process dataset (the registry in actors.datasets calls this)."""
+    return ProcessDataset(context)

@@ -1,0 +1,910 @@
+"""The socket dataset: TCP (and UDP) sockets from netlink sock_diag, their direction, process and user, and their events.
+
+Auditbeat v1 (`x-pack/auditbeat/module/system/socket`, netlink polling) is the model; where this module differs,
+the difference is deliberate and listed here.
+
+Collection. Every poll dumps the kernel's socket tables with sock_diag (one SOCK_DIAG_BY_FAMILY dump per
+family and protocol) and parses the replies with `struct` (actors/sock_diag.py). Each dumped socket is
+identified by its kernel cookie (stable for the life of a struct sock, unique per boot), not by Auditbeat's
+hash of (addresses, ports, inode): a socket whose process closes it keeps its cookie while its inode drops to 0,
+so it stays the same socket instead of becoming "closed" plus a new "opened" orphan.
+
+What counts as a socket. TIME_WAIT and SYN_RECV entries are not asked for: they are what remains of a
+connection (or a half-open one), no process can hold them, and Auditbeat's reporting of each as an extra
+"opened ... process has exited (inode=0)" socket doubled every connection. A TCP socket with inode 0 in
+ESTABLISHED or CLOSE_WAIT is in a listener's accept queue: it is reported once a process accepts it. Orphans
+(FIN_WAIT1/2, CLOSING, LAST_ACK with inode 0) are kept: when first seen that way they carry
+"process has exited (inode=0)" and the uid only.
+
+Direction is Auditbeat's ListenerTable rule: listeners are the sockets with remote port 0 (listening); a socket
+is inbound when a listener of the same transport has its local port and either its local IP or the unspecified
+address of its family (0.0.0.0 for AF_INET, :: for AF_INET6); otherwise outbound. It is fixed when the socket
+is first seen. An IPv4-mapped IPv6 address is written as IPv4 (as Go's net.IP prints it), and `network.type`
+follows the address actually on the wire (an AF_INET6 socket carrying ::ffff:a.b.c.d is "ipv4", as Auditbeat's
+newer socket dataset reports it); community ids hash such addresses as IPv4, as Beats' flowhash does.
+
+Attribution (inode -> process) keeps a cache of what each process holds instead of rescanning every /proc/*/fd
+each poll: an unknown inode is looked for first in processes never scanned, then in processes whose number of
+open files changed (the st_size of /proc/PID/fd, Linux >= 6.2; on older kernels: the processes already owning
+sockets), and only then, at most every `full_scan_interval` seconds, in all the others. An inode still not
+found after a full scan is given up ("process not found (inode=N)": a kernel socket, another pid namespace, a
+descriptor in flight). The process is the one that held the socket when it was first attributed; it is kept
+after that process closes the socket or exits.
+
+User. `user.id` is the socket's uid as the kernel reports it, a string (ECS keyword); `user.name` comes from
+<hostfs>/etc/passwd (not NSS). An unknown uid leaves the name out instead of failing the whole report.
+
+Events. `existing_socket` (state), `socket_opened`, `socket_closed`; event.category ["network"], event.type
+["connection", "info" | "start" | "end"]; Auditbeat's v1 message ("Inbound socket (10.0.2.2:55270 ->
+10.0.2.15:22) CLOSED by process sshd (PID: 22799) and user root (UID: 0)"), with IPv6 addresses in brackets.
+`socket.entity_id` is not an ECS field: it is emitted as `system.audit.socket.entity_id` (Auditbeat's
+algorithm, actors/entity.py, hashed with the inode the socket had when first seen), next to
+`system.audit.socket.cookie` (the kernel's socket cookie) and `system.audit.socket.state` (TCP state name).
+
+Stream (beyond Auditbeat). open_stream() joins the sock_diag destroy multicast groups, so every TCP (and with
+include_udp, UDP) socket the kernel frees is reported as `socket_closed`, even one that opened and closed
+between two polls, with the kernel's tcp_info counters (source/destination.bytes from tcpi_bytes_acked and
+tcpi_bytes_received, .packets from tcpi_segs_out/in, by direction; the kernel counts SYN and FIN in these byte
+counters, so an empty connection shows 1-2 bytes) and event.duration when the opening was seen. The kernel
+gives neither uid nor inode at destruction: the process and user come from the snapshot when the socket was
+seen by a poll. A socket never seen gets a synthesized `socket_opened` followed by its `socket_closed`, both
+marked `system.audit.socket.short_lived: true` (the opened one also `synthesized: true`) and timestamped at the
+close, with no process and no user: nothing is left to attribute them from. `event.start` and
+`event.duration` use the time the socket was first seen by a poll, within one period after it opened; they
+are left out for sockets already there at the agent's first poll.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import functools
+import hashlib
+import logging
+import os
+import socket
+import struct
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from actors import procfs
+from actors.datasets import DatasetContext
+from actors.entity import process_entity_id, socket_entity_id
+from actors.event import CHANGE, STATE, Event, iso_millis
+from actors.sock_diag import (
+    ALL_STATES, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_NEW_SYN_RECV, TCP_STATE_NAMES, TCP_SYN_RECV, TCP_TIME_WAIT,
+    DestroyListener, Destroyed, DiagEntry, DiagSocket, decode_sockid, destroy_groups,
+)
+
+DATASET = "socket"
+LOG = logging.getLogger("hostaudit.socket")
+
+SNAPSHOT_VERSION = 1
+DEFAULT_FULL_SCAN_INTERVAL = 10.0  # seconds between full /proc/*/fd scans for sockets no cheaper step attributed
+DEFAULT_STREAM_BUFFER = 16 << 20  # SO_RCVBUFFORCE for the destroy stream (the kernel doubles it)
+CLOSED_MEMORY = 65_536  # cookies recently reported closed, so a late destroy notification is not reported again
+
+TCP = "tcp"
+UDP = "udp"
+IANA_NUMBER = {TCP: socket.IPPROTO_TCP, UDP: socket.IPPROTO_UDP}
+TRANSPORT_OF = {socket.IPPROTO_TCP: TCP, socket.IPPROTO_UDP: UDP}
+
+INBOUND = "inbound"
+OUTBOUND = "outbound"
+LISTENING = "listening"
+
+# TCP states a dump asks for: all but TIME_WAIT and the SYN_RECV request sockets (see the module docstring).
+TCP_STATES = ALL_STATES & ~(1 << TCP_TIME_WAIT | 1 << TCP_SYN_RECV | 1 << TCP_NEW_SYN_RECV)
+# A TCP socket without inode in these states waits in a listener's accept queue: no process has it yet.
+NOT_YET_ACCEPTED = frozenset({TCP_ESTABLISHED, TCP_SYN_RECV, TCP_CLOSE_WAIT})
+
+# A socket record in a snapshot: a JSON list, indexed by these (compact: a poll may hold 100,000 of them).
+R_TRANSPORT, R_FAMILY, R_LOCAL_IP, R_LOCAL_PORT, R_REMOTE_IP, R_REMOTE_PORT = range(6)
+R_INODE, R_UID, R_DIRECTION, R_PROCESS, R_OPENED, R_STATE = range(6, 12)
+ENDPOINT_FIELDS = slice(R_TRANSPORT, R_REMOTE_PORT + 1)  # what makes two records of one cookie the same socket
+
+UNSPECIFIED = {4: "0.0.0.0", 6: "::"}
+SECOND_NS = 1_000_000_000
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SocketOptions:
+    """The dataset's options (`socket.*` settings), defaults as Auditbeat's where it has them."""
+
+    include_localhost: bool = False  # Auditbeat: sockets with a loopback local or remote IP are skipped
+    include_udp: bool = False
+    full_scan_interval: float = DEFAULT_FULL_SCAN_INTERVAL
+    stream_buffer_bytes: int = DEFAULT_STREAM_BUFFER
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> "SocketOptions":
+        """Read options from the nested `context.options` mapping; unknown keys are ignored."""
+        return cls(
+            include_localhost=bool(options.get("include_localhost", False)),
+            include_udp=bool(options.get("include_udp", False)),
+            full_scan_interval=float(options.get("full_scan_interval", DEFAULT_FULL_SCAN_INTERVAL)),
+            stream_buffer_bytes=int(options.get("stream_buffer_bytes", DEFAULT_STREAM_BUFFER)),
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Addresses, community id, direction
+# ---------------------------------------------------------------------------------------------------------
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8 and ::1 (IPv4-mapped loopback is already written as 127.x.y.z)."""
+    return address.startswith("127.") or address == "::1"
+
+
+def network_type(address: str) -> str:
+    """"ipv4" or "ipv6", by the address's text form."""
+    return "ipv6" if ":" in address else "ipv4"
+
+
+@functools.lru_cache(maxsize=4096)
+def packed_ip(address: str) -> bytes:
+    """The network-order bytes of an IPv4 (4 bytes) or IPv6 (16 bytes) address in text form."""
+    return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+
+
+def community_id(transport: str, source_ip: str, source_port: int, destination_ip: str, destination_port: int,
+                 seed: int = 0) -> str:
+    """Community ID v1 (github.com/corelight/community-id-spec): sha1 over seed, the ordered endpoints, proto."""
+    source, destination = packed_ip(source_ip), packed_ip(destination_ip)
+    if (destination, destination_port) < (source, source_port):
+        source, source_port, destination, destination_port = destination, destination_port, source, source_port
+    digest = hashlib.sha1(
+        struct.pack("!H", seed) + source + destination
+        + struct.pack("!BBHH", IANA_NUMBER[transport], 0, source_port, destination_port)
+    ).digest()
+    return "1:" + base64.b64encode(digest).decode()
+
+
+class ListenerTable:
+    """Auditbeat's ListenerTable: the (transport, port) -> local IPs of every socket with remote port 0."""
+
+    def __init__(self, ports: Mapping[str, Mapping[str, Iterable[str]]] | None = None) -> None:
+        self._ports: dict[str, dict[int, set[str]]] = {
+            transport: {int(port): set(ips) for port, ips in by_port.items()}
+            for transport, by_port in (ports or {}).items()
+        }
+
+    def add(self, transport: str, local_ip: str, local_port: int) -> None:
+        self._ports.setdefault(transport, {}).setdefault(local_port, set()).add(local_ip)
+
+    def direction(self, transport: str, family: int, local_ip: str, local_port: int, remote_port: int) -> str:
+        """listening (remote port 0), inbound (a listener on this port and this IP or the family's any
+        address), else outbound."""
+        if remote_port == 0:
+            return LISTENING
+        ips = self._ports.get(transport, {}).get(local_port)
+        if ips and (local_ip in ips or UNSPECIFIED[family] in ips):
+            return INBOUND
+        return OUTBOUND
+
+    def to_json(self) -> dict[str, dict[str, list[str]]]:
+        return {transport: {str(port): sorted(ips) for port, ips in by_port.items()}
+                for transport, by_port in self._ports.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Users (<hostfs>/etc/passwd, re-read when it changes)
+# ---------------------------------------------------------------------------------------------------------
+
+def parse_passwd(content: str) -> dict[int, str]:
+    """Return uid -> name from an /etc/passwd text; the first entry of a uid wins, as getpwuid's does."""
+    names: dict[int, str] = {}
+    for line in content.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[0] and not fields[0].startswith(("#", "+", "-")) and fields[2].isdigit():
+            names.setdefault(int(fields[2]), fields[0])
+    return names
+
+
+class UserNames:
+    """uid -> user name from <hostfs>/etc/passwd, re-read only when the file changes (inode, size, mtime)."""
+
+    RECHECK_SECONDS = 1.0  # how often a stream of events looks whether the file changed
+
+    def __init__(self, hostfs: Path) -> None:
+        self.path = procfs.host_path(hostfs, "/etc/passwd")
+        self._signature: tuple[int, int, int] | None = None
+        self._names: dict[int, str] = {}
+        self._warned = False
+        self._checked_at = float("-inf")
+
+    def name(self, uid: int) -> str:
+        now = time.monotonic()
+        if now - self._checked_at >= self.RECHECK_SECONDS:
+            self._checked_at = now
+            self._refresh()
+        return self._names.get(uid, "")
+
+    def _refresh(self) -> None:
+        try:
+            status = os.stat(self.path)
+        except OSError as error:
+            self._forget(f"cannot read {self.path}: {error.strerror}")
+            return
+        signature = (status.st_ino, status.st_size, status.st_mtime_ns)
+        if signature == self._signature:
+            return
+        try:
+            content = procfs.read_text(self.path)
+        except procfs.Unreadable as error:
+            self._forget(str(error))
+            return
+        self._names = parse_passwd(content or "")
+        self._signature = signature
+
+    def _forget(self, reason: str) -> None:
+        if not self._warned:
+            LOG.warning("%s: user.name is left out of socket events", reason)
+            self._warned = True
+        self._names, self._signature = {}, None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attribution: which process holds a socket inode
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ScannedProcess:
+    """What one scan of /proc/PID learnt: identity, names, how many files were open, which socket inodes."""
+
+    pid: int
+    start_ticks: int
+    name: str
+    executable: str
+    open_files: int  # st_size of /proc/PID/fd at the scan (0 when the kernel does not report it)
+    inodes: set[int] = field(default_factory=set)
+
+    @property
+    def key(self) -> str:
+        return f"{self.pid}:{self.start_ticks}"
+
+
+def parse_stat(content: str) -> tuple[str, int] | None:
+    """Return (comm, start time in clock ticks: field 22) of a /proc/PID/stat text, None when malformed."""
+    opening, closing = content.find("("), content.rfind(")")
+    rest = content[closing + 2:].split() if closing > opening >= 0 else []
+    if len(rest) < 20 or not rest[19].isdigit():
+        return None
+    return content[opening + 1:closing], int(rest[19])
+
+
+class SocketOwners:
+    """inode -> owning process, learnt by scanning /proc/PID/fd as rarely as the unknown inodes allow."""
+
+    FULL_SCANS_BEFORE_GIVING_UP = 2
+
+    def __init__(self, hostfs: Path, full_scan_interval: float) -> None:
+        self.proc = procfs.host_path(hostfs, "/proc")
+        self.full_scan_interval = full_scan_interval
+        self.processes: dict[int, ScannedProcess] = {}
+        self.owner: dict[int, int] = {}  # inode -> pid
+        self.given_up: set[int] = set()  # inodes full scans did not find: not looked for again
+        self._misses: dict[int, int] = {}  # inode -> full scans that did not find it
+        self._last_full_scan = float("-inf")
+        self._open_file_counts = self._kernel_counts_open_files()
+        self.scans = 0  # processes scanned since start (for tests and benchmarks)
+
+    def _kernel_counts_open_files(self) -> bool:
+        try:
+            return os.stat(self.proc / "self" / "fd").st_size > 0
+        except OSError:
+            return False
+
+    def lookup(self, inode: int) -> ScannedProcess | None:
+        pid = self.owner.get(inode)
+        return None if pid is None else self.processes.get(pid)
+
+    def resolve(self, unknown: set[int]) -> None:
+        """Scan processes, cheapest guesses first, until every inode of `unknown` has an owner or the
+        rate-limited full scan is not due."""
+        unknown = {inode for inode in unknown if inode not in self.owner and inode not in self.given_up}
+        if not unknown:
+            return
+        pids = self._current_pids()
+        unscanned = [pid for pid in pids if pid not in self.processes]
+        if self._scan_until_found(unscanned, unknown):
+            return
+        if len(unscanned) < len(pids):
+            if self._scan_until_found(self._changed(pids), unknown):
+                return
+            if time.monotonic() - self._last_full_scan < self.full_scan_interval:
+                return
+            if self._scan_until_found(pids, unknown):
+                self._last_full_scan = time.monotonic()
+                return
+        self._last_full_scan = time.monotonic()  # every process has now been scanned
+        self._missed_by_full_scan(unknown)
+
+    def _missed_by_full_scan(self, unknown: set[int]) -> None:
+        """Give up an inode after two full scans missed it (one could race with its process's start)."""
+        for inode in unknown:
+            misses = self._misses.get(inode, 0) + 1
+            if misses >= self.FULL_SCANS_BEFORE_GIVING_UP:
+                self._misses.pop(inode, None)
+                self.given_up.add(inode)
+            else:
+                self._misses[inode] = misses
+
+    def forget_inodes(self, inodes: Iterable[int]) -> None:
+        """Drop what is known of sockets that no longer exist."""
+        for inode in inodes:
+            pid = self.owner.pop(inode, None)
+            if pid is not None and pid in self.processes:
+                self.processes[pid].inodes.discard(inode)
+            self.given_up.discard(inode)
+            self._misses.pop(inode, None)
+
+    def _current_pids(self) -> list[int]:
+        """List /proc; forget the processes that are gone."""
+        try:
+            pids = [int(name) for name in os.listdir(self.proc) if name.isdigit()]
+        except OSError as error:
+            raise procfs.Unreadable(self.proc, error) from error
+        alive = set(pids)
+        for pid in [pid for pid in self.processes if pid not in alive]:
+            self._forget_process(pid)
+        return pids
+
+    def _changed(self, pids: Iterable[int]) -> list[int]:
+        """Scanned processes whose number of open files changed since (or, without that count, socket owners)."""
+        if not self._open_file_counts:
+            return [pid for pid, process in self.processes.items() if process.inodes]
+        changed = []
+        for pid in pids:
+            process = self.processes.get(pid)
+            if process is not None and self._open_files(pid) != process.open_files:
+                changed.append(pid)
+        return changed
+
+    def _open_files(self, pid: int) -> int:
+        try:
+            return os.stat(self.proc / str(pid) / "fd").st_size
+        except OSError:
+            return -1
+
+    def _scan_until_found(self, pids: Iterable[int], unknown: set[int]) -> bool:
+        for pid in pids:
+            process = self._scan(pid)
+            if process is not None:
+                unknown -= process.inodes
+                if not unknown:
+                    return True
+        return not unknown
+
+    def _scan(self, pid: int) -> ScannedProcess | None:
+        """Read one process's socket descriptors, name, executable and start time; None when it is gone."""
+        self.scans += 1
+        base = self.proc / str(pid)
+        identity = self._identity(base)
+        open_files = self._open_files(pid)
+        inodes = self._socket_inodes(base / "fd") if identity is not None else None
+        if identity is None or inodes is None:
+            self._forget_process(pid)
+            return None
+        name, start_ticks, executable = identity
+        self._forget_process(pid)
+        process = ScannedProcess(pid, start_ticks, name, executable, open_files, inodes)
+        self.processes[pid] = process
+        for inode in inodes:
+            self.owner.setdefault(inode, pid)
+        return process
+
+    def _identity(self, base: Path) -> tuple[str, int, str] | None:
+        try:
+            stat = parse_stat(procfs.read_text(base / "stat") or "")
+        except procfs.Unreadable:
+            return None
+        if stat is None:
+            return None
+        try:
+            executable = procfs.read_link(base / "exe") or ""
+        except procfs.Unreadable:  # a kernel thread, or not ours to read
+            executable = ""
+        return stat[0], stat[1], executable
+
+    @staticmethod
+    def _socket_inodes(fd_dir: Path) -> set[int] | None:
+        """The socket inodes among a process's descriptors; None when the process is gone or unreadable."""
+        try:
+            names = os.listdir(fd_dir)
+        except OSError as error:
+            if error.errno not in (errno.ENOENT, errno.ESRCH, errno.EACCES, errno.EPERM):
+                raise procfs.Unreadable(fd_dir, error) from error
+            return None
+        inodes: set[int] = set()
+        prefix = f"{fd_dir}/"
+        for name in names:
+            try:
+                target = os.readlink(prefix + name)
+            except OSError:  # closed between the listing and the readlink
+                continue
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+        return inodes
+
+    def _forget_process(self, pid: int) -> None:
+        process = self.processes.pop(pid, None)
+        if process is None:
+            return
+        for inode in process.inodes:
+            if self.owner.get(inode) == pid:
+                del self.owner[inode]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Observation: one poll of the kernel's socket tables -> a JSON-serialisable snapshot
+# ---------------------------------------------------------------------------------------------------------
+
+def new_record(transport: str, family: int, local_ip: str, local_port: int, remote_ip: str, remote_port: int,
+               inode: int, uid: int | None, direction: str = "", process: str = "", opened_at: float | None = None,
+               state: int | None = None) -> list[Any]:
+    """A socket record as snapshots hold it (a JSON list, see R_*). `process` is a key of the snapshot's
+    "processes" ("pid:start_ticks"), "" when unknown; `uid` None when unknown; `opened_at` None when the socket
+    was already there at the first poll."""
+    return [transport, family, local_ip, local_port, remote_ip, remote_port, inode, uid, direction, process,
+            opened_at, state]
+
+
+def new_snapshot(sockets: Mapping[str, list[Any]], processes: Mapping[str, list[Any]] | None = None,
+                 listeners: ListenerTable | None = None, boot_id: str = "", observed_at: float = 0.0) -> dict[str, Any]:
+    """A snapshot: sockets by kernel cookie, the processes they reference ("pid:start" -> [pid, start_ticks,
+    name, executable]), the listener table, the boot it belongs to, and the keys the stream has closed since."""
+    return {"version": SNAPSHOT_VERSION, "boot_id": boot_id, "observed_at": observed_at, "sockets": dict(sockets),
+            "processes": dict(processes or {}), "listeners": (listeners or ListenerTable()).to_json(), "closed": []}
+
+
+@dataclass
+class _Known:
+    """A socket seen by the previous poll: its snapshot key and record, and whether it is reported at all."""
+
+    key: str
+    record: list[Any]
+    reported: bool
+
+
+class SocketObserver:
+    """Dumps sockets, keeps what it learnt about each (by its raw sockid) from one poll to the next, and
+    attributes new ones to processes."""
+
+    def __init__(self, hostfs: Path, options: SocketOptions) -> None:
+        self.hostfs = hostfs
+        self.options = options
+        self.owners = SocketOwners(hostfs, options.full_scan_interval)
+        self.listeners = ListenerTable()
+        self._diag: DiagSocket | None = None
+        self._known: dict[bytes, _Known] = {}
+        self._process_info: dict[str, list[Any]] = {}
+        self._polled = False
+
+    def _dumps(self) -> list[tuple[str, list[DiagEntry]]]:
+        if self._diag is None:
+            self._diag = DiagSocket()
+        protocols = [(TCP, socket.IPPROTO_TCP, TCP_STATES)]
+        if self.options.include_udp:
+            protocols.append((UDP, socket.IPPROTO_UDP, ALL_STATES))
+        dumps = []
+        for transport, protocol, states in protocols:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                dumps.append((transport, self._diag.dump(family, protocol, states)))
+        return dumps
+
+    def observe(self) -> dict[str, Any]:
+        now = time.time()
+        opened_at = now if self._polled else None
+        known: dict[bytes, _Known] = {}
+        listeners = ListenerTable()
+        fresh: list[tuple[bytes, str, DiagEntry]] = []
+        for transport, entries in self._dumps():
+            for entry in entries:
+                seen = self._known.get(entry.sockid)
+                if seen is None:
+                    fresh.append((entry.sockid, transport, entry))
+                    continue
+                record = seen.record
+                if record[R_STATE] != entry.state:
+                    record = record.copy()
+                    record[R_STATE] = entry.state
+                    seen = _Known(seen.key, record, seen.reported)
+                known[entry.sockid] = seen
+                if record[R_REMOTE_PORT] == 0:
+                    listeners.add(transport, record[R_LOCAL_IP], record[R_LOCAL_PORT])
+        new_records: list[list[Any]] = []
+        for sockid, transport, entry in fresh:
+            seen = self._new_socket(transport, entry, opened_at)
+            if seen is not None:
+                known[sockid] = seen
+                new_records.append(seen.record)
+                if seen.record[R_REMOTE_PORT] == 0:
+                    listeners.add(transport, seen.record[R_LOCAL_IP], seen.record[R_LOCAL_PORT])
+        for record in new_records:  # once every listener is known
+            record[R_DIRECTION] = listeners.direction(*_direction_inputs(record))
+        self._attribute(known)
+        self._forget_gone(known)
+        self._known, self.listeners, self._polled = known, listeners, True
+        return self._snapshot(now, known, listeners)
+
+    def _new_socket(self, transport: str, entry: DiagEntry, opened_at: float | None) -> _Known | None:
+        if entry.inode == 0 and transport == TCP and entry.state in NOT_YET_ACCEPTED:
+            return None
+        endpoints = decode_sockid(entry.family, entry.sockid)
+        if endpoints.local_port == 0:
+            return None
+        record = new_record(transport, 4 if entry.family == socket.AF_INET else 6, endpoints.local_ip,
+                            endpoints.local_port, endpoints.remote_ip, endpoints.remote_port, entry.inode, entry.uid,
+                            opened_at=opened_at, state=entry.state)
+        reported = self.options.include_localhost or not (
+            is_loopback(endpoints.local_ip) or is_loopback(endpoints.remote_ip))
+        return _Known(str(endpoints.cookie), record, reported)
+
+    def _attribute(self, known: dict[bytes, _Known]) -> None:
+        """Give a process to every reported socket that has an inode and none yet."""
+        waiting = [seen for seen in known.values()
+                   if seen.reported and not seen.record[R_PROCESS] and seen.record[R_INODE]]
+        if not waiting:
+            return
+        self.owners.resolve({seen.record[R_INODE] for seen in waiting})
+        for seen in waiting:
+            process = self.owners.lookup(seen.record[R_INODE])
+            if process is not None:
+                seen.record = seen.record.copy()
+                seen.record[R_PROCESS] = process.key
+                self._process_info[process.key] = [process.pid, process.start_ticks, process.name,
+                                                   process.executable]
+
+    def _forget_gone(self, known: dict[bytes, _Known]) -> None:
+        gone = [seen.record[R_INODE] for sockid, seen in self._known.items() if sockid not in known]
+        self.owners.forget_inodes(inode for inode in gone if inode)
+
+    def _snapshot(self, now: float, known: dict[bytes, _Known], listeners: ListenerTable) -> dict[str, Any]:
+        sockets = {seen.key: seen.record for seen in known.values() if seen.reported}
+        referenced = {record[R_PROCESS] for record in sockets.values() if record[R_PROCESS]}
+        self._process_info = {key: info for key, info in self._process_info.items() if key in referenced}
+        return new_snapshot(sockets, self._process_info, listeners, read_boot_id(self.hostfs), now)
+
+    def close(self) -> None:
+        if self._diag is not None:
+            self._diag.close()
+            self._diag = None
+
+
+def _direction_inputs(record: Sequence[Any]) -> tuple[str, int, str, int, int]:
+    return (record[R_TRANSPORT], record[R_FAMILY], record[R_LOCAL_IP], record[R_LOCAL_PORT],
+            record[R_REMOTE_PORT])
+
+
+def read_boot_id(hostfs: Path) -> str:
+    """The kernel's boot id ("" when unknown): socket cookies are unique only within one boot."""
+    try:
+        return (procfs.read_text(procfs.host_path(hostfs, "/proc/sys/kernel/random/boot_id")) or "").strip()
+    except procfs.Unreadable:
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Events
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SocketAction:
+    """One `event.action` of the dataset: its kind, its ECS event.type, and its word in the message."""
+
+    name: str
+    kind: str
+    type: str
+    verb: str
+
+
+EXISTING_SOCKET = SocketAction("existing_socket", STATE, "info", "OPEN")
+SOCKET_OPENED = SocketAction("socket_opened", CHANGE, "start", "OPENED")
+SOCKET_CLOSED = SocketAction("socket_closed", CHANGE, "end", "CLOSED")
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What the kernel counted for a TCP socket by the time it was destroyed, from this host's side."""
+
+    sent_bytes: int
+    received_bytes: int
+    sent_packets: int
+    received_packets: int
+
+    @classmethod
+    def from_destroyed(cls, item: Destroyed) -> "Traffic | None":
+        if item.bytes_acked is None or item.bytes_received is None:
+            return None
+        return cls(item.bytes_acked, item.bytes_received, item.segments_out or 0, item.segments_in or 0)
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """What turning a record into an event needs besides the record."""
+
+    host_id: str
+    users: UserNames
+    processes: Mapping[str, Sequence[Any]]
+
+
+# A socket's opened and closed events share its id; actors.entity parses addresses with ipaddress (slow).
+_socket_entity_id = functools.lru_cache(maxsize=16384)(socket_entity_id)
+
+
+def _endpoint(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def socket_message(record: Sequence[Any], verb: str, process_name: str, pid: int, user_name: str,
+                   uid: int) -> str:
+    """Auditbeat v1's message: "<Direction> socket (<endpoints>) <VERB> by process <name> (PID: <pid>) and
+    user <name> (UID: <uid>)"; pid and uid are -1 when unknown."""
+    local = _endpoint(record[R_LOCAL_IP], record[R_LOCAL_PORT])
+    remote = _endpoint(record[R_REMOTE_IP], record[R_REMOTE_PORT])
+    direction = record[R_DIRECTION]
+    endpoints = {INBOUND: f"{remote} -> {local}", OUTBOUND: f"{local} -> {remote}"}.get(direction, local)
+    return (f"{direction.title()} socket ({endpoints}) {verb} by process {process_name} (PID: {pid}) "
+            f"and user {user_name} (UID: {uid})")
+
+
+def _network_fields(record: Sequence[Any]) -> dict[str, Any]:
+    """network.*, source.* and destination.* of a record, source and destination by direction."""
+    transport, direction = record[R_TRANSPORT], record[R_DIRECTION]
+    local = {"ip": record[R_LOCAL_IP], "port": record[R_LOCAL_PORT]}
+    remote = {"ip": record[R_REMOTE_IP], "port": record[R_REMOTE_PORT]}
+    fields: dict[str, Any] = {"network": {"direction": direction, "transport": transport,
+                                          "type": network_type(record[R_LOCAL_IP]),
+                                          "iana_number": str(IANA_NUMBER[transport])}}
+    if direction == LISTENING:
+        fields["destination"] = local
+        fields["related"] = {"ip": [local["ip"]]}
+        return fields
+    source, destination = (remote, local) if direction == INBOUND else (local, remote)
+    fields["source"], fields["destination"] = source, destination
+    fields["network"]["community_id"] = community_id(transport, source["ip"], source["port"], destination["ip"],
+                                                     destination["port"])
+    fields["related"] = {"ip": list(dict.fromkeys([local["ip"], remote["ip"]]))}
+    return fields
+
+
+def _add_traffic(fields: dict[str, Any], direction: str, traffic: Traffic) -> None:
+    """source/destination bytes and packets by direction (local is the source of an outbound socket)."""
+    if direction == LISTENING:
+        return
+    local_sent = (traffic.sent_bytes, traffic.sent_packets)
+    local_received = (traffic.received_bytes, traffic.received_packets)
+    from_source, from_destination = (local_received, local_sent) if direction == INBOUND else (local_sent,
+                                                                                                local_received)
+    fields["source"].update(bytes=from_source[0], packets=from_source[1])
+    fields["destination"].update(bytes=from_destination[0], packets=from_destination[1])
+    fields["network"].update(bytes=traffic.sent_bytes + traffic.received_bytes,
+                             packets=traffic.sent_packets + traffic.received_packets)
+
+
+def _error_message(record: Sequence[Any]) -> str:
+    if record[R_UID] is None:
+        return "socket opened and closed between two polls: process and user unknown"
+    if record[R_INODE] == 0:
+        return "process has exited (inode=0)"
+    return f"process not found (inode={record[R_INODE]})"
+
+
+def socket_event(record: Sequence[Any], key: str, action: SocketAction, context: EventContext, timestamp: float,
+                 traffic: Traffic | None = None, closed_at: float | None = None,
+                 audit_extra: Mapping[str, Any] | None = None) -> Event:
+    """Return the event for `action` on one socket record (key = its kernel cookie)."""
+    fields = _network_fields(record)
+    audit: dict[str, Any] = {"cookie": key}
+    state = record[R_STATE]
+    if action is not SOCKET_CLOSED and record[R_TRANSPORT] == TCP and state in TCP_STATE_NAMES:
+        audit["state"] = TCP_STATE_NAMES[state]
+    if context.host_id:
+        audit["entity_id"] = _socket_entity_id(context.host_id, record[R_INODE], record[R_LOCAL_IP],
+                                              record[R_REMOTE_IP], record[R_LOCAL_PORT], record[R_REMOTE_PORT])
+    audit.update(audit_extra or {})
+    fields["system"] = {"audit": {"socket": audit}}
+    process_name, pid = _add_process(fields, record, context)
+    user_name, uid = _add_user(fields, record, context)
+    if pid < 0:
+        fields["error"] = {"message": _error_message(record)}
+    if traffic is not None:
+        _add_traffic(fields, record[R_DIRECTION], traffic)
+    if closed_at is not None and record[R_OPENED] is not None:
+        fields["event"] = {"start": iso_millis(record[R_OPENED]), "end": iso_millis(closed_at),
+                           "duration": max(0, int((closed_at - record[R_OPENED]) * SECOND_NS))}
+    return Event(
+        dataset=DATASET, action=action.name, kind=action.kind, category=("network",),
+        type=("connection", action.type),
+        message=socket_message(record, action.verb, process_name, pid, user_name, uid),
+        fields=fields, timestamp=timestamp,
+    )
+
+
+def _add_process(fields: dict[str, Any], record: Sequence[Any], context: EventContext) -> tuple[str, int]:
+    info = context.processes.get(record[R_PROCESS]) if record[R_PROCESS] else None
+    if info is None:
+        return "", -1
+    pid, start_ticks, name, executable = info
+    process: dict[str, Any] = {"pid": pid, "name": name}
+    if executable:
+        process["executable"] = executable
+    if context.host_id:
+        process["entity_id"] = process_entity_id(context.host_id, pid, start_ticks)
+    fields["process"] = process
+    return name, pid
+
+
+def _add_user(fields: dict[str, Any], record: Sequence[Any], context: EventContext) -> tuple[str, int]:
+    uid = record[R_UID]
+    if uid is None:
+        return "", -1
+    name = context.users.name(uid)
+    fields["user"] = {"id": str(uid), **({"name": name} if name else {})}
+    if name:
+        fields["related"]["user"] = [name]
+    return name, uid
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Snapshots: reading (after a JSON round trip too), diffing, folding in the stream
+# ---------------------------------------------------------------------------------------------------------
+
+def _sockets(snapshot: Any) -> dict[str, list[Any]] | None:
+    """The live sockets of a snapshot (those the stream reported closed removed); None if not ours."""
+    if not isinstance(snapshot, Mapping) or snapshot.get("version") != SNAPSHOT_VERSION:
+        return None
+    sockets = snapshot.get("sockets")
+    if not isinstance(sockets, Mapping):
+        return None
+    closed = snapshot.get("closed") or []
+    if not closed:
+        return dict(sockets)
+    gone = set(closed)
+    return {key: record for key, record in sockets.items() if key not in gone}
+
+
+def record_from_destroyed(item: Destroyed, listeners: ListenerTable) -> tuple[str, list[Any]] | None:
+    """A record for a socket known only from its destroy notification (no inode, no uid: the kernel gives 0)."""
+    transport = TRANSPORT_OF.get(item.protocol)
+    if transport is None or item.local_port == 0:
+        return None
+    record = new_record(transport, 4 if item.family == socket.AF_INET else 6, item.local_ip, item.local_port,
+                        item.remote_ip, item.remote_port, inode=0, uid=None)
+    record[R_DIRECTION] = listeners.direction(*_direction_inputs(record))
+    return str(item.cookie), record
+
+
+class SocketDataset:
+    """The `socket` dataset: polls with sock_diag, reports existing/opened/closed sockets, and with the destroy
+    stream also every socket that closes between polls."""
+
+    name = DATASET
+
+    def __init__(self, context: DatasetContext) -> None:
+        self.hostfs = Path(context.hostfs)
+        self.host_id = context.host_id
+        self.options = SocketOptions.from_mapping(context.options)
+        self.observer = SocketObserver(self.hostfs, self.options)
+        self.users = UserNames(self.hostfs)
+        self._recently_closed: OrderedDict[str, None] = OrderedDict()
+
+    # -- polling ------------------------------------------------------------------------------------------
+
+    def observe(self) -> dict[str, Any]:
+        """Dump the kernel's sockets now and return the snapshot (JSON-serialisable)."""
+        return self.observer.observe()
+
+    def state_report(self, current: Any) -> Sequence[Event]:
+        """One `existing_socket` state event per socket of the snapshot."""
+        sockets = _sockets(current) or {}
+        context = self._context(current)
+        timestamp = float(current.get("observed_at") or time.time())
+        return [socket_event(record, key, EXISTING_SOCKET, context, timestamp) for key, record in sockets.items()]
+
+    def diff(self, previous: Any, current: Any, at_startup: bool) -> Sequence[Event]:
+        """socket_closed for sockets of `previous` gone from `current`, then socket_opened for the new ones."""
+        if previous is None:
+            return []
+        before, after = _sockets(previous), _sockets(current)
+        if before is None or after is None:
+            LOG.warning("Ignoring a previous socket snapshot of another format; no changes reported this time")
+            return []
+        if previous.get("boot_id") and previous.get("boot_id") != current.get("boot_id"):
+            before = {f"boot:{key}": record for key, record in before.items()}  # all closed by the reboot
+        timestamp = float(current.get("observed_at") or time.time())
+        closed_context, opened_context = self._context(previous), self._context(current)
+        events: list[Event] = []
+        for key, record in before.items():
+            now = after.get(key)
+            if now is None or now[ENDPOINT_FIELDS] != record[ENDPOINT_FIELDS]:
+                self._remember_closed(key)
+                events.append(socket_event(record, key, SOCKET_CLOSED, closed_context, timestamp,
+                                           closed_at=timestamp))
+        for key, record in after.items():
+            then = before.get(key)
+            if then is None or then[ENDPOINT_FIELDS] != record[ENDPOINT_FIELDS]:
+                events.append(socket_event(record, key, SOCKET_OPENED, opened_context, timestamp))
+        return events
+
+    # -- streaming ----------------------------------------------------------------------------------------
+
+    def open_stream(self) -> DestroyListener | None:
+        """Join the sock_diag destroy groups; None, after one warning, when the kernel refuses (no CAP_NET_ADMIN)."""
+        try:
+            return DestroyListener(destroy_groups(self.options.include_udp), self.options.stream_buffer_bytes)
+        except OSError as error:
+            hint = " (needs CAP_NET_ADMIN: run as root)" if error.errno in (errno.EPERM, errno.EACCES) else ""
+            LOG.warning("Cannot subscribe to socket destroy notifications (%s)%s: sockets that open and close "
+                        "between two polls will not be reported", error.strerror or error, hint)
+            return None
+
+    def apply_stream(self, snapshot: Any, items: Sequence[Any]) -> tuple[Any, Sequence[Event]]:
+        """Report each destroyed socket once as socket_closed (short-lived ones also as socket_opened) and mark
+        it closed in the returned snapshot, so the next poll's diff does not report it again."""
+        sockets = _sockets(snapshot)
+        listeners = ListenerTable(snapshot.get("listeners")) if sockets is not None else self.observer.listeners
+        context = self._context(snapshot)
+        events: list[Event] = []
+        closed: list[str] = []
+        for item in items:
+            if not isinstance(item, Destroyed) or not self._wanted(item):
+                continue
+            key = str(item.cookie)
+            if key in self._recently_closed:
+                continue
+            self._remember_closed(key)
+            record = (sockets or {}).get(key)
+            if record is not None:
+                closed.append(key)
+                events.append(socket_event(record, key, SOCKET_CLOSED, context, item.at,
+                                           Traffic.from_destroyed(item), closed_at=item.at))
+            else:
+                events += self._short_lived(item, listeners, context)
+        if not closed or sockets is None:
+            return snapshot, events
+        return {**snapshot, "closed": list(snapshot.get("closed") or []) + closed}, events
+
+    def _wanted(self, item: Destroyed) -> bool:
+        if item.protocol == socket.IPPROTO_UDP and not self.options.include_udp:
+            return False
+        return self.options.include_localhost or not (is_loopback(item.local_ip) or is_loopback(item.remote_ip))
+
+    def _short_lived(self, item: Destroyed, listeners: ListenerTable, context: EventContext) -> list[Event]:
+        made = record_from_destroyed(item, listeners)
+        if made is None:
+            return []
+        key, record = made
+        opened = socket_event(record, key, SOCKET_OPENED, context, item.at,
+                              audit_extra={"short_lived": True, "synthesized": True})
+        closed = socket_event(record, key, SOCKET_CLOSED, context, item.at, Traffic.from_destroyed(item),
+                              closed_at=item.at, audit_extra={"short_lived": True})
+        return [opened, closed]
+
+    # -- helpers ------------------------------------------------------------------------------------------
+
+    def _context(self, snapshot: Any) -> EventContext:
+        processes = snapshot.get("processes", {}) if isinstance(snapshot, Mapping) else {}
+        return EventContext(self.host_id, self.users, processes)
+
+    def _remember_closed(self, key: str) -> None:
+        self._recently_closed[key] = None
+        self._recently_closed.move_to_end(key)
+        while len(self._recently_closed) > CLOSED_MEMORY:
+            self._recently_closed.popitem(last=False)
+
+    def close(self) -> None:
+        self.observer.close()
+
+
+def create(context: DatasetContext) -> SocketDataset:
+    """Construct the socket dataset (the registry in actors.datasets calls this)."""
+    return SocketDataset(context)

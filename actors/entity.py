@@ -1,0 +1,53 @@
+"""Auditbeat's entity_id algorithms (process, user, socket), byte for byte, so ids match Auditbeat's."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import struct
+
+USER_HZ = 100  # go-sysinfo hard-codes the clock tick rate
+
+
+def _entity_id(*parts: bytes) -> str:
+    digest = hashlib.sha256(b"".join(parts)).digest()
+    return base64.b64encode(digest[:12]).decode()  # 12 bytes -> 16 characters, no padding
+
+
+def _int64le(value: int) -> bytes:
+    return struct.pack("<q", value)
+
+
+def start_time_nanosecond(start_ticks: int) -> int:
+    """The sub-second part of go-sysinfo's start time, as Go's `StartTime.Nanosecond()` returns it.
+
+    go-sysinfo computes `time.Unix(btime, 0) + Duration(int64(float64(ticks) / 100 * 1e9))`; btime is whole
+    seconds, so only the ticks decide the fraction (same IEEE double arithmetic as Go, truncated).
+    """
+    return int(start_ticks / USER_HZ * 1e9) % 1_000_000_000
+
+
+def process_entity_id(host_id: str, pid: int, start_ticks: int) -> str:
+    """`process.entity_id`: sha256(hostID || int64le(pid) || int64le(start.Nanosecond()))[:12], base64."""
+    return _entity_id(host_id.encode(), _int64le(pid), _int64le(start_time_nanosecond(start_ticks)))
+
+
+def user_entity_id(host_id: str, name: str, uid: str | int) -> str:
+    """`user.entity_id`: sha256(hostID || name || uid as decimal)[:12], base64 (the code writes name, then uid)."""
+    return _entity_id(host_id.encode(), name.encode(), str(uid).encode())
+
+
+def _ip16(address: str) -> bytes:
+    """The 16-byte form Go's net.IP uses: IPv4 as ::ffff:a.b.c.d, IPv6 as is."""
+    ip = ipaddress.ip_address(address)
+    if ip.version == 4:
+        return ipaddress.IPv6Address("::ffff:" + address).packed
+    return ip.packed
+
+
+def socket_entity_id(host_id: str, inode: int, local_ip: str, remote_ip: str, local_port: int,
+                     remote_port: int) -> str:
+    """Auditbeat v1 `socket.entity_id`: hostID || int64le(inode) || lip16 || rip16 || int64le(lport) || int64le(rport)."""
+    return _entity_id(host_id.encode(), _int64le(inode), _ip16(local_ip), _ip16(remote_ip), _int64le(local_port),
+                      _int64le(remote_port))

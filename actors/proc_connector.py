@@ -1,0 +1,355 @@
+"""The kernel's process-events connector (netlink NETLINK_CONNECTOR, CN_IDX_PROC): fork, exec and exit as they happen."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+LOG = logging.getLogger("hostaudit.proc_connector")
+
+NETLINK_CONNECTOR = 11
+CN_IDX_PROC = 1
+CN_VAL_PROC = 1
+NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE = 1, 2, 3
+PROC_CN_MCAST_LISTEN, PROC_CN_MCAST_IGNORE = 1, 2
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+CAP_NET_ADMIN = 12
+
+PROC_EVENT_NONE = 0x00000000  # the kernel's acknowledgement of a (un)subscribe request
+PROC_EVENT_FORK = 0x00000001
+PROC_EVENT_EXEC = 0x00000002
+PROC_EVENT_EXIT = 0x80000000
+
+# nlmsghdr (16 bytes) + cn_msg (20) + the head of proc_event: what, cpu, timestamp_ns (16; the union follows).
+NLMSG_HEADER = struct.Struct("=IHHII")
+EVENT_HEADER = struct.Struct("=IHHII IIIIHH IIQ")
+EVENT_DATA_OFFSET = EVENT_HEADER.size  # 52
+FORK_DATA = struct.Struct("=iiii")  # parent_pid, parent_tgid, child_pid, child_tgid
+EXEC_DATA = struct.Struct("=ii")  # process_pid, process_tgid
+EXIT_DATA = struct.Struct("=iiII")  # process_pid, process_tgid, exit_code, exit_signal
+EXIT_PARENT = struct.Struct("=ii")  # parent_pid, parent_tgid (Linux >= 4.18)
+ACK_DATA = struct.Struct("=I")  # err
+
+DEFAULT_RECEIVE_BUFFER = 8 * 1024 * 1024
+DEFAULT_ACK_TIMEOUT = 1.0
+MAX_MESSAGES_PER_READ = 512  # drain at most this many datagrams before reading the new processes' /proc
+RECEIVE_BYTES = 8192
+FORK_MEMORY = 65536  # pids whose FORK we remember (for the parent and the start of a later EXEC)
+NANOS = 1_000_000_000
+
+
+class ConnectorUnavailable(Exception):
+    """The process-events connector cannot be used here; str() says why and what would fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessExec:
+    """A process replaced its image (execve), with what was read of it at once (`details`, from the `enrich`
+    callback; None when the process was gone before it could be read)."""
+
+    pid: int
+    time: float  # epoch seconds of the exec, from the kernel's timestamp
+    boot_ns: int  # the same instant in ns since boot (CLOCK_BOOTTIME, the clock of /proc start times)
+    ppid: int | None  # from the FORK, or the EXIT in the same batch, when known
+    fork_boot_ns: int | None  # when the process was forked (ns since boot), if the FORK was seen
+    details: Any
+    delay_ns: int  # from the kernel's timestamp to the moment the datagram was received
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessExit:
+    """A process (thread-group leader) exited."""
+
+    pid: int
+    time: float
+    boot_ns: int
+    ppid: int | None
+    exit_code: int  # the exit status 0..255, or -N when signal N killed it (subprocess's returncode form)
+    delay_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """One decoded connector message, before enrichment."""
+
+    what: int
+    cpu: int
+    seq: int
+    ack: int
+    timestamp_ns: int  # CLOCK_MONOTONIC, as the kernel's ktime_get_ns()
+    data: tuple[int, ...]
+
+
+def subscribe_message(port: int, operation: int, ack: int = 0) -> bytes:
+    """Return the datagram that (un)subscribes the socket to process events (PROC_CN_MCAST_LISTEN/IGNORE)."""
+    payload = struct.pack("=I", operation)
+    cn_msg = struct.pack("=IIIIHH", CN_IDX_PROC, CN_VAL_PROC, 0, ack, len(payload), 0) + payload
+    return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(cn_msg), NLMSG_DONE, 0, 0, port) + cn_msg
+
+
+def decode_datagram(datagram: bytes | memoryview) -> list[RawEvent]:
+    """Decode the connector messages in one datagram; messages that are not process events are skipped."""
+    events: list[RawEvent] = []
+    offset, size = 0, len(datagram)
+    while offset + EVENT_HEADER.size <= size:
+        (length, kind, _flags, _seq, _port, idx, val, seq, ack, _data_length, _cflags, what, cpu,
+         timestamp) = EVENT_HEADER.unpack_from(datagram, offset)
+        if length < NLMSG_HEADER.size:
+            break
+        if kind == NLMSG_DONE and idx == CN_IDX_PROC and val == CN_VAL_PROC:
+            end = min(offset + length, size)
+            events.append(RawEvent(what, cpu, seq, ack, timestamp, _event_data(datagram, offset, what, end)))
+        offset += (length + 3) & ~3
+    return events
+
+
+def _event_data(datagram: bytes | memoryview, offset: int, what: int, end: int) -> tuple[int, ...]:
+    start = offset + EVENT_DATA_OFFSET
+    if what == PROC_EVENT_FORK and start + FORK_DATA.size <= end:
+        return FORK_DATA.unpack_from(datagram, start)
+    if what == PROC_EVENT_EXEC and start + EXEC_DATA.size <= end:
+        return EXEC_DATA.unpack_from(datagram, start)
+    if what == PROC_EVENT_EXIT and start + EXIT_DATA.size <= end:
+        head = EXIT_DATA.unpack_from(datagram, start)
+        if start + EXIT_DATA.size + EXIT_PARENT.size <= end:
+            return head + EXIT_PARENT.unpack_from(datagram, start + EXIT_DATA.size)
+        return head + (0, 0)
+    if what == PROC_EVENT_NONE and start + ACK_DATA.size <= end:
+        return ACK_DATA.unpack_from(datagram, start)
+    return ()
+
+
+def exit_status_code(status: int) -> int:
+    """The kernel's wait status (task->exit_code) as one number: the exit code, or -signal when killed."""
+    signal_number = status & 0x7F
+    return (status >> 8) & 0xFF if signal_number == 0 else -signal_number
+
+
+def has_capability(bit: int) -> bool:
+    """Whether this process has capability `bit` in its effective set (CapEff of /proc/self/status)."""
+    try:
+        with open("/proc/self/status", "rb") as handle:
+            status = handle.read()
+    except OSError:
+        return os.geteuid() == 0
+    for line in status.splitlines():
+        if line.startswith(b"CapEff:"):
+            return bool(int(line.split()[1], 16) >> bit & 1)
+    return os.geteuid() == 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Clocks:
+    """Offsets that turn the kernel's CLOCK_MONOTONIC timestamps into boot time and epoch time."""
+
+    to_boot_ns: int
+    to_epoch_ns: int
+
+    @staticmethod
+    def now() -> "_Clocks":
+        monotonic = time.monotonic_ns()
+        return _Clocks(time.clock_gettime_ns(time.CLOCK_BOOTTIME) - monotonic, time.time_ns() - monotonic)
+
+
+class ProcConnector:
+    """A subscription to the process connector. `read()` returns ProcessExec / ProcessExit items; an EXEC's
+    /proc files are read (through `enrich(pid)`) as soon as its datagram is received, before the process can
+    exit. Thread forks and exits are dropped; a FORK is remembered only to give the later EXEC its parent."""
+
+    def __init__(self, enrich: Callable[[int], Any], receive_buffer: int = DEFAULT_RECEIVE_BUFFER,
+                 ack_timeout: float = DEFAULT_ACK_TIMEOUT) -> None:
+        self._enrich = enrich
+        self._receive_buffer = receive_buffer
+        self._ack_timeout = ack_timeout
+        self._socket: socket.socket | None = None
+        self._poller = select.poll()
+        self._buffer = bytearray(RECEIVE_BYTES)
+        self._backlog: list[tuple[RawEvent, int]] = []  # received while waiting for the acknowledgement
+        self._forks: dict[int, tuple[int, int]] = {}  # child pid -> (parent pid, fork time ns since boot)
+        self._last_seq: dict[int, int] = {}  # cpu -> last sequence number seen (gaps are drops)
+        self._gaps = 0
+        self._enobufs = 0
+        self.received = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def open(self) -> "ProcConnector":
+        """Subscribe; raise ConnectorUnavailable saying why when the kernel refuses or does not answer."""
+        if not has_capability(CAP_NET_ADMIN):  # the kernel would ignore the request without a word
+            raise ConnectorUnavailable("subscribing to process events needs CAP_NET_ADMIN: run hostaudit as root")
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+        except OSError as error:
+            raise ConnectorUnavailable(f"cannot open a NETLINK_CONNECTOR socket ({error.strerror}): the kernel "
+                                       "lacks CONFIG_PROC_EVENTS or netlink is filtered (seccomp)") from None
+        try:
+            self._set_receive_buffer(sock)
+            sock.bind((0, CN_IDX_PROC))
+            sock.setblocking(False)
+            self._socket = sock
+            self._poller.register(sock.fileno(), select.POLLIN)
+            self._subscribe()
+        except OSError as error:
+            sock.close()
+            self._socket = None
+            denied = error.errno in (errno.EPERM, errno.EACCES)
+            hint = ": it needs root (CAP_NET_ADMIN)" if denied else ""
+            raise ConnectorUnavailable(f"cannot subscribe to process events ({error.strerror}){hint}") from None
+        except ConnectorUnavailable:
+            sock.close()
+            self._socket = None
+            raise
+        return self
+
+    def _set_receive_buffer(self, sock: socket.socket) -> None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self._receive_buffer)
+        except OSError:  # needs CAP_NET_ADMIN; the plain option is capped at net.core.rmem_max
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._receive_buffer)
+
+    def _subscribe(self) -> None:
+        """Send PROC_CN_MCAST_LISTEN asking for an acknowledgement, and wait for it: a process outside the
+        initial PID/user namespace gets no events and no acknowledgement."""
+        assert self._socket is not None
+        cookie = int.from_bytes(os.urandom(3), "big") + 1
+        port = self._socket.getsockname()[0]
+        self._socket.sendto(subscribe_message(port, PROC_CN_MCAST_LISTEN, ack=cookie), (0, 0))
+        deadline = time.monotonic() + self._ack_timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self._poller.poll(left * 1000):
+                continue
+            for event, received_ns in self._drain():
+                if event.what == PROC_EVENT_NONE and event.ack == cookie + 1:
+                    error = event.data[0] if event.data else 0
+                    if error:
+                        raise ConnectorUnavailable(f"the kernel refused the subscription: {os.strerror(error)}")
+                    return
+                if event.what != PROC_EVENT_NONE:  # another listener's acknowledgement is not ours
+                    self._backlog.append((event, received_ns))
+        raise ConnectorUnavailable(
+            f"no acknowledgement from the kernel within {self._ack_timeout:g} s: the process connector only "
+            "serves the initial PID and user namespaces (run on the host, or with --pid=host and CAP_NET_ADMIN)")
+
+    def close(self) -> None:
+        """Unsubscribe (so the kernel stops producing events when nobody listens) and close the socket."""
+        sock, self._socket = self._socket, None
+        if sock is None:
+            return
+        try:
+            sock.sendto(subscribe_message(sock.getsockname()[0], PROC_CN_MCAST_IGNORE), (0, 0))
+        except OSError as error:
+            LOG.debug("unsubscribing from process events failed: %s", error)
+        sock.close()
+
+    def fileno(self) -> int:
+        return self._socket.fileno() if self._socket is not None else -1
+
+    # -- reading --------------------------------------------------------------------------------------------
+
+    def lost(self) -> int:
+        """Notifications the kernel dropped (per-CPU sequence gaps; at least one per ENOBUFS)."""
+        return max(self._gaps, self._enobufs)
+
+    def read(self, timeout: float) -> list[ProcessExec | ProcessExit]:
+        """Wait up to `timeout` s; return the exec and exit notifications received, the EXECs already read."""
+        if self._socket is None:
+            raise ConnectorUnavailable("the process connector is closed")
+        raw, self._backlog = self._backlog, []
+        if not raw and not self._poller.poll(max(0.0, timeout) * 1000):
+            return []
+        raw += self._drain()
+        return self._interpret(raw, _Clocks.now())
+
+    def _drain(self) -> list[tuple[RawEvent, int]]:
+        """Receive what is queued (up to MAX_MESSAGES_PER_READ datagrams) without blocking."""
+        assert self._socket is not None
+        events: list[tuple[RawEvent, int]] = []
+        view = memoryview(self._buffer)
+        for _ in range(MAX_MESSAGES_PER_READ):
+            try:
+                size = self._socket.recv_into(self._buffer)
+            except BlockingIOError:
+                break
+            except OSError as error:
+                if error.errno == errno.ENOBUFS:  # the kernel dropped some: counted; the next poll reconciles
+                    self._enobufs += 1
+                    continue
+                raise
+            received_ns = time.monotonic_ns()
+            for event in decode_datagram(view[:size]):
+                self._count(event)
+                events.append((event, received_ns))
+        return events
+
+    def _count(self, event: RawEvent) -> None:
+        if event.what == PROC_EVENT_NONE:
+            return
+        self.received += 1
+        last = self._last_seq.get(event.cpu)
+        if last is not None and event.seq > last + 1:
+            self._gaps += event.seq - last - 1
+        if last is None or event.seq > last:
+            self._last_seq[event.cpu] = event.seq
+
+    def _interpret(self, raw: list[tuple[RawEvent, int]], clocks: _Clocks) -> list[ProcessExec | ProcessExit]:
+        """Turn raw events into items; an EXEC whose process exits later in the same batch is not read."""
+        last_exit = {event.data[0]: index for index, (event, _) in enumerate(raw)
+                     if event.what == PROC_EVENT_EXIT and event.data and event.data[0] == event.data[1]}
+        exit_parent = {event.data[0]: event.data[5] for event, _ in raw
+                       if event.what == PROC_EVENT_EXIT and len(event.data) == 6 and event.data[5] > 0}
+        items: list[ProcessExec | ProcessExit] = []
+        for index, (event, received_ns) in enumerate(raw):
+            if event.what == PROC_EVENT_FORK:
+                self._remember_fork(event, clocks)
+            elif event.what == PROC_EVENT_EXEC and event.data and event.data[0] == event.data[1]:
+                alive = last_exit.get(event.data[0], -1) < index
+                items.append(self._exec_item(event, received_ns, clocks, alive, exit_parent))
+            elif event.what == PROC_EVENT_EXIT and event.data and event.data[0] == event.data[1]:
+                items.append(self._exit_item(event, received_ns, clocks))
+        return items
+
+    def _remember_fork(self, event: RawEvent, clocks: _Clocks) -> None:
+        if len(event.data) != 4:
+            return
+        _parent_pid, parent_tgid, child_pid, child_tgid = event.data
+        if child_pid != child_tgid:  # a new thread, not a new process
+            return
+        if len(self._forks) >= FORK_MEMORY:  # forks whose exit we never saw (lost, or long-lived): oldest go
+            for stale in list(self._forks)[: FORK_MEMORY // 8]:
+                del self._forks[stale]
+        self._forks[child_pid] = (parent_tgid, event.timestamp_ns + clocks.to_boot_ns)
+
+    def _exec_item(self, event: RawEvent, received_ns: int, clocks: _Clocks, alive: bool,
+                   exit_parent: dict[int, int]) -> ProcessExec:
+        pid = event.data[0]
+        details = self._enrich(pid) if alive else None
+        parent, fork_boot_ns = self._forks.get(pid, (exit_parent.get(pid), None))
+        return ProcessExec(
+            pid=pid,
+            time=(event.timestamp_ns + clocks.to_epoch_ns) / NANOS,
+            boot_ns=event.timestamp_ns + clocks.to_boot_ns,
+            ppid=parent,
+            fork_boot_ns=fork_boot_ns,
+            details=details,
+            delay_ns=max(0, received_ns - event.timestamp_ns),
+        )
+
+    def _exit_item(self, event: RawEvent, received_ns: int, clocks: _Clocks) -> ProcessExit:
+        pid, _tgid, status, _signal, _parent_pid, parent_tgid = event.data
+        remembered = self._forks.pop(pid, None)
+        parent = parent_tgid if parent_tgid > 0 else (remembered[0] if remembered else None)
+        return ProcessExit(
+            pid=pid,
+            time=(event.timestamp_ns + clocks.to_epoch_ns) / NANOS,
+            boot_ns=event.timestamp_ns + clocks.to_boot_ns,
+            ppid=parent,
+            exit_code=exit_status_code(status),
+            delay_ns=max(0, received_ns - event.timestamp_ns),
+        )

@@ -1,0 +1,345 @@
+"""Linux sock_diag over netlink: dump TCP/UDP sockets (inet_diag) and hear of their destruction, parsed with struct."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import select
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+LOG = logging.getLogger("hostaudit.sock_diag")
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST = 0x001
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+SO_RCVBUFFORCE = 33  # SO_RCVBUF beyond net.core.rmem_max; needs CAP_NET_ADMIN
+
+# sock_diag multicast groups (include/uapi/linux/sock_diag.h, enum sknetlink_groups)
+SKNLGRP_INET_TCP_DESTROY = 1
+SKNLGRP_INET_UDP_DESTROY = 2
+SKNLGRP_INET6_TCP_DESTROY = 3
+SKNLGRP_INET6_UDP_DESTROY = 4
+
+# inet_diag attributes (include/uapi/linux/inet_diag.h)
+INET_DIAG_INFO = 2
+INET_DIAG_PROTOCOL = 10
+
+# TCP states (include/net/tcp_states.h); UDP reuses ESTABLISHED (connected) and CLOSE (unconnected).
+TCP_ESTABLISHED = 1
+TCP_SYN_SENT = 2
+TCP_SYN_RECV = 3
+TCP_FIN_WAIT1 = 4
+TCP_FIN_WAIT2 = 5
+TCP_TIME_WAIT = 6
+TCP_CLOSE = 7
+TCP_CLOSE_WAIT = 8
+TCP_LAST_ACK = 9
+TCP_LISTEN = 10
+TCP_CLOSING = 11
+TCP_NEW_SYN_RECV = 12
+TCP_STATE_NAMES = {
+    TCP_ESTABLISHED: "ESTABLISHED", TCP_SYN_SENT: "SYN_SENT", TCP_SYN_RECV: "SYN_RECV", TCP_FIN_WAIT1: "FIN_WAIT1",
+    TCP_FIN_WAIT2: "FIN_WAIT2", TCP_TIME_WAIT: "TIME_WAIT", TCP_CLOSE: "CLOSE", TCP_CLOSE_WAIT: "CLOSE_WAIT",
+    TCP_LAST_ACK: "LAST_ACK", TCP_LISTEN: "LISTEN", TCP_CLOSING: "CLOSING", TCP_NEW_SYN_RECV: "NEW_SYN_RECV",
+}
+ALL_STATES = 0xFFF  # bit (1 << state) for states 0..11; a dump asks for the states it wants
+
+# struct nlmsghdr; inet_diag_req_v2; inet_diag_msg (72 bytes, the 48-byte inet_diag_sockid kept raw)
+_NLMSGHDR = struct.Struct("=IHHII")
+_REQUEST = struct.Struct("=IHHIIBBBxI48s")
+_MESSAGE = struct.Struct("=IHHIIBBBB48sIIIII")  # nlmsghdr + inet_diag_msg
+_MESSAGE_END = _NLMSGHDR.size + 72
+_SOCKID = struct.Struct(">HH16s16s")  # sport, dport, src, dst (network order); then if, cookie (host order)
+_COOKIE = struct.Struct("=II")
+_ATTR = struct.Struct("=HH")
+_ERRNO = struct.Struct("=i")
+# struct tcp_info: tcpi_bytes_acked, tcpi_bytes_received (u64 at 120, 128); tcpi_segs_out, tcpi_segs_in (u32)
+_TCP_INFO_COUNTERS = struct.Struct("=QQII")
+_TCP_INFO_COUNTERS_OFFSET = 120
+
+_V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+_RECV_SIZE = 1 << 16
+_sequence = itertools.count(1)
+
+
+class Endpoints(NamedTuple):
+    """The decoded inet_diag_sockid: ports, addresses as text (IPv4-mapped IPv6 as IPv4), interface, cookie."""
+
+    local_port: int
+    remote_port: int
+    local_ip: str
+    remote_ip: str
+    interface: int
+    cookie: int
+
+
+def format_ip(family: int, raw: bytes) -> str:
+    """Return the text form of a 16-byte inet_diag address; IPv4-mapped IPv6 (::ffff:a.b.c.d) is shown as IPv4,
+    as Go's net.IP prints it."""
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    if raw[:12] == _V4_MAPPED_PREFIX:
+        return socket.inet_ntop(socket.AF_INET, raw[12:16])
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+def decode_sockid(family: int, sockid: bytes) -> Endpoints:
+    """Decode the 48 raw bytes of an inet_diag_sockid (as a dump or a destroy notification gives them)."""
+    sport, dport, src, dst = _SOCKID.unpack_from(sockid)
+    interface, cookie_low, cookie_high = struct.unpack_from("=III", sockid, 36)
+    return Endpoints(sport, dport, format_ip(family, src), format_ip(family, dst), interface,
+                     cookie_low | cookie_high << 32)
+
+
+def sockid_ports(sockid: bytes) -> tuple[int, int]:
+    """Return (local port, remote port) of a raw inet_diag_sockid without decoding the rest."""
+    return struct.unpack_from(">HH", sockid)
+
+
+def dump_request(family: int, protocol: int, states: int, sequence: int, extensions: int = 0) -> bytes:
+    """Return a SOCK_DIAG_BY_FAMILY dump request (nlmsghdr + inet_diag_req_v2) for one family and protocol."""
+    return _REQUEST.pack(_REQUEST.size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, sequence, 0,
+                         family, protocol, extensions, states, b"\x00" * 48)
+
+
+class DiagEntry(NamedTuple):
+    """One socket of a dump, kept raw: its sockid bytes (identity: addresses, ports, cookie) and a few fields."""
+
+    sockid: bytes
+    family: int
+    state: int
+    uid: int
+    inode: int
+
+
+class DumpError(OSError):
+    """The kernel refused or aborted a sock_diag dump (NLMSG_ERROR)."""
+
+
+def parse_dump(data: bytes, sequence: int, into: list[DiagEntry]) -> bool:
+    """Append the inet_diag_msg entries of one netlink datagram to `into`; return True at NLMSG_DONE.
+
+    Messages of another sequence number (a stale dump) are skipped. Raises DumpError on NLMSG_ERROR.
+    """
+    offset, end = 0, len(data)
+    unpack = _MESSAGE.unpack_from
+    append = into.append
+    while offset + _NLMSGHDR.size <= end:
+        length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+        if length < _NLMSGHDR.size:
+            raise DumpError(errno.EBADMSG, f"truncated netlink message (length {length})")
+        if seq == sequence:
+            if kind == NLMSG_DONE:
+                return True
+            if kind == NLMSG_ERROR:
+                code = -_ERRNO.unpack_from(data, offset + _NLMSGHDR.size)[0]
+                raise DumpError(code, f"sock_diag dump failed: {os.strerror(code)}")
+            if kind == SOCK_DIAG_BY_FAMILY and offset + _MESSAGE_END <= end:
+                fields = unpack(data, offset)
+                append(DiagEntry(fields[9], fields[5], fields[6], fields[13], fields[14]))
+        offset += (length + 3) & ~3
+    return False
+
+
+class DiagSocket:
+    """A netlink NETLINK_SOCK_DIAG socket for dumps; one dump at a time, reused across polls."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+        self._socket.bind((0, 0))
+
+    def dump(self, family: int, protocol: int, states: int = ALL_STATES) -> list[DiagEntry]:
+        """Return every socket of `family` (AF_INET or AF_INET6) and `protocol` (IPPROTO_TCP/UDP) in `states`."""
+        sequence = next(_sequence) & 0xFFFFFFFF
+        self._socket.send(dump_request(family, protocol, states, sequence))
+        entries: list[DiagEntry] = []
+        while not parse_dump(self._socket.recv(_RECV_SIZE), sequence, entries):
+            pass
+        return entries
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> "DiagSocket":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Destroyed:
+    """A socket the kernel destroyed (a sock_diag destroy notification), with its last TCP counters.
+
+    The kernel gives no uid and no inode at destruction (both 0): only who it was (addresses, ports, cookie)
+    and, for TCP, its tcp_info. `at` is when the notification was read (epoch seconds).
+    """
+
+    family: int
+    protocol: int
+    state: int
+    local_ip: str
+    local_port: int
+    remote_ip: str
+    remote_port: int
+    cookie: int
+    at: float
+    bytes_acked: int | None = None  # tcpi_bytes_acked: bytes sent by this side and acknowledged
+    bytes_received: int | None = None  # tcpi_bytes_received
+    segments_out: int | None = None  # tcpi_segs_out
+    segments_in: int | None = None  # tcpi_segs_in
+
+
+def parse_tcp_info(payload: bytes) -> tuple[int, int, int, int] | None:
+    """Return (bytes_acked, bytes_received, segs_out, segs_in) of a struct tcp_info, None if too short (old kernel)."""
+    if len(payload) < _TCP_INFO_COUNTERS_OFFSET + _TCP_INFO_COUNTERS.size:
+        return None
+    return _TCP_INFO_COUNTERS.unpack_from(payload, _TCP_INFO_COUNTERS_OFFSET)
+
+
+def _attributes(data: bytes, start: int, end: int) -> dict[int, bytes]:
+    """Return the netlink attributes (type -> payload) between `start` and `end`."""
+    attributes: dict[int, bytes] = {}
+    while start + _ATTR.size <= end:
+        length, kind = _ATTR.unpack_from(data, start)
+        if length < _ATTR.size:
+            break
+        attributes[kind & 0x3FFF] = data[start + _ATTR.size:start + length]
+        start += (length + 3) & ~3
+    return attributes
+
+
+def parse_destroyed(data: bytes, at: float) -> list[Destroyed]:
+    """Parse one datagram of the destroy groups into Destroyed records (other message types are skipped)."""
+    destroyed: list[Destroyed] = []
+    offset, end = 0, len(data)
+    while offset + _MESSAGE_END <= end:
+        fields = _MESSAGE.unpack_from(data, offset)
+        length, kind, family = fields[0], fields[1], fields[5]
+        if length < _NLMSGHDR.size:
+            break
+        if kind == SOCK_DIAG_BY_FAMILY and family in (socket.AF_INET, socket.AF_INET6):
+            attributes = _attributes(data, offset + _MESSAGE_END, offset + min(length, end - offset))
+            protocol_raw = attributes.get(INET_DIAG_PROTOCOL)
+            info = attributes.get(INET_DIAG_INFO)
+            protocol = protocol_raw[0] if protocol_raw else (socket.IPPROTO_TCP if info else socket.IPPROTO_UDP)
+            counters = parse_tcp_info(info) if info and protocol == socket.IPPROTO_TCP else None
+            endpoints = decode_sockid(family, fields[9])
+            destroyed.append(Destroyed(
+                family=family, protocol=protocol, state=fields[6],
+                local_ip=endpoints.local_ip, local_port=endpoints.local_port,
+                remote_ip=endpoints.remote_ip, remote_port=endpoints.remote_port,
+                cookie=endpoints.cookie, at=at, **_counter_fields(counters),
+            ))
+        offset += (length + 3) & ~3
+    return destroyed
+
+
+def _counter_fields(counters: tuple[int, int, int, int] | None) -> dict[str, int | None]:
+    if counters is None:
+        return {}
+    acked, received, segments_out, segments_in = counters
+    return {"bytes_acked": acked, "bytes_received": received, "segments_out": segments_out,
+            "segments_in": segments_in}
+
+
+def destroy_groups(include_udp: bool) -> tuple[int, ...]:
+    """The destroy multicast groups to join: TCP over IPv4 and IPv6, and UDP too when asked."""
+    groups = (SKNLGRP_INET_TCP_DESTROY, SKNLGRP_INET6_TCP_DESTROY)
+    return groups + ((SKNLGRP_INET_UDP_DESTROY, SKNLGRP_INET6_UDP_DESTROY) if include_udp else ())
+
+
+class DestroyListener:
+    """A subscription to the sock_diag destroy groups: every socket the kernel frees, as Destroyed records.
+
+    Joining the groups needs CAP_NET_ADMIN (PermissionError otherwise). The receive buffer is made large
+    (SO_RCVBUFFORCE as root) so bursts wait in the kernel; what the kernel still drops is counted by lost().
+    """
+
+    MAX_BATCH = 4096
+
+    def __init__(self, groups: tuple[int, ...], receive_buffer: int) -> None:
+        self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+        try:
+            self._socket.bind((0, 0))
+            for group in groups:
+                self._socket.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+            self._set_receive_buffer(receive_buffer)
+            self._socket.setblocking(False)
+        except OSError:
+            self._socket.close()
+            raise
+        self._inode = os.fstat(self._socket.fileno()).st_ino
+        self._overruns = 0  # ENOBUFS seen: the kernel dropped at least one notification each time
+        self._closed = False
+
+    def _set_receive_buffer(self, size: int) -> None:
+        try:
+            self._socket.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+        except PermissionError:
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+    def read(self, timeout: float) -> list[Destroyed]:
+        """Wait up to `timeout` seconds for notifications; return those queued (at most MAX_BATCH), [] on timeout."""
+        if self._closed:
+            return []
+        try:
+            ready, _, _ = select.select([self._socket], [], [], max(0.0, timeout))
+        except (OSError, ValueError):  # closed by another thread while we waited
+            return []
+        if not ready:
+            return []
+        return self._drain()
+
+    def _drain(self) -> list[Destroyed]:
+        batch: list[Destroyed] = []
+        while len(batch) < self.MAX_BATCH and not self._closed:
+            try:
+                data = self._socket.recv(_RECV_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as error:
+                if error.errno != errno.ENOBUFS:
+                    raise
+                self._overruns += 1
+                continue
+            batch.extend(parse_destroyed(data, time.time()))
+        return batch
+
+    def lost(self) -> int:
+        """Notifications the kernel dropped for want of buffer: its exact count (sk_drops in /proc/net/netlink)
+        when readable, else the number of ENOBUFS errors seen (each stands for one or more drops)."""
+        drops = netlink_drops(self._inode)
+        return max(self._overruns, drops if drops is not None else 0)
+
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def close(self) -> None:
+        self._closed = True
+        self._socket.close()
+
+
+def netlink_drops(inode: int, table: Path = Path("/proc/net/netlink")) -> int | None:
+    """Return the Drops column of /proc/net/netlink for the netlink socket with `inode`, None if not found."""
+    try:
+        lines = table.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines[1:]:
+        columns = line.split()
+        if len(columns) >= 10 and columns[9] == str(inode):
+            return int(columns[8])
+    return None

@@ -1,0 +1,182 @@
+"""At-least-once delivery to a real Apache Kafka broker: topics, keys, outages, kill -9, torn spools, TLS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.agent_harness import REPO, wait_for
+from tests.hostfs import make_hostfs, set_hostname
+from tests.kafka_support import consume_all, make_ssl_material, wait_for_topic_events
+
+pytestmark = pytest.mark.kafka
+
+FAST_HOST = "hostaudit.modules=[{module: system, datasets: [host], period: 200ms}]"
+
+
+def kafka_overrides(bootstrap: str, topic: str, *extra: str) -> tuple[str, ...]:
+    return ("output.file.enabled=false", "output.kafka.enabled=true", f"output.kafka.hosts=[{bootstrap}]",
+            f"output.kafka.topic={topic}", "output.kafka.timeout=5s", "output.kafka.backoff.init=200ms",
+            "output.kafka.backoff.max=2s", *extra)
+
+
+def committed_sequence(data: Path, dataset: str = "host") -> int:
+    """The last event.sequence the dataset spooled and committed (0 before its first commit)."""
+    if not (data / "state.db").exists():
+        return 0
+    with sqlite3.connect(data / "state.db") as db:
+        row = db.execute("SELECT sequence FROM dataset_state WHERE dataset = ?", (dataset,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def host_sequences(messages) -> set[int]:
+    return {doc["event"]["sequence"] for _, doc in messages if doc["event"]["dataset"] == "host"}
+
+
+def test_events_arrive_on_the_formatted_topic_keyed_by_host_id(agent_factory, kafka_bootstrap: str) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    agent = agent_factory(overrides=kafka_overrides(kafka_bootstrap, prefix + "-%{[event.dataset]}"))
+    messages = wait_for_topic_events(kafka_bootstrap, f"{prefix}-host", lambda m: len(m) >= 1, 30,
+                                     "a host event in Kafka")
+    key, document = messages[0]
+    assert document["event"]["dataset"] == "host" and document["event"]["action"] == "host"
+    assert key == document["host"]["id"].encode(), "keyed by host.id, so a host's events stay in order"
+    assert agent.process.poll() is None
+
+
+def test_broker_down_for_30_seconds_loses_nothing(agent_factory, own_broker, tmp_path: Path) -> None:
+    own_broker.start()
+    topic = f"outage-{uuid.uuid4().hex[:8]}"
+    hostfs = make_hostfs(tmp_path / "hostfs", hostname="n0")
+    agent = agent_factory(overrides=kafka_overrides(own_broker.bootstrap, topic, f"hostfs={hostfs}", FAST_HOST))
+    wait_for_topic_events(own_broker.bootstrap, topic, lambda m: len(m) >= 1, 30, "the first event")
+    own_broker.stop()
+    down_until = time.monotonic() + 30
+    changes = 0
+    while time.monotonic() < down_until:  # keep producing changes while the broker is away
+        changes += 1
+        set_hostname(hostfs, f"n{changes}")
+        time.sleep(0.5)
+    agent.wait_for_log("output unavailable", 5)
+    produced_while_down = committed_sequence(agent.data)
+    assert produced_while_down > 20, "the collector kept running and spooling while the broker was down"
+    own_broker.restart_same_data()
+    set_hostname(hostfs, "final")
+    final = wait_for(lambda: committed_sequence(agent.data) > produced_while_down and committed_sequence(agent.data),
+                     10, "a change after the broker came back")
+    messages = wait_for_topic_events(own_broker.bootstrap, topic,
+                                     lambda m: set(range(1, final + 1)) <= host_sequences(m), 90,
+                                     "every event produced during the outage")
+    assert set(range(1, final + 1)) <= host_sequences(messages)
+    assert agent.process.poll() is None
+
+
+def test_kill_9_of_the_whole_agent_repeatedly_loses_nothing(agent_factory, kafka_bootstrap: str,
+                                                            tmp_path: Path) -> None:
+    topic = f"kill-{uuid.uuid4().hex[:8]}"
+    hostfs = make_hostfs(tmp_path / "hostfs", hostname="k0")
+    overrides = kafka_overrides(kafka_bootstrap, topic, f"hostfs={hostfs}", FAST_HOST)
+    changes = 0
+    for round_number in range(4):
+        agent = agent_factory(overrides=overrides)
+        agent.wait_for_role("host", 15)
+        deadline = time.monotonic() + 2 + round_number * 0.5
+        while time.monotonic() < deadline:
+            changes += 1
+            set_hostname(hostfs, f"k{changes}")
+            time.sleep(0.1)
+        os.killpg(agent.pid, signal.SIGKILL)  # the whole agent: supervisor, forkserver, collectors, producer
+        agent.process.wait(10)
+    spooled = committed_sequence(agent.data)
+    assert spooled > 10
+    agent = agent_factory(overrides=overrides)
+    messages = wait_for_topic_events(kafka_bootstrap, topic,
+                                     lambda m: set(range(1, spooled + 1)) <= host_sequences(m), 60,
+                                     "every event that reached the spool before the kills")
+    assert set(range(1, spooled + 1)) <= host_sequences(messages)
+
+
+def test_torn_spool_tail_is_recovered_on_start(agent_factory, kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = f"torn-{uuid.uuid4().hex[:8]}"
+    hostfs = make_hostfs(tmp_path / "hostfs", hostname="t0")
+    # The broker is unreachable at first, so events stay in the spool.
+    overrides = kafka_overrides("127.0.0.1:1", topic, f"hostfs={hostfs}", FAST_HOST)
+    agent = agent_factory(overrides=overrides)
+    wait_for(lambda: committed_sequence(agent.data) >= 1, 10, "the first host state spooled")
+    for index in range(1, 6):
+        set_hostname(hostfs, f"t{index}")
+        wait_for(lambda: committed_sequence(agent.data) >= index + 1, 10, f"change {index} spooled")
+    agent.terminate()
+    segments = sorted((agent.data / "spool" / "host").glob("*.seg"))
+    last = segments[-1]
+    size = last.stat().st_size
+    with last.open("r+b") as handle:
+        handle.truncate(size - 7)  # cut the last record in the middle
+    agent = agent_factory(overrides=kafka_overrides(kafka_bootstrap, topic, f"hostfs={hostfs}", FAST_HOST))
+    agent.wait_for_log("torn", 15)
+    set_hostname(hostfs, "after-repair")
+    messages = wait_for_topic_events(
+        kafka_bootstrap, topic, lambda m: any(d["host"]["hostname"] == "after-repair" for _, d in m), 60,
+        "events after the repaired spool")
+    assert agent.process.poll() is None
+    assert len(host_sequences(messages)) >= 5
+
+
+def test_oversize_event_is_truncated_tagged_and_sent(agent_factory, kafka_bootstrap: str) -> None:
+    topic = f"big-{uuid.uuid4().hex[:8]}"
+    agent = agent_factory(overrides=kafka_overrides(kafka_bootstrap, topic, "output.kafka.max_message_bytes=1600"))
+    messages = wait_for_topic_events(kafka_bootstrap, topic, lambda m: len(m) >= 1, 30, "the truncated event")
+    document = messages[0][1]
+    assert "truncated" in document["tags"]
+    assert document["event"]["id"] and document["host"]["id"], "identifying fields are never cut"
+    agent.wait_for_log("larger than output.kafka.max_message_bytes", 5)
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "actors.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_test_output_reports_a_reachable_broker(kafka_bootstrap: str, tmp_path: Path) -> None:
+    result = run_cli("test", "output", "-E", f"path.data={tmp_path}", "-E", "output.kafka.enabled=true",
+                     "-E", f"output.kafka.hosts=[{kafka_bootstrap}]", "-E", f"output.kafka.topic=probe-{uuid.uuid4().hex[:6]}")
+    assert result.returncode == 0, result.stderr
+    assert "connection... OK" in result.stdout and "writable" in result.stdout
+
+
+def test_unknown_host_is_one_clear_error_and_the_agent_stays_alive(agent_factory, tmp_path: Path) -> None:
+    result = run_cli("test", "output", "-E", f"path.data={tmp_path}", "-E", "output.kafka.enabled=true",
+                     "-E", "output.kafka.hosts=[no-such-host.invalid:9092]")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "ERROR" in errors[0], result.stderr
+    agent = agent_factory(overrides=kafka_overrides("no-such-host.invalid:9092", "nowhere"))
+    agent.wait_for_log("output unavailable", 30)
+    assert agent.process.poll() is None, "a broken output never stops the agent"
+    assert committed_sequence(agent.data) >= 1, "events are kept in the spool"
+
+
+def test_tls_delivery_with_verification_and_wrong_ca_fails_clearly(agent_factory, tmp_path: Path) -> None:
+    from tests.kafka_support import KafkaBroker
+
+    material = make_ssl_material(tmp_path / "ssl")
+    with KafkaBroker(tmp_path / "tls-kafka", ssl=material) as broker:
+        topic = f"tls-{uuid.uuid4().hex[:8]}"
+        agent = agent_factory(overrides=kafka_overrides(
+            broker.ssl_bootstrap, topic, f"output.kafka.ssl.certificate_authorities=[{material.ca_pem}]"))
+        wait_for_topic_events(broker.bootstrap, topic, lambda m: len(m) >= 1, 40, "an event delivered over TLS")
+        result = run_cli("test", "output", "-E", f"path.data={tmp_path / 'd2'}", "-E", "output.kafka.enabled=true",
+                         "-E", f"output.kafka.hosts=[{broker.ssl_bootstrap}]", "-E", "output.kafka.timeout=5s",
+                         "-E", f"output.kafka.ssl.certificate_authorities=[{material.wrong_ca_pem}]")
+        assert result.returncode == 1
+        errors = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and "ERROR" in errors[0], result.stderr
+        assert agent.process.poll() is None
