@@ -19,6 +19,7 @@ import pykka
 
 from actors.agent import AgentIdentity
 from actors.config import Settings
+from actors.monitoring import build_stats, log_stats, serve
 from actors.worker import CollectorSpec, ProducerSpec, collector_main, producer_main
 
 log = logging.getLogger("hostaudit.supervisor")
@@ -28,6 +29,7 @@ PRODUCER_HANG_TIMEOUT = 120.0
 WATCH_INTERVAL = 0.25
 COLLECTOR_STOP_SECONDS = 3.0
 PRODUCER_STOP_SECONDS = 6.0
+STATS_LOG_INTERVAL = 30.0
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -276,8 +278,19 @@ def run(settings: Settings, agent: AgentIdentity) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     supervisor = SupervisorActor.start(settings, context, agent)
+
+    def current_stats() -> dict[str, Any]:
+        return build_stats(supervisor.ask(Status(), timeout=5), settings.path_data / "spool")
+
+    server = serve(settings.http_host, settings.http_port, current_stats) if settings.http_enabled else None
+    next_stats_log = time.monotonic() + STATS_LOG_INTERVAL
     while not stop_requested.wait(1.0):
         known_pids[:] = supervisor.proxy().child_pids().get(timeout=5)
+        if time.monotonic() >= next_stats_log:
+            next_stats_log += STATS_LOG_INTERVAL
+            log_stats(current_stats())
+    if server is not None:
+        server.shutdown()
     known_pids[:] = supervisor.proxy().child_pids().get(timeout=5)
     supervisor.ask(Shutdown(), timeout=10)
     supervisor.stop()

@@ -158,20 +158,22 @@ class _HostFieldsCache:
 def producer_main(spec: ProducerSpec, heartbeat: Connection, wake: WakeEvent) -> None:
     """Run the producer actor: deliver spooled events to the output until SIGTERM, then drain and exit."""
     from actors.outputs import create_output
-    from actors.producer import ProducerActor, Pump
+    from actors.producer import DeliveryStats, ProducerActor
 
     set_role("producer")
     lifecycle = _Lifecycle()
     configure_logging(spec.log_level, "producer")
     output = create_output(spec.output_type, spec.output_options)
+    stats = DeliveryStats()
     actor = ProducerActor.start(
         spec.path_data / "spool", output,
         bulk_max_size=int(spec.output_options.get("bulk_max_size", 2048) or 2048),
         backoff_initial=float(spec.output_options.get("backoff", {}).get("init", 1.0)),
         backoff_max=float(spec.output_options.get("backoff", {}).get("max", 60.0)),
+        stats=stats,
     ).proxy()
     pumps = [0]
-    _start_heartbeats(heartbeat, lambda: {"progress": pumps[0]}, lifecycle)
+    _start_heartbeats(heartbeat, lambda: {"progress": pumps[0], **stats.as_dict()}, lifecycle)
     retry_at = 0.0
     while not lifecycle.stopping.is_set():
         pumps[0] += 1

@@ -4,16 +4,8 @@
 # stops the broker. Extra arguments go to pytest (e.g. `bash ops/test.sh tests/unit -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$(pwd)
 
-python=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt .venv/.installed ]; then
-  echo "--- creating .venv and installing hostaudit[test]"
-  "$python" -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -U pip
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
-  touch .venv/.installed
-fi
+source ops/venv.sh
 
 broker_dir=""
 stop_broker() {

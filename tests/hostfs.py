@@ -13,6 +13,12 @@ ID=debian
 """
 
 
+PASSWD = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000:Alice:/home/alice:/bin/bash\n"
+GROUP = "root:x:0:\nalice:x:1000:\nadmins:x:1500:alice\n"
+SHADOW_HASH = "$6$saltsaltSALT$" + "h" * 86
+SHADOW = f"root:*:19000:0:99999:7:::\nalice:{SHADOW_HASH}:19500:0:99999:7:::\n"
+
+
 def make_hostfs(root: Path, hostname: str = "testhost", machine_id: str = "0123456789abcdef0123456789abcdef",
                 boot_time: int = 1_700_000_000, kernel: str = "6.1.0-test", uptime: float = 93_784.5) -> Path:
     """Write the files the host dataset reads under `root` and return it."""
@@ -24,6 +30,9 @@ def make_hostfs(root: Path, hostname: str = "testhost", machine_id: str = "01234
         "proc/sys/kernel/hostname": hostname + "\n",
         "proc/sys/kernel/osrelease": kernel + "\n",
         "proc/sys/kernel/random/boot_id": "c0ffee00-0000-4000-8000-000000000001\n",
+        "etc/passwd": PASSWD,
+        "etc/group": GROUP,
+        "etc/shadow": SHADOW,
     }
     for relative, text in files.items():
         path = root / relative
@@ -34,3 +43,23 @@ def make_hostfs(root: Path, hostname: str = "testhost", machine_id: str = "01234
 
 def set_hostname(root: Path, hostname: str) -> None:
     (root / "proc/sys/kernel/hostname").write_text(hostname + "\n")
+
+
+def set_boot_time(root: Path, boot_time: int) -> None:
+    (root / "proc/stat").write_text(f"cpu  1 2 3 4\nbtime {boot_time}\nprocesses 10\n")
+
+
+def add_user(root: Path, name: str, uid: int, password_hash: str) -> None:
+    with (root / "etc/passwd").open("a") as passwd:
+        passwd.write(f"{name}:x:{uid}:{uid}:{name}:/home/{name}:/bin/sh\n")
+    with (root / "etc/group").open("a") as group:
+        group.write(f"{name}:x:{uid}:\n")
+    with (root / "etc/shadow").open("a") as shadow:
+        shadow.write(f"{name}:{password_hash}:19600:0:99999:7:::\n")
+
+
+def set_password(root: Path, name: str, password_hash: str) -> None:
+    lines = (root / "etc/shadow").read_text().splitlines()
+    (root / "etc/shadow").write_text("".join(
+        (f"{name}:{password_hash}:" + line.split(":", 2)[2] if line.startswith(name + ":") else line) + "\n"
+        for line in lines))

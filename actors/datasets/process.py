@@ -256,6 +256,7 @@ class _Reader:
         self.base = base
         self.denied: list[str] = []
         self.errors: list[str] = []
+        self.failed: set[str] = set()  # names that exist but could not be read (denied or another error)
 
     def file(self, name: str, whole: bool = False) -> bytes | None:
         try:
@@ -279,6 +280,7 @@ class _Reader:
         return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
     def _problem(self, name: str, error: procfs.Unreadable) -> None:
+        self.failed.add(name)
         if error.errno in _DENIED:
             self.denied.append(name)
         else:
@@ -314,7 +316,7 @@ def read_details(proc: str, pid: int, stat: Stat | None = None) -> ProcessDetail
     exe_id = reader.file_id("exe") if exe else None
     cgroup = reader.file("cgroup", whole=True)
     ids, effective, permitted = parse_status(status) if status else (None, 0, 0)
-    vanished = any(content is None and name not in reader.denied
+    vanished = any(content is None and name not in reader.failed
                    for name, content in (("cmdline", cmdline), ("status", status)))
     return ProcessDetails(
         pid=pid,

@@ -13,8 +13,9 @@ What counts as a socket. TIME_WAIT and SYN_RECV entries are not asked for: they 
 connection (or a half-open one), no process can hold them, and Auditbeat's reporting of each as an extra
 "opened ... process has exited (inode=0)" socket doubled every connection. A TCP socket with inode 0 in
 ESTABLISHED or CLOSE_WAIT is in a listener's accept queue: it is reported once a process accepts it. Orphans
-(FIN_WAIT1/2, CLOSING, LAST_ACK with inode 0) are kept: when first seen that way they carry
-"process has exited (inode=0)" and the uid only.
+(FIN_WAIT1/2, CLOSING, LAST_ACK with inode 0) are kept. One seen while a process still held it keeps that
+process and uid; one first seen orphaned carries "process has exited (inode=0)" and no user: the kernel reports
+uid 0 for every socket without an inode (sock_i_uid), which Auditbeat turned into "user root (UID: 0)".
 
 Direction is Auditbeat's ListenerTable rule: listeners are the sockets with remote port 0 (listening); a socket
 is inbound when a listener of the same transport has its local port and either its local IP or the unspecified
@@ -541,8 +542,9 @@ class SocketObserver:
         endpoints = decode_sockid(entry.family, entry.sockid)
         if endpoints.local_port == 0:
             return None
+        uid = entry.uid if entry.inode else None  # without an inode the kernel says 0 whoever owned it
         record = new_record(transport, 4 if entry.family == socket.AF_INET else 6, endpoints.local_ip,
-                            endpoints.local_port, endpoints.remote_ip, endpoints.remote_port, entry.inode, entry.uid,
+                            endpoints.local_port, endpoints.remote_ip, endpoints.remote_port, entry.inode, uid,
                             opened_at=opened_at, state=entry.state)
         reported = self.options.include_localhost or not (
             is_loopback(endpoints.local_ip) or is_loopback(endpoints.remote_ip))
@@ -690,9 +692,10 @@ def _add_traffic(fields: dict[str, Any], direction: str, traffic: Traffic) -> No
                              packets=traffic.sent_packets + traffic.received_packets)
 
 
+SHORT_LIVED_ERROR = "socket opened and closed between two polls: process and user unknown"
+
+
 def _error_message(record: Sequence[Any]) -> str:
-    if record[R_UID] is None:
-        return "socket opened and closed between two polls: process and user unknown"
     if record[R_INODE] == 0:
         return "process has exited (inode=0)"
     return f"process not found (inode={record[R_INODE]})"
@@ -700,8 +703,9 @@ def _error_message(record: Sequence[Any]) -> str:
 
 def socket_event(record: Sequence[Any], key: str, action: SocketAction, context: EventContext, timestamp: float,
                  traffic: Traffic | None = None, closed_at: float | None = None,
-                 audit_extra: Mapping[str, Any] | None = None) -> Event:
-    """Return the event for `action` on one socket record (key = its kernel cookie)."""
+                 audit_extra: Mapping[str, Any] | None = None, error: str = "") -> Event:
+    """Return the event for `action` on one socket record (key = its kernel cookie); `error` says why the
+    process is unknown when the record cannot tell."""
     fields = _network_fields(record)
     audit: dict[str, Any] = {"cookie": key}
     state = record[R_STATE]
@@ -715,7 +719,7 @@ def socket_event(record: Sequence[Any], key: str, action: SocketAction, context:
     process_name, pid = _add_process(fields, record, context)
     user_name, uid = _add_user(fields, record, context)
     if pid < 0:
-        fields["error"] = {"message": _error_message(record)}
+        fields["error"] = {"message": error or _error_message(record)}
     if traffic is not None:
         _add_traffic(fields, record[R_DIRECTION], traffic)
     if closed_at is not None and record[R_OPENED] is not None:
@@ -796,6 +800,7 @@ class SocketDataset:
         self.observer = SocketObserver(self.hostfs, self.options)
         self.users = UserNames(self.hostfs)
         self._recently_closed: OrderedDict[str, None] = OrderedDict()
+        self._stream_warned = False
 
     # -- polling ------------------------------------------------------------------------------------------
 
@@ -838,13 +843,16 @@ class SocketDataset:
     # -- streaming ----------------------------------------------------------------------------------------
 
     def open_stream(self) -> DestroyListener | None:
-        """Join the sock_diag destroy groups; None, after one warning, when the kernel refuses (no CAP_NET_ADMIN)."""
+        """Join the sock_diag destroy groups; None, after one warning, when the kernel or a sandbox refuses
+        (EPERM where the groups need CAP_NET_ADMIN, EMFILE, no sock_diag, ...). Linux 6.x lets any user join."""
         try:
             return DestroyListener(destroy_groups(self.options.include_udp), self.options.stream_buffer_bytes)
         except OSError as error:
-            hint = " (needs CAP_NET_ADMIN: run as root)" if error.errno in (errno.EPERM, errno.EACCES) else ""
-            LOG.warning("Cannot subscribe to socket destroy notifications (%s)%s: sockets that open and close "
-                        "between two polls will not be reported", error.strerror or error, hint)
+            if not self._stream_warned:
+                self._stream_warned = True
+                hint = " (needs CAP_NET_ADMIN: run as root)" if error.errno in (errno.EPERM, errno.EACCES) else ""
+                LOG.warning("Cannot subscribe to socket destroy notifications (%s)%s: sockets that open and close "
+                            "between two polls will not be reported", error.strerror or error, hint)
             return None
 
     def apply_stream(self, snapshot: Any, items: Sequence[Any]) -> tuple[Any, Sequence[Event]]:
@@ -884,9 +892,9 @@ class SocketDataset:
             return []
         key, record = made
         opened = socket_event(record, key, SOCKET_OPENED, context, item.at,
-                              audit_extra={"short_lived": True, "synthesized": True})
+                              audit_extra={"short_lived": True, "synthesized": True}, error=SHORT_LIVED_ERROR)
         closed = socket_event(record, key, SOCKET_CLOSED, context, item.at, Traffic.from_destroyed(item),
-                              closed_at=item.at, audit_extra={"short_lived": True})
+                              closed_at=item.at, audit_extra={"short_lived": True}, error=SHORT_LIVED_ERROR)
         return [opened, closed]
 
     # -- helpers ------------------------------------------------------------------------------------------

@@ -113,3 +113,30 @@ def test_sigterm_flushes_every_event_and_exits_zero(agent_factory, tmp_path: Pat
     spool = agent.data / "spool" / "host"
     from actors.spool import SpoolReader
     assert not SpoolReader(spool).has_pending(), "nothing left unacknowledged in the spool"
+
+
+def test_monitoring_endpoint_serves_stats_and_prometheus_metrics(agent_factory) -> None:
+    import json
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    agent = agent_factory(overrides=("http.enabled=true", f"http.port={port}"))
+    agent.wait_for_event(is_host_state, 10, "a host state event")
+
+    def acknowledged() -> dict | None:
+        try:
+            stats = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5))
+        except OSError:
+            return None
+        host = stats["datasets"]["host"]
+        return stats if host["events_acknowledged"] >= 1 and host["events_emitted"] >= 1 else None
+
+    stats = wait_for(acknowledged, 10, "/stats showing the host event emitted and acknowledged")
+    assert stats["datasets"]["host"]["up"] is True and stats["output"]["events_dropped"] == 0
+    assert stats["spool"]["bytes"] > 0
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'hostaudit_events_acknowledged_total{dataset="host"}' in metrics
+    assert "# TYPE hostaudit_oldest_unacknowledged_age_seconds gauge" in metrics

@@ -132,9 +132,11 @@ def test_torn_spool_tail_is_recovered_on_start(agent_factory, kafka_bootstrap: s
 
 def test_oversize_event_is_truncated_tagged_and_sent(agent_factory, kafka_bootstrap: str) -> None:
     topic = f"big-{uuid.uuid4().hex[:8]}"
-    agent = agent_factory(overrides=kafka_overrides(kafka_bootstrap, topic, "output.kafka.max_message_bytes=1600"))
+    agent = agent_factory(overrides=kafka_overrides(kafka_bootstrap, topic, "output.kafka.max_message_bytes=1600",
+                                                    "hostaudit.modules=[{module: system, datasets: [host]}]"))
     messages = wait_for_topic_events(kafka_bootstrap, topic, lambda m: len(m) >= 1, 30, "the truncated event")
     document = messages[0][1]
+    assert document["event"]["action"] == "host", "the host state event (about 2 KB) is the oversize one"
     assert "truncated" in document["tags"]
     assert document["event"]["id"] and document["host"]["id"], "identifying fields are never cut"
     agent.wait_for_log("larger than output.kafka.max_message_bytes", 5)

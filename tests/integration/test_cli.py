@@ -1,0 +1,89 @@
+"""The hostaudit command line: test config, export config, version, and one-line errors before anything runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.agent_harness import REPO
+
+ANNOUNCEMENT = """\
+- module: system
+  datasets: [host, user]
+  period: 1m
+  user.detect_password_changes: true
+- module: system
+  datasets: [process, socket]
+  period: 1s
+"""
+
+
+def hostaudit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+    return subprocess.run([sys.executable, "-m", "actors.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_version() -> None:
+    result = hostaudit("version")
+    assert result.returncode == 0 and result.stdout.startswith("hostaudit version 0.1.0")
+
+
+def test_test_config_ok(tmp_path: Path) -> None:
+    result = hostaudit("test", "config", "-E", f"path.data={tmp_path}")
+    assert (result.returncode, result.stdout.strip()) == (0, "Config OK")
+
+
+@pytest.mark.parametrize("config, expected", [
+    ("hostaudit.modules:\n- module: system\n  datasets: [nosuch]\n", "nosuch"),
+    ("hostaudit.modules:\n- module: system\n  datasets: [host]\n  period: 1x\n", "period"),
+    ("hostaudit.modules:\n- module: system\n  datasets: [host]\n  period: 0s\n", "period"),
+    ("hostaudit.modules:\n- module: system\n  datasets: [host]\n  period: -5s\n", "period"),
+    ("output.file.path: /tmp/x\noutput.console.enabled: true\n", "only one output"),
+    ("output.kafka:\n  hosts: ['127.0.0.1:9092']\n  colour: blue\n", "output.kafka.colour: unknown setting"),
+    ("hostaudit.modules: [\n", "hostaudit.yml"),
+])
+def test_invalid_config_is_one_line_on_stderr_and_exit_1(tmp_path: Path, config: str, expected: str) -> None:
+    path = tmp_path / "hostaudit.yml"
+    path.write_text(config)
+    for command in (("test", "config"), ("run",)):
+        result = hostaudit(*command, "-c", str(path), "-E", f"path.data={tmp_path / 'data'}")
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and expected in lines[0], result.stderr
+        assert not (tmp_path / "data").exists(), "nothing started before the configuration was validated"
+
+
+@pytest.mark.parametrize("root", ["hostaudit.modules", "auditbeat.modules"])
+def test_the_announcement_example_fails_only_on_datasets_not_built_yet(tmp_path: Path, root: str) -> None:
+    from actors.datasets import BUILT_DATASETS
+
+    path = tmp_path / "auditbeat.yml"
+    path.write_text(f"{root}:\n{ANNOUNCEMENT}")
+    result = hostaudit("test", "config", "-c", str(path), "-E", f"path.data={tmp_path}")
+    unbuilt = [name for name in ("process", "socket") if name not in BUILT_DATASETS]
+    if not unbuilt:
+        assert result.returncode == 0 and result.stdout.strip() == "Config OK"
+        return
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1
+    assert f"datasets not built yet: {', '.join(unbuilt)}" in lines[0]
+
+
+def test_export_config_redacts_secrets_from_file_and_environment(tmp_path: Path) -> None:
+    path = tmp_path / "hostaudit.yml"
+    path.write_text("output.kafka:\n  hosts: ['127.0.0.1:9092']\n  username: agent\n  password: file-s3cret\n")
+    result = hostaudit("export", "config", "-c", str(path), "-E", f"path.data={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    assert "file-s3cret" not in result.stdout + result.stderr and "[redacted]" in result.stdout
+    result = hostaudit("export", "config", "-c", str(path), "-E", f"path.data={tmp_path}",
+                       env={"HOSTAUDIT_OUTPUT__KAFKA__PASSWORD": "env-s3cret"})
+    assert "env-s3cret" not in result.stdout + result.stderr and "username: agent" in result.stdout
+
+
+def test_overrides_from_e_and_environment(tmp_path: Path) -> None:
+    result = hostaudit("export", "config", "-E", f"path.data={tmp_path}", "-E", "supervisor.max_restarts=9",
+                       env={"HOSTAUDIT_HTTP__PORT": "5099"})
+    assert "max_restarts: 9" in result.stdout and "port: 5099" in result.stdout

@@ -1,0 +1,514 @@
+"""Tests of the socket dataset against the real kernel: loopback sockets, sock_diag dumps and the destroy stream."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import pytest
+
+from actors.datasets import DatasetContext
+from actors.datasets.socket import R_LOCAL_PORT, R_PROCESS, R_REMOTE_PORT, R_STATE, R_TRANSPORT, SocketDataset
+from actors.ecs import assert_ecs
+from actors.entity import process_entity_id
+from actors.event import Event
+from actors.sock_diag import TCP_FIN_WAIT2, DestroyListener, Destroyed
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: /proc/*/fd of other users, destroy groups")
+
+NOBODY = 65534
+DEADLINE = 10.0
+
+
+def machine_id() -> str:
+    try:
+        return Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        return ""
+
+
+HOST_ID = machine_id()
+
+
+def ipv6_loopback_works() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+LOOPBACKS = ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(not ipv6_loopback_works(),
+                                                                          reason="no IPv6 loopback"))]
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.01)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def cleanup() -> Iterator[contextlib.ExitStack]:
+    """Closes every socket, stream and dataset and stops every child a test registers, whatever happens."""
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
+def make_dataset(cleanup: contextlib.ExitStack, hostfs: Path = Path("/"), **options: Any) -> SocketDataset:
+    dataset = SocketDataset(DatasetContext(hostfs=hostfs, options=options, host_id=HOST_ID))
+    cleanup.callback(dataset.close)
+    return dataset
+
+
+def open_stream(cleanup: contextlib.ExitStack, dataset: SocketDataset) -> DestroyListener:
+    stream = dataset.open_stream()
+    assert stream is not None, "the destroy stream needs CAP_NET_ADMIN"
+    cleanup.callback(stream.close)
+    return stream
+
+
+def listen(cleanup: contextlib.ExitStack, ip: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> socket.socket:
+    listener = cleanup.enter_context(socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, kind))
+    listener.bind((ip, 0))
+    if kind == socket.SOCK_STREAM:
+        listener.listen(1024)
+    return listener
+
+
+def connect(cleanup: contextlib.ExitStack, listener: socket.socket) -> tuple[socket.socket, socket.socket]:
+    """Return (client, accepted server side) of a new connection to `listener`."""
+    address = listener.getsockname()
+    client = cleanup.enter_context(socket.create_connection(address[:2]))
+    server, _ = listener.accept()
+    cleanup.enter_context(server)
+    return client, server
+
+
+def port(sock: socket.socket) -> int:
+    return sock.getsockname()[1]
+
+
+def find(snapshot: dict[str, Any], local_port: int, remote_port: int | None = None,
+         transport: str = "tcp") -> tuple[str, list[Any]] | None:
+    """The (cookie, record) of the snapshot's socket with these ports, None if absent."""
+    for key, record in snapshot["sockets"].items():
+        if (record[R_TRANSPORT], record[R_LOCAL_PORT]) == (transport, local_port) and (
+                remote_port is None or record[R_REMOTE_PORT] == remote_port):
+            return key, record
+    return None
+
+
+def events_for(events: Sequence[Event], cookie: str) -> list[Event]:
+    return [event for event in events if event.fields["system"]["audit"]["socket"]["cookie"] == cookie]
+
+
+def state_event(dataset: SocketDataset, snapshot: dict[str, Any], cookie: str) -> Event:
+    [event] = events_for(dataset.state_report({**snapshot, "sockets": {cookie: snapshot["sockets"][cookie]}}),
+                         cookie)
+    return event
+
+
+def checked(events: Sequence[Event]) -> Sequence[Event]:
+    for event in events:
+        assert_ecs(event.stamped(1).to_document({}))
+    return events
+
+
+def own_process() -> dict[str, Any]:
+    """What the dataset should say of this test process."""
+    pid = os.getpid()
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    start_ticks = int(stat[stat.rfind(")") + 2:].split()[19])
+    return {"pid": pid, "name": Path(f"/proc/{pid}/comm").read_text().strip(),
+            "executable": os.readlink(f"/proc/{pid}/exe"),
+            "entity_id": process_entity_id(HOST_ID, pid, start_ticks)}
+
+
+def read_stream(stream: DestroyListener, done: Callable[[list[Destroyed]], bool], what: str) -> list[Destroyed]:
+    """Read the destroy stream until `done(everything read)` holds, within the deadline."""
+    received: list[Destroyed] = []
+    deadline = time.monotonic() + DEADLINE
+    while not done(received):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what} ({len(received)} notifications read)")
+        received += stream.read(0.2)
+    return received
+
+
+# Children run the interpreter with the standard library only; they import first, then drop to nobody.
+DROP_TO_NOBODY = f"os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})"
+
+
+def spawn(cleanup: contextlib.ExitStack, code: str, *args: str) -> subprocess.Popen[str]:
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd="/")
+
+    def stop() -> None:
+        if child.poll() is None:
+            child.kill()
+        child.communicate()
+    cleanup.callback(stop)
+    return child
+
+
+# --------------------------------------------------------------------------------------------------------
+# Enumeration, direction, addresses, process, user
+# --------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ip", LOOPBACKS)
+def test_listener_inbound_and_outbound_sockets_are_described(cleanup: contextlib.ExitStack, ip: str) -> None:
+    dataset = make_dataset(cleanup, include_localhost=True)
+    listener = listen(cleanup, ip)
+    first = dataset.observe()
+    client, _server = connect(cleanup, listener)
+    current = dataset.observe()
+    opened = checked(dataset.diff(first, current, at_startup=False))
+
+    listening_key, _ = find(current, port(listener), 0)
+    outbound_key, _ = find(current, port(client), port(listener))
+    inbound_key, _ = find(current, port(listener), port(client))
+    listening = state_event(dataset, current, listening_key)
+    [outbound] = events_for(opened, outbound_key)
+    [inbound] = events_for(opened, inbound_key)
+    me = own_process()
+    network_type = "ipv6" if ":" in ip else "ipv4"
+
+    assert listening.fields["network"] == {"direction": "listening", "transport": "tcp", "type": network_type,
+                                           "iana_number": "6"}
+    assert listening.fields["destination"] == {"ip": ip, "port": port(listener)}
+    assert outbound.action == inbound.action == "socket_opened"
+    assert outbound.fields["network"]["direction"] == "outbound"
+    assert outbound.fields["source"] == {"ip": ip, "port": port(client)}
+    assert outbound.fields["destination"] == {"ip": ip, "port": port(listener)}
+    assert inbound.fields["network"]["direction"] == "inbound"
+    assert inbound.fields["source"] == {"ip": ip, "port": port(client)}
+    assert inbound.fields["destination"] == {"ip": ip, "port": port(listener)}
+    assert inbound.fields["network"]["community_id"] == outbound.fields["network"]["community_id"]
+    for event in (listening, outbound, inbound):
+        assert event.fields["process"] == me
+        assert event.fields["user"] == {"id": "0", "name": "root"}
+        assert event.fields["system"]["audit"]["socket"]["entity_id"]
+    bracket = (lambda address: f"[{address}]") if ":" in ip else (lambda address: address)
+    assert inbound.message == (f"Inbound socket ({bracket(ip)}:{port(client)} -> {bracket(ip)}:{port(listener)}) "
+                               f"OPENED by process {me['name']} (PID: {me['pid']}) and user root (UID: 0)")
+
+
+def test_include_localhost_decides_whether_loopback_sockets_are_reported(cleanup: contextlib.ExitStack) -> None:
+    listener = listen(cleanup)
+    client, _server = connect(cleanup, listener)
+    without = make_dataset(cleanup).observe()
+    with_loopback = make_dataset(cleanup, include_localhost=True).observe()
+
+    assert find(without, port(listener)) is None and find(without, port(client)) is None
+    assert find(with_loopback, port(listener), 0) and find(with_loopback, port(client), port(listener))
+    assert not any(record[2].startswith("127.") or record[4].startswith("127.") or "::1" in (record[2], record[4])
+                   for record in without["sockets"].values())
+    # the loopback listener still counts for direction, as in Auditbeat
+    assert str(port(listener)) in without["listeners"]["tcp"]
+
+
+def test_udp_sockets_are_reported_only_with_include_udp(cleanup: contextlib.ExitStack) -> None:
+    server = listen(cleanup, kind=socket.SOCK_DGRAM)
+    client = cleanup.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    client.connect(server.getsockname())
+    tcp_only = make_dataset(cleanup, include_localhost=True)
+    with_udp = make_dataset(cleanup, include_localhost=True, include_udp=True)
+    stream = open_stream(cleanup, with_udp)
+    snapshot = with_udp.observe()
+
+    assert find(tcp_only.observe(), port(server), transport="udp") is None
+    server_key, _ = find(snapshot, port(server), 0, transport="udp")
+    client_key, _ = find(snapshot, port(client), port(server), transport="udp")
+    events = checked(with_udp.state_report(snapshot))
+    assert events_for(events, server_key)[0].fields["network"]["direction"] == "listening"
+    [outbound] = events_for(events, client_key)
+    assert outbound.fields["network"]["transport"] == "udp" and outbound.fields["network"]["direction"] == "outbound"
+    assert outbound.fields["process"]["pid"] == os.getpid()
+
+    client_port = port(client)
+    client.close()
+    received = read_stream(stream, lambda items: any(item.local_port == client_port for item in items),
+                           "the UDP socket's destroy notification")
+    _, closed = with_udp.apply_stream(snapshot, received)
+    [udp_closed] = events_for(checked(closed), client_key)
+    assert udp_closed.action == "socket_closed" and udp_closed.fields["process"]["pid"] == os.getpid()
+
+
+def test_socket_of_another_user_has_their_uid_name_and_process(cleanup: contextlib.ExitStack) -> None:
+    child = spawn(cleanup, f"""
+        import os, socket, sys
+        {DROP_TO_NOBODY}
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        print(listener.getsockname()[1], flush=True)
+        sys.stdin.readline()
+    """)
+    listening_port = int(child.stdout.readline())
+    dataset = make_dataset(cleanup, include_localhost=True)
+    snapshot = dataset.observe()
+    key, _ = find(snapshot, listening_port, 0)
+    event = checked([state_event(dataset, snapshot, key)])[0]
+
+    assert event.fields["user"] == {"id": str(NOBODY), "name": "nobody"}
+    assert event.fields["process"]["pid"] == child.pid
+    assert event.fields["process"]["name"] == Path(f"/proc/{child.pid}/comm").read_text().strip()
+    assert event.message.endswith(f"(PID: {child.pid}) and user nobody (UID: {NOBODY})")
+
+
+def test_user_names_come_from_the_hostfs_passwd(cleanup: contextlib.ExitStack, tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("superuser:x:0:0::/root:/bin/sh\n")
+    (tmp_path / "proc").symlink_to("/proc")
+    listener = listen(cleanup)
+    dataset = make_dataset(cleanup, hostfs=tmp_path, include_localhost=True)
+    snapshot = dataset.observe()
+    key, _ = find(snapshot, port(listener), 0)
+    event = state_event(dataset, snapshot, key)
+
+    assert event.fields["user"] == {"id": "0", "name": "superuser"}
+    assert event.fields["process"]["pid"] == os.getpid()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sockets whose process exited
+# --------------------------------------------------------------------------------------------------------
+
+ORPHAN_MAKER = f"""
+    import os, socket, sys
+    {DROP_TO_NOBODY}
+    client = socket.socket()
+    client.connect(("127.0.0.1", int(sys.argv[1])))
+    print(client.getsockname()[1], flush=True)
+    sys.stdin.readline()
+"""
+
+
+def orphan_in_fin_wait2(dataset: SocketDataset, child_port: int) -> dict[str, Any] | None:
+    snapshot = dataset.observe()
+    found = find(snapshot, child_port)
+    return snapshot if found and found[1][R_STATE] == TCP_FIN_WAIT2 else None
+
+
+def test_socket_left_by_an_exited_process_keeps_its_uid_only(cleanup: contextlib.ExitStack) -> None:
+    listener = listen(cleanup)
+    watcher = make_dataset(cleanup, include_localhost=True)  # sees the child's socket while the child lives
+    child = spawn(cleanup, ORPHAN_MAKER, str(port(listener)))
+    child_port = int(child.stdout.readline())
+    server, _ = listener.accept()
+    cleanup.enter_context(server)
+    alive = watcher.observe()
+    key, record = find(alive, child_port)
+    assert alive["processes"][record[R_PROCESS]][0] == child.pid
+
+    child.communicate("exit\n", timeout=DEADLINE)  # the child exits; its socket lingers in FIN_WAIT2, inode 0
+    orphaned = wait_until(lambda: orphan_in_fin_wait2(watcher, child_port), "the orphan in FIN_WAIT2")
+    newcomer = make_dataset(cleanup, include_localhost=True)  # first sees the socket after its process exited
+    first_seen = wait_until(lambda: orphan_in_fin_wait2(newcomer, child_port), "the orphan, seen afresh")
+    [late] = checked([state_event(newcomer, first_seen, key)])
+    [carried] = checked([state_event(watcher, orphaned, key)])
+
+    assert late.fields["error"]["message"] == "process has exited (inode=0)"
+    # the kernel reports uid 0 for any socket without an inode: not taken for root
+    assert "process" not in late.fields and "user" not in late.fields
+    assert late.message.endswith("by process  (PID: -1) and user  (UID: -1)")
+    # the same socket, seen while its process held it: that process and its uid are kept
+    assert carried.fields["process"]["pid"] == child.pid
+    assert carried.fields["user"] == {"id": str(NOBODY), "name": "nobody"}
+    assert watcher.diff(alive, orphaned, at_startup=False) == []
+
+    server.close()  # the orphan gets its FIN and goes away
+    gone = wait_until(lambda: (lambda snapshot: snapshot if find(snapshot, child_port) is None else None)(
+        watcher.observe()), "the orphan to go away")
+    [closed] = events_for(checked(watcher.diff(orphaned, gone, at_startup=False)), key)
+    assert closed.action == "socket_closed" and closed.fields["process"]["pid"] == child.pid
+
+
+# --------------------------------------------------------------------------------------------------------
+# The destroy stream
+# --------------------------------------------------------------------------------------------------------
+
+def test_a_thousand_short_lived_connections_are_all_reported_closed(cleanup: contextlib.ExitStack) -> None:
+    dataset = make_dataset(cleanup, include_localhost=True)
+    stream = open_stream(cleanup, dataset)
+    listener = listen(cleanup)
+    before = dataset.observe()
+    listening_port = port(listener)
+    client_ports: set[int] = set()
+    for _ in range(1000):
+        with socket.create_connection(("127.0.0.1", listening_port)) as client:
+            server, _ = listener.accept()
+            client_ports.add(port(client))
+        server.close()
+
+    def ours(items: list[Destroyed]) -> int:
+        return sum(1 for item in items
+                   if (item.local_port, item.remote_port) in ((listening_port, item.remote_port),
+                                                              (item.local_port, listening_port))
+                   and ({item.local_port, item.remote_port} - {listening_port}) <= client_ports)
+    received = read_stream(stream, lambda items: ours(items) >= 2000, "2,000 destroy notifications")
+    committed, events = dataset.apply_stream(before, received)
+    closed = {(event.fields["network"]["direction"], event.fields["source"]["port"]) for event in events
+              if event.action == "socket_closed" and event.fields["destination"]["port"] == listening_port}
+
+    assert closed == {(direction, client_port) for client_port in client_ports
+                      for direction in ("outbound", "inbound")}
+    assert stream.lost() == 0
+    sample = [event for event in events if event.fields.get("source", {}).get("port") in client_ports][:50]
+    checked(sample)
+    assert all(event.fields["system"]["audit"]["socket"]["short_lived"] for event in sample)
+    after = dataset.observe()
+    assert not [event for event in dataset.diff(committed, after, at_startup=False)
+                if event.fields.get("source", {}).get("port") in client_ports]
+
+
+def test_sockets_seen_by_a_poll_close_with_their_process_traffic_and_duration(cleanup: contextlib.ExitStack) -> None:
+    dataset = make_dataset(cleanup, include_localhost=True)
+    stream = open_stream(cleanup, dataset)
+    listener = listen(cleanup)
+    dataset.observe()
+    pairs = [connect(cleanup, listener) for _ in range(10)]
+    for client, server in pairs:
+        client.sendall(b"x" * 100)
+        server.recv(100, socket.MSG_WAITALL)
+        server.sendall(b"y" * 40)
+        client.recv(40, socket.MSG_WAITALL)
+    seen = dataset.observe()
+    keys = {find(seen, port(client), port(listener))[0] for client, _ in pairs}
+    keys |= {find(seen, port(listener), port(client))[0] for client, _ in pairs}
+    for client, server in pairs:
+        client.close()
+        server.close()
+    received = read_stream(stream, lambda items: keys <= {str(item.cookie) for item in items},
+                           "the 20 sockets' destroy notifications")
+    committed, events = dataset.apply_stream(seen, received)
+    closed = [event for event in checked(events) if event.fields["system"]["audit"]["socket"]["cookie"] in keys]
+    me = own_process()
+
+    assert len(closed) == 20 and {event.action for event in closed} == {"socket_closed"}
+    for event in closed:
+        assert event.fields["process"] == me and event.fields["user"]["name"] == "root"
+        client_to_server, server_to_client = event.fields["source"]["bytes"], event.fields["destination"]["bytes"]
+        assert 100 <= client_to_server <= 102 and 40 <= server_to_client <= 42  # the kernel counts SYN/FIN too
+        assert event.fields["event"]["duration"] >= 0 and "short_lived" not in event.fields["system"]["audit"]["socket"]
+    assert not [event for event in dataset.diff(committed, dataset.observe(), at_startup=False)
+                if event.fields["system"]["audit"]["socket"]["cookie"] in keys]
+
+
+def test_a_close_the_poll_reported_first_is_not_reported_again_by_the_stream(cleanup: contextlib.ExitStack) -> None:
+    dataset = make_dataset(cleanup, include_localhost=True)
+    stream = open_stream(cleanup, dataset)
+    listener = listen(cleanup)
+    dataset.observe()
+    client, server = connect(cleanup, listener)
+    seen = dataset.observe()
+    key, _ = find(seen, port(client), port(listener))
+    client.close()
+    server.close()
+    gone = wait_until(lambda: (lambda snapshot: snapshot if key not in snapshot["sockets"] else None)(
+        dataset.observe()), "the connection to leave the dump")
+    by_poll = events_for(dataset.diff(seen, gone, at_startup=False), key)
+    received = read_stream(stream, lambda items: key in {str(item.cookie) for item in items}, "the destroy")
+    _, by_stream = dataset.apply_stream(gone, received)
+
+    assert [event.action for event in by_poll] == ["socket_closed"]
+    assert events_for(by_stream, key) == []
+
+
+def test_a_refused_stream_is_none_after_one_warning() -> None:
+    """The kernel refusing the subscription (here: no file descriptor left, EMFILE) leaves polling alone."""
+    code = """
+        import logging, os, resource, sys
+        from pathlib import Path
+        from actors.datasets import DatasetContext
+        from actors.datasets.socket import SocketDataset
+        logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+        dataset = SocketDataset(DatasetContext(hostfs=Path("/")))
+        snapshot = dataset.observe()  # opens the dump socket while descriptors are left
+        limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+        in_use = len(os.listdir("/proc/self/fd")) - 1  # not counting the listing's own descriptor
+        resource.setrlimit(resource.RLIMIT_NOFILE, (in_use, limits[1]))
+        print(dataset.open_stream())
+        print(dataset.open_stream())
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+        print(isinstance(dataset.observe()["sockets"], dict))
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[2], timeout=60, check=True)
+
+    assert result.stdout.split() == ["None", "None", "True"]  # polling still works
+    warnings = [line for line in result.stderr.splitlines() if "destroy notifications" in line]
+    assert len(warnings) == 1 and "Too many open files" in warnings[0]
+
+
+def test_an_unprivileged_user_may_join_the_destroy_groups(cleanup: contextlib.ExitStack) -> None:
+    """Documents the kernel (NL_CFG_F_NONROOT_RECV on sock_diag): the stream does not need CAP_NET_ADMIN, and
+    it reports every socket of the network namespace, not only the user's own."""
+    child = spawn(cleanup, f"""
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from actors.sock_diag import DestroyListener, destroy_groups
+        {DROP_TO_NOBODY}
+        stream = DestroyListener(destroy_groups(False), 1 << 20)
+        print("subscribed", flush=True)
+        sys.stdin.readline()
+        print(" ".join(str(item.local_port) for item in stream.read(5.0)), flush=True)
+    """)
+    assert child.stdout.readline().strip() == "subscribed"
+    listener = listen(cleanup)
+    client, server = connect(cleanup, listener)
+    client_port = port(client)
+    client.close()
+    server.close()
+    output, _ = child.communicate("read\n", timeout=DEADLINE)
+
+    assert str(client_port) in output.split()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Snapshots and attribution cost
+# --------------------------------------------------------------------------------------------------------
+
+def test_a_real_snapshot_diffs_right_after_a_json_round_trip(cleanup: contextlib.ExitStack) -> None:
+    dataset = make_dataset(cleanup, include_localhost=True)
+    listener = listen(cleanup)
+    before = json.loads(json.dumps(dataset.observe()))
+    client, _server = connect(cleanup, listener)
+    after = dataset.observe()
+    opened = dataset.diff(before, after, at_startup=True)
+    client_key, _ = find(after, port(client), port(listener))
+
+    assert [event.action for event in events_for(opened, client_key)] == ["socket_opened"]
+    assert events_for(dataset.diff(json.loads(json.dumps(after)), dataset.observe(), at_startup=True), client_key) == []
+
+
+def test_steady_polls_rescan_no_process_and_a_new_socket_only_a_few(cleanup: contextlib.ExitStack) -> None:
+    dataset = make_dataset(cleanup, include_localhost=True, full_scan_interval=3600)
+    listener = listen(cleanup)
+    dataset.observe()  # the first poll scans every process once
+    owners = dataset.observer.owners
+    scanned_first = owners.scans
+    dataset.observe()
+    assert owners.scans == scanned_first
+
+    client, _server = connect(cleanup, listener)
+    snapshot = dataset.observe()
+    pids = sum(1 for name in os.listdir("/proc") if name.isdigit())
+    key, record = find(snapshot, port(client), port(listener))
+    assert snapshot["processes"][record[R_PROCESS]][0] == os.getpid()
+    assert 1 <= owners.scans - scanned_first < max(2, pids // 2)

@@ -1,0 +1,623 @@
+"""Tests of the socket dataset's pure parts: community id, direction, messages, diff, stream folding, parsing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, strategies as st
+
+from actors.datasets import DatasetContext
+from actors.datasets import socket as socket_dataset
+from actors.datasets.socket import (
+    INBOUND, LISTENING, OUTBOUND, SOCKET_CLOSED, TCP, UDP, ListenerTable, SocketDataset, SocketOptions, community_id, new_record, new_snapshot, parse_passwd, parse_stat,
+)
+from actors.ecs import assert_ecs
+from actors.entity import process_entity_id, socket_entity_id
+from actors.event import CHANGE, ECS_VERSION, STATE, Event
+from actors.sock_diag import (
+    NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN, Destroyed, DumpError,
+    decode_sockid, dump_request, parse_destroyed, parse_dump, parse_tcp_info,
+)
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "socket.json"
+HOST_ID = "4d8e7f5b0a2c4e1f9b3a6c5d7e8f9a0b"
+BOOT_ID = "6a2f4c1e-3b5d-4e7f-8a9b-0c1d2e3f4a5b"
+OBSERVED_AT = 1_700_018_680.123
+SSHD = "22799:104857"  # the process key ("pid:start ticks") of the sample sshd
+SSHD_INFO = [22799, 104857, "sshd", "/usr/sbin/sshd"]
+PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n" \
+         "alice:x:1000:1000:Alice:/home/alice:/bin/bash\n"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def hostfs(tmp_path: Path) -> Path:
+    """A host root with just /etc/passwd (nothing here touches /proc or netlink)."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text(PASSWD)
+    return tmp_path
+
+
+def dataset(hostfs: Path, **options: Any) -> SocketDataset:
+    return SocketDataset(DatasetContext(hostfs=hostfs, options=options, host_id=HOST_ID))
+
+
+def sshd_inbound(**changes: Any) -> list[Any]:
+    """Auditbeat's documented example: an inbound SSH connection accepted by sshd (root)."""
+    values = dict(transport=TCP, family=4, local_ip="10.0.2.15", local_port=22, remote_ip="10.0.2.2",
+                  remote_port=55270, inode=123_456, uid=0, direction=INBOUND, process=SSHD, opened_at=None,
+                  state=TCP_ESTABLISHED)
+    values.update(changes)
+    return new_record(**values)
+
+
+def sshd_listener() -> list[Any]:
+    return new_record(TCP, 4, "0.0.0.0", 22, "0.0.0.0", 0, 1111, 0, LISTENING, SSHD, None, TCP_LISTEN)
+
+
+def curl_outbound() -> list[Any]:
+    return new_record(TCP, 4, "10.0.2.15", 40512, "93.184.216.34", 443, 222_222, 1000, OUTBOUND, "", 1_700_018_600.0,
+                      TCP_ESTABLISHED)
+
+
+def snapshot(sockets: dict[str, list[Any]], boot_id: str = BOOT_ID, observed_at: float = OBSERVED_AT) -> dict:
+    listeners = ListenerTable()
+    for record in sockets.values():
+        if record[5] == 0:
+            listeners.add(record[0], record[2], record[3])
+    return new_snapshot(sockets, {SSHD: SSHD_INFO}, listeners, boot_id, observed_at)
+
+
+def round_trip(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def destroyed(local: tuple[str, int], remote: tuple[str, int], cookie: int, *, protocol: int = socket.IPPROTO_TCP,
+              acked: int | None = 1500, received: int | None = 300, at: float = OBSERVED_AT + 5) -> Destroyed:
+    family = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
+    return Destroyed(family=family, protocol=protocol, state=7, local_ip=local[0], local_port=local[1],
+                     remote_ip=remote[0], remote_port=remote[1], cookie=cookie, at=at, bytes_acked=acked,
+                     bytes_received=received, segments_out=12 if acked is not None else None,
+                     segments_in=9 if received is not None else None)
+
+
+def document(event: Event) -> dict[str, Any]:
+    return event.stamped(1).to_document({})
+
+
+def flat_field_names(value: Any, prefix: str = "") -> set[str]:
+    """The dotted names of the leaves of a nested document (a list counts as one leaf)."""
+    if not isinstance(value, dict):
+        return {prefix}
+    names: set[str] = set()
+    for key, child in value.items():
+        names |= flat_field_names(child, f"{prefix}.{key}" if prefix else key)
+    return names
+
+
+# --------------------------------------------------------------------------------------------------------
+# Community ID and entity ids
+# --------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("transport", "source", "destination", "seed", "expected"),
+    [
+        # Beats' flowhash golden file (tcp.pcap) and the community-id-spec baseline
+        (TCP, ("128.232.110.120", 34855), ("66.35.250.204", 80), 0, "1:LQU9qZlK+B5F3KDmev6m5PMibrg="),
+        (TCP, ("1.2.3.4", 1122), ("5.6.7.8", 3344), 0, "1:wCb3OG7yAFWelaUydu0D+125CLM="),
+        (UDP, ("1.2.3.4", 1122), ("5.6.7.8", 3344), 0, "1:0Mu9InQx6z4ZiCZM/7HXi2WMhOg="),
+        (TCP, ("1.2.3.4", 1122), ("5.6.7.8", 3344), 1, "1:HhA1B+6CoLbiKPEs5nhNYN4XWfk="),
+        (UDP, ("1.2.3.4", 1122), ("5.6.7.8", 3344), 1, "1:OShq+iKDAMVouh/4bMxB9Sz4amw="),
+        # Beats' flowhash golden file (ipv6.pcap)
+        (TCP, ("2001:470:e5bf:dead:4957:2174:e82c:4887", 63943), ("2607:f8b0:400c:c03::1a", 25), 0,
+         "1:/qFaeAR+gFe1KYjMzVDsMv+wgU4="),
+    ],
+)
+def test_community_id_matches_the_published_vectors_in_both_directions(
+        transport: str, source: tuple[str, int], destination: tuple[str, int], seed: int, expected: str) -> None:
+    assert community_id(transport, *source, *destination, seed=seed) == expected
+    assert community_id(transport, *destination, *source, seed=seed) == expected
+
+
+@given(st.ip_addresses(v=4).map(str), st.integers(0, 65535), st.ip_addresses(v=4).map(str), st.integers(0, 65535),
+       st.sampled_from([TCP, UDP]))
+def test_community_id_is_the_same_from_either_end(source_ip: str, source_port: int, destination_ip: str,
+                                                   destination_port: int, transport: str) -> None:
+    forward = community_id(transport, source_ip, source_port, destination_ip, destination_port)
+    assert forward == community_id(transport, destination_ip, destination_port, source_ip, source_port)
+    assert forward.startswith("1:") and len(base64.b64decode(forward[2:])) == 20
+
+
+def test_socket_entity_id_for_a_fixed_input_follows_auditbeats_bytes() -> None:
+    mapped = lambda address: b"\x00" * 10 + b"\xff\xff" + socket.inet_aton(address)  # noqa: E731
+    expected_bytes = (HOST_ID.encode() + struct.pack("<q", 123_456) + mapped("10.0.2.15") + mapped("10.0.2.2")
+                      + struct.pack("<q", 22) + struct.pack("<q", 55270))
+    expected = base64.b64encode(hashlib.sha256(expected_bytes).digest()[:12]).decode()
+
+    assert socket_entity_id(HOST_ID, 123_456, "10.0.2.15", "10.0.2.2", 22, 55270) == expected == "arTre7CPLnr526gC"
+
+
+def test_socket_event_carries_the_socket_and_process_entity_ids(hostfs: Path) -> None:
+    [event] = dataset(hostfs).state_report(snapshot({"7": sshd_inbound()}))
+
+    assert event.fields["system"]["audit"]["socket"]["entity_id"] == "arTre7CPLnr526gC"
+    assert event.fields["process"]["entity_id"] == process_entity_id(HOST_ID, 22799, 104857)
+
+
+def test_without_a_host_id_entity_ids_are_left_out(hostfs: Path) -> None:
+    plain = SocketDataset(DatasetContext(hostfs=hostfs))
+    [event] = plain.state_report(snapshot({"7": sshd_inbound()}))
+
+    assert "entity_id" not in event.fields["system"]["audit"]["socket"]
+    assert "entity_id" not in event.fields["process"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Direction (Auditbeat's ListenerTable)
+# --------------------------------------------------------------------------------------------------------
+
+def test_remote_port_zero_is_listening() -> None:
+    assert ListenerTable().direction(TCP, 4, "0.0.0.0", 22, 0) == LISTENING
+
+
+def test_listener_on_the_same_ip_and_port_makes_a_socket_inbound() -> None:
+    table = ListenerTable()
+    table.add(TCP, "10.0.2.15", 22)
+
+    assert table.direction(TCP, 4, "10.0.2.15", 22, 55270) == INBOUND
+    assert table.direction(TCP, 4, "10.0.2.16", 22, 55270) == OUTBOUND
+    assert table.direction(TCP, 4, "10.0.2.15", 23, 55270) == OUTBOUND
+
+
+def test_listener_on_the_unspecified_address_of_the_same_family_makes_a_socket_inbound() -> None:
+    v4_any, v6_any = ListenerTable(), ListenerTable()
+    v4_any.add(TCP, "0.0.0.0", 80)
+    v6_any.add(TCP, "::", 80)
+
+    assert v4_any.direction(TCP, 4, "192.168.1.2", 80, 41000) == INBOUND
+    assert v6_any.direction(TCP, 6, "2001:db8::2", 80, 41000) == INBOUND
+    assert v6_any.direction(TCP, 6, "192.168.1.2", 80, 41000) == INBOUND  # IPv4-mapped on a dual-stack listener
+    assert v6_any.direction(TCP, 4, "192.168.1.2", 80, 41000) == OUTBOUND  # as Auditbeat: :: only for AF_INET6
+    assert v4_any.direction(TCP, 6, "2001:db8::2", 80, 41000) == OUTBOUND
+
+
+def test_a_udp_listener_does_not_make_a_tcp_socket_inbound() -> None:
+    table = ListenerTable()
+    table.add(UDP, "0.0.0.0", 53)
+
+    assert table.direction(TCP, 4, "10.0.0.1", 53, 5353) == OUTBOUND
+    assert table.direction(UDP, 4, "10.0.0.1", 53, 5353) == INBOUND
+
+
+def test_listener_table_survives_json() -> None:
+    table = ListenerTable()
+    table.add(TCP, "::", 443)
+    restored = ListenerTable(round_trip(table.to_json()))
+
+    assert restored.direction(TCP, 6, "::1", 443, 50000) == INBOUND
+
+
+# --------------------------------------------------------------------------------------------------------
+# Fields and messages
+# --------------------------------------------------------------------------------------------------------
+
+def test_message_is_auditbeats_v1_format(hostfs: Path) -> None:
+    closed = dataset(hostfs).diff(snapshot({"7": sshd_inbound()}), snapshot({}), at_startup=False)
+
+    assert [event.message for event in closed] == [
+        "Inbound socket (10.0.2.2:55270 -> 10.0.2.15:22) CLOSED by process sshd (PID: 22799) and user root (UID: 0)"]
+
+
+def test_outbound_and_listening_messages_and_the_open_verb(hostfs: Path) -> None:
+    events = dataset(hostfs).state_report(snapshot({"1": sshd_listener(), "2": curl_outbound()}))
+
+    assert [event.message for event in events] == [
+        "Listening socket (0.0.0.0:22) OPEN by process sshd (PID: 22799) and user root (UID: 0)",
+        "Outbound socket (10.0.2.15:40512 -> 93.184.216.34:443) OPEN by process  (PID: -1) and user alice "
+        "(UID: 1000)",
+    ]
+
+
+def test_ipv6_endpoints_are_bracketed_in_the_message(hostfs: Path) -> None:
+    record = new_record(TCP, 6, "2001:db8::1", 22, "2001:db8::2", 50000, 5, 0, INBOUND, SSHD, None, TCP_ESTABLISHED)
+    [event] = dataset(hostfs).state_report(snapshot({"3": record}))
+
+    assert event.message.startswith("Inbound socket ([2001:db8::2]:50000 -> [2001:db8::1]:22) OPEN")
+    assert event.fields["network"]["type"] == "ipv6"
+
+
+def test_inbound_fields_put_the_remote_end_in_source(hostfs: Path) -> None:
+    [event] = dataset(hostfs).state_report(snapshot({"7": sshd_inbound()}))
+    fields = event.fields
+
+    assert fields["source"] == {"ip": "10.0.2.2", "port": 55270}
+    assert fields["destination"] == {"ip": "10.0.2.15", "port": 22}
+    assert fields["network"] == {"direction": "inbound", "transport": "tcp", "type": "ipv4", "iana_number": "6",
+                                 "community_id": community_id(TCP, "10.0.2.2", 55270, "10.0.2.15", 22)}
+    assert fields["process"] == {"pid": 22799, "name": "sshd", "executable": "/usr/sbin/sshd",
+                                 "entity_id": process_entity_id(HOST_ID, 22799, 104857)}
+    assert fields["user"] == {"id": "0", "name": "root"}
+    assert fields["related"] == {"ip": ["10.0.2.15", "10.0.2.2"], "user": ["root"]}
+    assert fields["system"]["audit"]["socket"]["state"] == "ESTABLISHED"
+    assert (event.kind, event.category, event.type) == (STATE, ("network",), ("connection", "info"))
+
+
+def test_outbound_fields_put_the_local_end_in_source(hostfs: Path) -> None:
+    [event] = dataset(hostfs).state_report(snapshot({"2": curl_outbound()}))
+
+    assert event.fields["source"] == {"ip": "10.0.2.15", "port": 40512}
+    assert event.fields["destination"] == {"ip": "93.184.216.34", "port": 443}
+
+
+def test_listening_socket_has_only_a_destination_and_no_community_id(hostfs: Path) -> None:
+    [event] = dataset(hostfs).state_report(snapshot({"1": sshd_listener()}))
+
+    assert "source" not in event.fields and event.fields["destination"] == {"ip": "0.0.0.0", "port": 22}
+    assert "community_id" not in event.fields["network"]
+
+
+def test_user_id_is_a_string_and_an_unknown_uid_has_no_name(hostfs: Path) -> None:
+    record = sshd_inbound(uid=4242, process="")
+    [event] = dataset(hostfs).state_report(snapshot({"7": record}))
+
+    assert event.fields["user"] == {"id": "4242"}
+    assert event.message.endswith("and user  (UID: 4242)")
+
+
+def test_user_name_follows_changes_to_the_passwd_file(hostfs: Path) -> None:
+    monitored = dataset(hostfs)
+    monitored.users.RECHECK_SECONDS = 0.0
+    before = monitored.state_report(snapshot({"2": curl_outbound()}))
+    (hostfs / "etc" / "passwd").write_text(PASSWD.replace("alice:", "alicia:"))
+    after = monitored.state_report(snapshot({"2": curl_outbound()}))
+
+    assert before[0].fields["user"]["name"] == "alice" and after[0].fields["user"]["name"] == "alicia"
+
+
+def test_socket_without_process_says_why(hostfs: Path) -> None:
+    orphan = sshd_inbound(inode=0, process="", state=TCP_FIN_WAIT2)
+    unknown = sshd_inbound(process="")
+    events = dataset(hostfs).state_report(snapshot({"1": orphan, "2": unknown}))
+
+    assert [event.fields["error"]["message"] for event in events] == [
+        "process has exited (inode=0)", "process not found (inode=123456)"]
+    assert all("process" not in event.fields for event in events)
+    assert all(event.fields["user"]["id"] == "0" for event in events)
+
+
+def test_every_event_kind_is_valid_ecs(hostfs: Path) -> None:
+    monitored = dataset(hostfs)
+    before = snapshot({"1": sshd_listener(), "7": sshd_inbound(), "2": curl_outbound()})
+    after = snapshot({"1": sshd_listener(), "8": sshd_inbound(remote_port=55271, inode=9)})
+    events = [*monitored.state_report(before), *monitored.diff(before, after, False)]
+    _, streamed = monitored.apply_stream(after, [destroyed(("10.0.2.15", 22), ("10.0.2.2", 55271), 8),
+                                                 destroyed(("10.0.2.15", 40999), ("1.1.1.1", 443), 99)])
+    events += streamed
+
+    assert len(events) == 3 + 3 + 3
+    for event in events:
+        assert_ecs(document(event))
+
+
+def test_options_default_as_auditbeat() -> None:
+    assert SocketOptions.from_mapping({}) == SocketOptions(include_localhost=False, include_udp=False)
+    assert SocketOptions.from_mapping({"include_localhost": True, "include_udp": True}).include_udp
+
+
+# --------------------------------------------------------------------------------------------------------
+# Diff
+# --------------------------------------------------------------------------------------------------------
+
+def test_first_run_diff_reports_nothing(hostfs: Path) -> None:
+    assert dataset(hostfs).diff(None, snapshot({"7": sshd_inbound()}), at_startup=False) == []
+
+
+def test_diff_reports_closed_then_opened_sockets(hostfs: Path) -> None:
+    before = snapshot({"1": sshd_listener(), "7": sshd_inbound()})
+    after = snapshot({"1": sshd_listener(), "2": curl_outbound()})
+    events = dataset(hostfs).diff(before, after, at_startup=False)
+
+    assert [(event.action, event.kind, event.type) for event in events] == [
+        ("socket_closed", CHANGE, ("connection", "end")), ("socket_opened", CHANGE, ("connection", "start"))]
+    assert events[0].fields["source"]["port"] == 55270 and events[1].fields["destination"]["port"] == 443
+    assert all(event.timestamp == OBSERVED_AT for event in events)
+
+
+def test_diff_is_right_after_a_json_round_trip(hostfs: Path) -> None:
+    before = snapshot({"1": sshd_listener(), "7": sshd_inbound()})
+    after = snapshot({"1": sshd_listener(), "2": curl_outbound()})
+    expected = [(event.action, event.message) for event in dataset(hostfs).diff(before, after, False)]
+
+    restored = dataset(hostfs).diff(round_trip(before), after, at_startup=True)
+
+    assert [(event.action, event.message) for event in restored] == expected
+    assert dataset(hostfs).diff(round_trip(after), after, at_startup=True) == []
+
+
+def test_closed_socket_uses_the_process_of_the_previous_snapshot(hostfs: Path) -> None:
+    before = snapshot({"7": sshd_inbound()})
+    after = new_snapshot({}, boot_id=BOOT_ID, observed_at=OBSERVED_AT + 10)  # sshd no longer listed
+    [closed] = dataset(hostfs).diff(before, after, at_startup=False)
+
+    assert closed.fields["process"]["name"] == "sshd"
+
+
+def test_closing_a_socket_seen_opening_reports_its_duration(hostfs: Path) -> None:
+    before = snapshot({"2": curl_outbound()})
+    [closed] = dataset(hostfs).diff(before, snapshot({}, observed_at=1_700_018_630.0), at_startup=False)
+
+    assert closed.fields["event"]["duration"] == 30 * 1_000_000_000
+    assert closed.fields["event"]["start"] == "2023-11-15T03:23:20.000Z"
+
+
+def test_same_cookie_with_new_endpoints_is_a_closed_and_an_opened_socket(hostfs: Path) -> None:
+    unconnected = new_record(UDP, 4, "10.0.2.15", 5000, "0.0.0.0", 0, 77, 0, LISTENING, "", None, 7)
+    connected = new_record(UDP, 4, "10.0.2.15", 5000, "10.0.2.3", 53, 77, 0, OUTBOUND, "", None, 1)
+    events = dataset(hostfs).diff(snapshot({"5": unconnected}), snapshot({"5": connected}), at_startup=False)
+
+    assert [(event.action, event.fields["network"]["direction"]) for event in events] == [
+        ("socket_closed", "listening"), ("socket_opened", "outbound")]
+
+
+def test_orphaned_socket_is_the_same_socket(hostfs: Path) -> None:
+    """A process closing its socket drops its inode to 0; the kernel cookie (the key) stays."""
+    orphan = sshd_inbound(state=TCP_FIN_WAIT2)
+    assert dataset(hostfs).diff(snapshot({"7": sshd_inbound()}), snapshot({"7": orphan}), at_startup=False) == []
+
+
+def test_a_reboot_closes_every_socket_of_the_previous_boot(hostfs: Path) -> None:
+    before = snapshot({"7": sshd_inbound()})
+    after = snapshot({"7": sshd_inbound()}, boot_id="00000000-0000-4000-8000-000000000000")
+    events = dataset(hostfs).diff(before, after, at_startup=True)
+
+    assert [event.action for event in events] == ["socket_closed", "socket_opened"]
+
+
+def test_a_snapshot_of_another_format_is_ignored_with_a_warning(hostfs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert dataset(hostfs).diff({"sockets": []}, snapshot({}), at_startup=True) == []
+    assert "another format" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------------------
+# Stream folding (apply_stream)
+# --------------------------------------------------------------------------------------------------------
+
+def test_destroyed_known_socket_is_closed_with_its_process_traffic_and_duration(hostfs: Path) -> None:
+    record = sshd_inbound(opened_at=OBSERVED_AT - 60)
+    before = snapshot({"7": record})
+    after, events = dataset(hostfs).apply_stream(before, [destroyed(("10.0.2.15", 22), ("10.0.2.2", 55270), 7)])
+    [closed] = events
+
+    assert closed.action == SOCKET_CLOSED.name and closed.timestamp == OBSERVED_AT + 5
+    assert closed.fields["process"]["pid"] == 22799 and closed.fields["user"]["name"] == "root"
+    # inbound: the remote end is the source, so what this host received came from the source
+    assert closed.fields["source"] == {"ip": "10.0.2.2", "port": 55270, "bytes": 300, "packets": 9}
+    assert closed.fields["destination"] == {"ip": "10.0.2.15", "port": 22, "bytes": 1500, "packets": 12}
+    assert closed.fields["network"]["bytes"] == 1800 and closed.fields["network"]["packets"] == 21
+    assert closed.fields["event"]["duration"] == 65 * 1_000_000_000
+    assert after["closed"] == ["7"] and before["closed"] == []
+
+
+def test_outbound_traffic_counts_sent_bytes_from_the_source(hostfs: Path) -> None:
+    _, [closed] = dataset(hostfs).apply_stream(snapshot({"2": curl_outbound()}),
+                                               [destroyed(("10.0.2.15", 40512), ("93.184.216.34", 443), 2)])
+
+    assert closed.fields["source"]["bytes"] == 1500 and closed.fields["destination"]["bytes"] == 300
+
+
+def test_the_next_poll_does_not_report_a_socket_the_stream_closed(hostfs: Path) -> None:
+    monitored = dataset(hostfs)
+    committed, _ = monitored.apply_stream(snapshot({"7": sshd_inbound()}),
+                                          [destroyed(("10.0.2.15", 22), ("10.0.2.2", 55270), 7)])
+
+    assert monitored.diff(round_trip(committed), snapshot({}), at_startup=False) == []
+    assert monitored.state_report(committed) == []
+
+
+def test_a_destroy_after_the_poll_reported_the_close_is_not_reported_again(hostfs: Path) -> None:
+    monitored = dataset(hostfs)
+    [closed] = monitored.diff(snapshot({"7": sshd_inbound()}), snapshot({}), at_startup=False)
+    _, late = monitored.apply_stream(snapshot({}), [destroyed(("10.0.2.15", 22), ("10.0.2.2", 55270), 7)])
+
+    assert closed.action == "socket_closed" and late == []
+
+
+def test_a_socket_never_seen_gets_a_synthesized_open_and_its_close(hostfs: Path) -> None:
+    before = snapshot({"1": sshd_listener()})
+    after, events = dataset(hostfs).apply_stream(before, [destroyed(("10.0.2.15", 22), ("10.0.2.9", 61000), 42)])
+
+    assert after is before  # nothing of the snapshot closed
+    assert [event.action for event in events] == ["socket_opened", "socket_closed"]
+    opened, closed = events
+    assert opened.fields["system"]["audit"]["socket"] == {
+        "cookie": "42", "entity_id": socket_entity_id(HOST_ID, 0, "10.0.2.15", "10.0.2.9", 22, 61000),
+        "short_lived": True, "synthesized": True}
+    assert closed.fields["system"]["audit"]["socket"]["short_lived"] is True
+    assert closed.fields["network"]["direction"] == "inbound"  # by the listener of the snapshot
+    assert "user" not in closed.fields and "process" not in closed.fields and "duration" not in closed.fields.get(
+        "event", {})
+    assert closed.fields["error"]["message"].startswith("socket opened and closed between two polls")
+    assert closed.message == ("Inbound socket (10.0.2.9:61000 -> 10.0.2.15:22) CLOSED by process  (PID: -1) and "
+                              "user  (UID: -1)")
+
+
+def test_a_repeated_notification_is_reported_once(hostfs: Path) -> None:
+    item = destroyed(("10.0.2.15", 40000), ("1.1.1.1", 443), 50)
+    monitored = dataset(hostfs)
+    _, first = monitored.apply_stream(snapshot({}), [item, item])
+    _, second = monitored.apply_stream(snapshot({}), [item])
+
+    assert len(first) == 2 and second == []
+
+
+def test_stream_honours_include_localhost_and_include_udp(hostfs: Path) -> None:
+    loopback = destroyed(("127.0.0.1", 40000), ("127.0.0.1", 8080), 60)
+    udp = destroyed(("10.0.2.15", 40001), ("10.0.2.3", 53), 61, protocol=socket.IPPROTO_UDP, acked=None,
+                    received=None)
+    _, default = dataset(hostfs).apply_stream(snapshot({}), [loopback, udp])
+    _, everything = dataset(hostfs, include_localhost=True, include_udp=True).apply_stream(snapshot({}),
+                                                                                           [loopback, udp])
+
+    assert default == []
+    assert [event.fields["network"]["transport"] for event in everything] == ["tcp", "tcp", "udp", "udp"]
+    assert "bytes" not in everything[3].fields["source"]
+
+
+def test_a_never_bound_socket_is_not_reported(hostfs: Path) -> None:
+    _, events = dataset(hostfs).apply_stream(snapshot({}), [destroyed(("0.0.0.0", 0), ("0.0.0.0", 0), 70)])
+    assert events == []
+
+
+def test_stream_before_the_first_poll_still_reports(hostfs: Path) -> None:
+    committed, events = dataset(hostfs).apply_stream(None, [destroyed(("10.0.2.15", 40000), ("1.1.1.1", 443), 80)])
+
+    assert committed is None and [event.action for event in events] == ["socket_opened", "socket_closed"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Netlink parsing (kernel layouts built here byte by byte)
+# --------------------------------------------------------------------------------------------------------
+
+def kernel_sockid(family: int, sport: int, dport: int, src: str, dst: str, cookie: int) -> bytes:
+    def raw(address: str) -> bytes:
+        packed = socket.inet_pton(family, address)
+        return packed + b"\x00" * (16 - len(packed))
+    return (struct.pack(">HH", sport, dport) + raw(src) + raw(dst) + struct.pack("=I", 0)
+            + struct.pack("=II", cookie & 0xFFFFFFFF, cookie >> 32))
+
+
+def kernel_message(kind: int, sequence: int, body: bytes) -> bytes:
+    length = 16 + len(body)
+    return struct.pack("=IHHII", length, kind, 2, sequence, 0) + body + b"\x00" * (-length % 4)
+
+
+def inet_diag_msg(family: int, state: int, sockid: bytes, uid: int, inode: int, attributes: bytes = b"") -> bytes:
+    return struct.pack("=BBBB", family, state, 0, 0) + sockid + struct.pack("=IIIII", 0, 0, 0, uid, inode) + attributes
+
+
+def attribute(kind: int, payload: bytes) -> bytes:
+    return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\x00" * (-len(payload) % 4)
+
+
+def test_dump_request_is_an_inet_diag_req_v2() -> None:
+    request = dump_request(socket.AF_INET6, socket.IPPROTO_TCP, 0xABC, 7)
+
+    assert len(request) == 16 + 56
+    assert struct.unpack_from("=IHHII", request) == (72, SOCK_DIAG_BY_FAMILY, 0x301, 7, 0)
+    assert struct.unpack_from("=BBBxI", request, 16) == (socket.AF_INET6, socket.IPPROTO_TCP, 0, 0xABC)
+
+
+def test_parse_dump_reads_entries_until_done() -> None:
+    sockid = kernel_sockid(socket.AF_INET, 22, 55270, "10.0.2.15", "10.0.2.2", (5 << 32) | 9)
+    data = (kernel_message(SOCK_DIAG_BY_FAMILY, 3, inet_diag_msg(socket.AF_INET, TCP_ESTABLISHED, sockid, 0, 4242,
+                                                                 attribute(8, b"\x00")))
+            + kernel_message(SOCK_DIAG_BY_FAMILY, 2, inet_diag_msg(socket.AF_INET, 1, sockid, 0, 1))  # stale seq
+            + kernel_message(NLMSG_DONE, 3, struct.pack("=i", 0)))
+    entries: list = []
+
+    assert parse_dump(data, 3, entries) is True
+    [entry] = entries
+    assert (entry.family, entry.state, entry.uid, entry.inode) == (socket.AF_INET, TCP_ESTABLISHED, 0, 4242)
+    assert decode_sockid(entry.family, entry.sockid) == (22, 55270, "10.0.2.15", "10.0.2.2", 0, (5 << 32) | 9)
+
+
+def test_parse_dump_raises_the_kernels_error() -> None:
+    data = kernel_message(NLMSG_ERROR, 4, struct.pack("=i", -13) + b"\x00" * 16)
+    with pytest.raises(DumpError) as raised:
+        parse_dump(data, 4, [])
+    assert raised.value.errno == 13
+
+
+def test_ipv4_mapped_addresses_are_written_as_ipv4() -> None:
+    sockid = kernel_sockid(socket.AF_INET6, 8080, 50000, "::ffff:127.0.0.1", "::1", 1)
+    endpoints = decode_sockid(socket.AF_INET6, sockid)
+
+    assert (endpoints.local_ip, endpoints.remote_ip) == ("127.0.0.1", "::1")
+
+
+def test_parse_destroyed_reads_protocol_and_tcp_info_counters() -> None:
+    tcp_info = bytearray(232)
+    struct.pack_into("=QQII", tcp_info, 120, 1500, 300, 12, 9)
+    sockid = kernel_sockid(socket.AF_INET6, 443, 50000, "2001:db8::1", "2001:db8::2", 77)
+    body = inet_diag_msg(socket.AF_INET6, 7, sockid, 0, 0, attribute(10, bytes([6])) + attribute(2, bytes(tcp_info)))
+    [item] = parse_destroyed(kernel_message(SOCK_DIAG_BY_FAMILY, 0, body), at=12.5)
+
+    assert item == Destroyed(socket.AF_INET6, socket.IPPROTO_TCP, 7, "2001:db8::1", 443, "2001:db8::2", 50000, 77,
+                             12.5, 1500, 300, 12, 9)
+
+
+def test_udp_destroy_has_no_counters() -> None:
+    sockid = kernel_sockid(socket.AF_INET, 5353, 0, "10.0.2.15", "0.0.0.0", 78)
+    body = inet_diag_msg(socket.AF_INET, 7, sockid, 0, 0, attribute(10, bytes([17])))
+    [item] = parse_destroyed(kernel_message(SOCK_DIAG_BY_FAMILY, 0, body), at=1.0)
+
+    assert item.protocol == socket.IPPROTO_UDP and item.bytes_acked is None
+
+
+def test_tcp_info_from_an_old_kernel_is_too_short_for_counters() -> None:
+    assert parse_tcp_info(bytes(104)) is None
+
+
+# --------------------------------------------------------------------------------------------------------
+# /proc and /etc parsing
+# --------------------------------------------------------------------------------------------------------
+
+def test_parse_stat_handles_spaces_and_parentheses_in_the_name() -> None:
+    fields = " ".join(["S"] + ["0"] * 18 + ["987654"] + ["0"] * 10)
+    assert parse_stat(f"4242 (my (odd) name) {fields}") == ("my (odd) name", 987654)
+    assert parse_stat("4242 (truncated") is None
+
+
+def test_parse_passwd_takes_the_first_entry_of_a_uid() -> None:
+    names = parse_passwd("# comment\nroot:x:0:0::/:/bin/sh\ntoor:x:0:0::/:/bin/sh\n+nis::::::\nbad line\n")
+    assert names == {0: "root"}
+
+
+def test_registry_style_construction(hostfs: Path) -> None:
+    assert isinstance(socket_dataset.create(DatasetContext(hostfs=hostfs)), SocketDataset)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sample document
+# --------------------------------------------------------------------------------------------------------
+
+def sample_document(hostfs: Path) -> dict[str, Any]:
+    """The `socket_opened` document for Auditbeat's documented sshd connection, as the runtime would write it."""
+    common = {
+        "agent": {"type": "hostaudit", "name": "ubuntu-jammy", "version": "0.1.0",
+                  "id": "0b0d5b5e-7a1c-4f6e-9d8a-3f2e1c0b9a87", "ephemeral_id": "5f3c2a1b-8d7e-4c6b-a9f0-1e2d3c4b5a69"},
+        "ecs": {"version": ECS_VERSION},
+        "service": {"type": "system"},
+        "host": {"id": HOST_ID, "name": "ubuntu-jammy", "hostname": "ubuntu-jammy", "architecture": "x86_64"},
+    }
+    before = snapshot({"1": sshd_listener()})
+    after = snapshot({"1": sshd_listener(), "7": sshd_inbound(opened_at=OBSERVED_AT)})
+    [opened] = dataset(hostfs).diff(before, after, at_startup=False)
+    return opened.stamped(1).to_document(common)
+
+
+def test_sample_document_has_the_fields_we_emit(hostfs: Path) -> None:
+    generated = sample_document(hostfs)
+    if os.environ.get("HOSTAUDIT_UPDATE_SAMPLES") == "1":
+        SAMPLE.parent.mkdir(parents=True, exist_ok=True)
+        SAMPLE.write_text(json.dumps(generated, indent=2) + "\n")
+
+    sample = json.loads(SAMPLE.read_text())
+
+    assert flat_field_names(generated) == flat_field_names(sample)
+    assert sample["message"] == generated["message"]
+    assert sample["event"]["action"] == "socket_opened"
+    assert_ecs(sample)
