@@ -51,6 +51,7 @@ class Agent:
     def __init__(self, workdir: Path, config: str | None = None, overrides: Iterable[str] = (),
                  env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.data = workdir / "data"
         self.output_dir = workdir / "out"
         self.stderr_path = workdir / "agent.stderr"

@@ -253,7 +253,8 @@ class KafkaBroker:
                  ssl: SslMaterial | None = None, *, node_id: int = 1,
                  jvm_opts: tuple[str, ...] = DEFAULT_JVM_OPTS,
                  extra_properties: Mapping[str, str] | None = None,
-                 die_with_parent: bool = True) -> None:
+                 die_with_parent: bool = True,
+                 sasl_users: Mapping[str, str] | None = None) -> None:
         if ssl_port and ssl is None:
             raise ValueError("ssl_port given without ssl material (see make_ssl_material)")
         self.workdir = Path(workdir).resolve()
@@ -264,6 +265,8 @@ class KafkaBroker:
         self.node_id = node_id
         self.jvm_opts = tuple(jvm_opts)
         self.extra_properties = dict(extra_properties or {})
+        self.sasl_users = dict(sasl_users or {})  # SASL/PLAIN users of a SASL_PLAINTEXT listener, if any
+        self.sasl_port = 0
         self.die_with_parent = die_with_parent
         self.last_start_seconds: float | None = None  # start() to ready, for benchmarks
         self._proc: subprocess.Popen[bytes] | None = None
@@ -287,6 +290,12 @@ class KafkaBroker:
         if not self.port:
             raise BrokerError("broker has no port yet: call start() first")
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        if not self.sasl_users or not self.sasl_port:
+            raise BrokerError("broker has no SASL listener (pass sasl_users=... and call start())")
+        return f"127.0.0.1:{self.sasl_port}"
 
     @property
     def ssl_bootstrap(self) -> str:
@@ -332,6 +341,9 @@ class KafkaBroker:
         if self.ssl is not None:
             listeners.append(f"SSL://127.0.0.1:{self.ssl_port}")
             protocols.append("SSL:SSL")
+        if self.sasl_users:
+            listeners.append(f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}")
+            protocols.append("SASL_PLAINTEXT:SASL_PLAINTEXT")
         advertised = ",".join(listeners)
         listeners.append(f"CONTROLLER://127.0.0.1:{self.controller_port}")
         text = SERVER_TEMPLATE.read_text()
@@ -353,6 +365,13 @@ class KafkaBroker:
                 "ssl.key.password": self.ssl.keystore_password,
                 "ssl.client.auth": "none",
                 "ssl.endpoint.identification.algorithm": "https",
+            })
+        if self.sasl_users:
+            users = " ".join(f'user_{name}="{password}"' for name, password in self.sasl_users.items())
+            extra.update({
+                "sasl.enabled.mechanisms": "PLAIN",
+                "listener.name.sasl_plaintext.plain.sasl.jaas.config":
+                    f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};",
             })
         extra.update(self.extra_properties)
         if extra:
@@ -392,6 +411,8 @@ class KafkaBroker:
         self.controller_port = self.controller_port or free_port()
         if self.ssl is not None:
             self.ssl_port = self.ssl_port or free_port()
+        if self.sasl_users:
+            self.sasl_port = self.sasl_port or free_port()
         self.config_path.write_text(self._render_config())
         if not (self.data_dir / "meta.properties").is_file():
             self._format(java, lib, deadline - time.monotonic())

@@ -182,3 +182,26 @@ def test_tls_delivery_with_verification_and_wrong_ca_fails_clearly(agent_factory
         errors = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(errors) == 1 and "ERROR" in errors[0], result.stderr
         assert agent.process.poll() is None
+
+
+def test_sasl_plain_delivers_and_bad_credentials_are_one_clear_error_without_the_password(
+        agent_factory, tmp_path: Path) -> None:
+    from tests.kafka_support import KafkaBroker
+
+    with KafkaBroker(tmp_path / "sasl-kafka", sasl_users={"agent": "right-pass-123"}) as broker:
+        topic = f"sasl-{uuid.uuid4().hex[:8]}"
+        agent = agent_factory(overrides=kafka_overrides(broker.sasl_bootstrap, topic, "output.kafka.username=agent"),
+                              env={"HOSTAUDIT_OUTPUT__KAFKA__PASSWORD": "right-pass-123"})
+        wait_for_topic_events(broker.bootstrap, topic, lambda m: len(m) >= 1, 40, "an event delivered over SASL")
+        result = run_cli("test", "output", "-E", f"path.data={tmp_path / 'd2'}", "-E", "output.kafka.enabled=true",
+                         "-E", f"output.kafka.hosts=[{broker.sasl_bootstrap}]", "-E", "output.kafka.timeout=5s",
+                         "-E", "output.kafka.username=agent", "-E", "output.kafka.password=wrong-pass-456")
+        assert result.returncode == 1
+        errors = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and "ERROR" in errors[0], result.stderr
+        assert "wrong-pass-456" not in result.stdout + result.stderr
+        bad = agent_factory(workdir=tmp_path / "bad", overrides=kafka_overrides(
+            broker.sasl_bootstrap, topic, "output.kafka.username=agent", "output.kafka.password=wrong-pass-456"))
+        bad.wait_for_log("output unavailable", 30)
+        assert bad.process.poll() is None, "bad credentials never stop the agent"
+        assert "wrong-pass-456" not in bad.log() and "right-pass-123" not in agent.log()
