@@ -65,6 +65,7 @@ class DatasetRunner:
         self.committed = replace(committed, sequence=max(committed.sequence, spool.last_sequence))
         self.restored = committed.snapshot is not None  # the first diff then covers the agent's downtime
         self.events_emitted = 0
+        self.events_dropped = 0  # events that could not be kept (spool write failed on kernel notifications)
         self._last_backpressure_log = 0.0
 
     def state_report_due(self, now: float) -> bool:
@@ -89,10 +90,15 @@ class DatasetRunner:
                 changes = [with_fields(event, {"system": {"audit": {"detected_at_startup": True}}})
                            for event in changes]
             events += changes
-        self.restored = False
         first_commit = self.committed.snapshot is None
-        self._spool_and_commit(events, current, now if report_due else self.committed.last_state_report,
-                               persist=bool(events) or report_due or first_commit)
+        try:
+            self._spool_and_commit(events, current, now if report_due else self.committed.last_state_report,
+                                   persist=bool(events) or report_due or first_commit)
+        except OSError as error:  # e.g. the disk is full: nothing committed, the next cycle diffs again
+            log.error("dataset %s: cannot write the spool (%s); %d events held until it can", self.name, error,
+                      len(events))
+            return CycleResult(blocked=True, duration=time.monotonic() - started)
+        self.restored = False
         return CycleResult(events=len(events), duration=time.monotonic() - started)
 
     def apply_stream(self, items: Sequence[Any]) -> bool:
@@ -104,7 +110,14 @@ class DatasetRunner:
             self._log_backpressure()
             return False
         snapshot, events = self.dataset.apply_stream(self.committed.snapshot, items)
-        self._spool_and_commit(list(events), snapshot, self.committed.last_state_report, persist=bool(events))
+        try:
+            self._spool_and_commit(list(events), snapshot, self.committed.last_state_report, persist=bool(events))
+        except OSError as error:
+            # Kernel notifications cannot be derived again later: these events are lost, counted and logged.
+            # The next poll still reconciles what is alive against the committed snapshot.
+            self.events_dropped += len(events)
+            log.error("dataset %s: cannot write the spool (%s); %d events from kernel notifications dropped "
+                      "(%d in all)", self.name, error, len(events), self.events_dropped)
         return True
 
     def _spool_and_commit(self, events: Sequence[Event], snapshot: Any, last_state_report: float | None,

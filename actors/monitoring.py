@@ -34,6 +34,7 @@ def build_stats(children: Mapping[str, Mapping[str, Any]], spool_root: Path) -> 
             "spool_full": bool(child.get("blocked", False)),
             "kernel_events": int(child.get("items", 0)),
             "kernel_events_lost": int(child.get("lost", 0)),
+            "events_dropped": int(child.get("dropped", 0)),
         }
     return {
         "datasets": datasets,
@@ -43,7 +44,7 @@ def build_stats(children: Mapping[str, Mapping[str, Any]], spool_root: Path) -> 
             "events_acknowledged": sum(int(v) for v in acknowledged.values()),
             "failed_batches": int(producer.get("failed_batches", 0)),
             "events_truncated": int(producer.get("truncated", 0)),
-            "events_dropped": 0,  # hostaudit never drops an event it has spooled
+            "events_dropped": sum(d["events_dropped"] for d in datasets.values()),  # never after spooling
             "oldest_unacknowledged_age_seconds": float(producer.get("oldest_unacknowledged_age_seconds", 0.0)),
             "last_error": producer.get("last_error", ""),
         },

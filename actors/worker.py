@@ -126,6 +126,7 @@ def collector_main(spec: CollectorSpec, heartbeat: Connection, wake: WakeEvent) 
         threading.Thread(target=pump_stream, args=(stream, actor, lifecycle.stopping, stream_stats),
                          name="stream", daemon=True).start()
     _start_heartbeats(heartbeat, lambda: {"progress": progress.count, "events": runner.events_emitted,
+                                          "dropped": runner.events_dropped,
                                           "scan_seconds": progress.last.duration,
                                           "blocked": progress.last.blocked, **stream_stats}, lifecycle)
     lifecycle.wait()
