@@ -20,6 +20,7 @@ from actors.state import CommittedState, StateStore
 log = logging.getLogger("hostaudit.collector")
 
 BACKPRESSURE_LOG_INTERVAL = 60.0
+STREAM_PERSIST_INTERVAL = 1.0
 
 
 def encode_document(document: Mapping[str, Any]) -> bytes:
@@ -66,6 +67,8 @@ class DatasetRunner:
         self.restored = committed.snapshot is not None  # the first diff then covers the agent's downtime
         self.events_emitted = 0
         self.events_dropped = 0  # events that could not be kept (spool write failed on kernel notifications)
+        self._persisted_at = 0.0
+        self._unpersisted = False
         self._last_backpressure_log = 0.0
 
     def state_report_due(self, now: float) -> bool:
@@ -110,8 +113,11 @@ class DatasetRunner:
             self._log_backpressure()
             return False
         snapshot, events = self.dataset.apply_stream(self.committed.snapshot, items)
+        # During an exec storm the snapshot is persisted at most once a second (a crash in between can only
+        # repeat a start or stop after the restart, never lose one); the in-memory snapshot is always current.
+        persist = bool(events) and time.monotonic() - self._persisted_at >= STREAM_PERSIST_INTERVAL
         try:
-            self._spool_and_commit(list(events), snapshot, self.committed.last_state_report, persist=bool(events))
+            self._spool_and_commit(list(events), snapshot, self.committed.last_state_report, persist=persist)
         except OSError as error:
             # Kernel notifications cannot be derived again later: these events are lost, counted and logged.
             # The next poll still reconciles what is alive against the committed snapshot.
@@ -125,9 +131,15 @@ class DatasetRunner:
         """Spool `events`, then commit the snapshot they were derived from (persisted when it matters)."""
         sequence = self._spool(events)
         self.committed = CommittedState(snapshot, last_state_report, sequence)
+        self._unpersisted = True
         if persist:
-            self.store.commit(self.name, self.committed)
+            self._persist()
         self.events_emitted += len(events)
+
+    def _persist(self) -> None:
+        self.store.commit(self.name, self.committed)
+        self._persisted_at = time.monotonic()
+        self._unpersisted = False
 
     def _spool(self, events: Sequence[Event]) -> int:
         """Stamp, encode and durably append `events`; return the last sequence used."""
@@ -151,6 +163,8 @@ class DatasetRunner:
                         "until the output catches up", self.name, self.spool_root, self.spool_max_bytes)
 
     def close(self) -> None:
+        if self._unpersisted and self.committed.snapshot is not None:
+            self._persist()
         self.spool.close()
         self.store.close()
 
@@ -179,9 +193,19 @@ STREAM_BATCH_SECONDS = 0.05
 STREAM_BATCH_ITEMS = 2000
 
 
-def pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, stats: dict[str, int]) -> None:
+def pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, stats: dict[str, int],
+                on_crash: Callable[[BaseException], None] = lambda error: None) -> None:
     """Read kernel notifications in batches (up to 50 ms or 2,000 items) and hand each to the collector actor,
-    waiting until it is spooled before reading more, so a slow pipeline backs up into the kernel's buffer."""
+    waiting until it is spooled before reading more, so a slow pipeline backs up into the kernel's buffer.
+    If the subscription breaks, the process exits (`on_crash`) and the supervisor restarts it, re-subscribed."""
+    try:
+        _pump_stream(stream, actor, stopping, stats)
+    except Exception as error:
+        log.exception("kernel notifications stream failed")
+        on_crash(error)
+
+
+def _pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, stats: dict[str, int]) -> None:
     while not stopping.is_set():
         batch: list[Any] = []
         deadline = time.monotonic() + STREAM_BATCH_SECONDS

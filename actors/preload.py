@@ -9,6 +9,9 @@ import setproctitle  # noqa: F401
 
 import actors.collector  # noqa: F401
 import actors.datasets.host  # noqa: F401
+import actors.datasets.process  # noqa: F401
+import actors.datasets.socket  # noqa: F401
+import actors.datasets.user  # noqa: F401
 import actors.outputs.console  # noqa: F401
 import actors.outputs.file  # noqa: F401
 import actors.producer  # noqa: F401

@@ -1,4 +1,4 @@
-"""The kernel's process-events connector (netlink NETLINK_CONNECTOR, CN_IDX_PROC): fork, exec and exit as they happen."""
+"""The kernel's process-events connector (netlink NETLINK_CONNECTOR, CN_IDX_PROC): fork, exec, exit as they happen."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 LOG = logging.getLogger("hostaudit.proc_connector")
 
@@ -42,6 +44,9 @@ DEFAULT_ACK_TIMEOUT = 1.0
 MAX_MESSAGES_PER_READ = 512  # drain at most this many datagrams before reading the new processes' /proc
 RECEIVE_BYTES = 8192
 FORK_MEMORY = 65536  # pids whose FORK we remember (for the parent and the start of a later EXEC)
+QUEUE_ITEMS = 20_000  # enriched items waiting for read(); beyond, the backlog stays in the kernel's buffer
+READER_NICE = -10  # the enriching thread races short-lived processes for the CPU (needs CAP_SYS_NICE)
+READ_SLICE = 0.25  # seconds the enriching thread waits on the socket before checking for close()
 NANOS = 1_000_000_000
 
 
@@ -159,15 +164,26 @@ class _Clocks:
 
 
 class ProcConnector:
-    """A subscription to the process connector. `read()` returns ProcessExec / ProcessExit items; an EXEC's
-    /proc files are read (through `enrich(pid)`) as soon as its datagram is received, before the process can
-    exit. Thread forks and exits are dropped; a FORK is remembered only to give the later EXEC its parent."""
+    """A subscription to the process connector, read by its own thread.
 
-    def __init__(self, enrich: Callable[[int], Any], receive_buffer: int = DEFAULT_RECEIVE_BUFFER,
-                 ack_timeout: float = DEFAULT_ACK_TIMEOUT) -> None:
+    That thread receives each datagram as it comes and reads a new process's /proc files at once (through
+    `enrich(pids)`, which reads the executable and arguments of every pid before their other files), at a
+    raised priority, then queues the items; `read()` hands them out. So a caller that is slow to come back
+    (spooling the previous batch) does not delay the /proc reads, which must beat the process's exit. The
+    queue is bounded: when it is full the thread stops receiving, the kernel's buffer fills, and the kernel
+    drops (counted by `lost()`).
+
+    Thread forks and exits are dropped; a FORK is remembered only to give the later EXEC its parent and start.
+    """
+
+    def __init__(self, enrich: Callable[[Sequence[int]], Sequence[Any]],
+                 receive_buffer: int = DEFAULT_RECEIVE_BUFFER, ack_timeout: float = DEFAULT_ACK_TIMEOUT,
+                 queue_items: int = QUEUE_ITEMS, reader_nice: int | None = READER_NICE) -> None:
         self._enrich = enrich
         self._receive_buffer = receive_buffer
         self._ack_timeout = ack_timeout
+        self._queue_items = queue_items
+        self._reader_nice = reader_nice
         self._socket: socket.socket | None = None
         self._poller = select.poll()
         self._buffer = bytearray(RECEIVE_BYTES)
@@ -177,11 +193,18 @@ class ProcConnector:
         self._gaps = 0
         self._enobufs = 0
         self.received = 0
+        self._queue: deque[list[ProcessExec | ProcessExit]] = deque()
+        self._queued = 0
+        self._ready = threading.Condition()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
     def open(self) -> "ProcConnector":
-        """Subscribe; raise ConnectorUnavailable saying why when the kernel refuses or does not answer."""
+        """Subscribe and start the reading thread; raise ConnectorUnavailable saying why when the kernel
+        refuses or does not answer."""
         if not has_capability(CAP_NET_ADMIN):  # the kernel would ignore the request without a word
             raise ConnectorUnavailable("subscribing to process events needs CAP_NET_ADMIN: run hostaudit as root")
         try:
@@ -197,16 +220,22 @@ class ProcConnector:
             self._poller.register(sock.fileno(), select.POLLIN)
             self._subscribe()
         except OSError as error:
-            sock.close()
-            self._socket = None
+            self._forget_socket(sock)
             denied = error.errno in (errno.EPERM, errno.EACCES)
             hint = ": it needs root (CAP_NET_ADMIN)" if denied else ""
             raise ConnectorUnavailable(f"cannot subscribe to process events ({error.strerror}){hint}") from None
         except ConnectorUnavailable:
-            sock.close()
-            self._socket = None
+            self._forget_socket(sock)
             raise
+        self._thread = threading.Thread(target=self._run, name="proc-connector", daemon=True)
+        self._thread.start()
         return self
+
+    def _forget_socket(self, sock: socket.socket) -> None:
+        if self._socket is not None:
+            self._poller.unregister(sock.fileno())
+        sock.close()
+        self._socket = None
 
     def _set_receive_buffer(self, sock: socket.socket) -> None:
         try:
@@ -238,7 +267,13 @@ class ProcConnector:
             "serves the initial PID and user namespaces (run on the host, or with --pid=host and CAP_NET_ADMIN)")
 
     def close(self) -> None:
-        """Unsubscribe (so the kernel stops producing events when nobody listens) and close the socket."""
+        """Stop the reading thread, unsubscribe (so the kernel stops producing events when nobody listens)
+        and close the socket."""
+        self._closing.set()
+        with self._ready:
+            self._ready.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5 * READ_SLICE + 1)
         sock, self._socket = self._socket, None
         if sock is None:
             return
@@ -248,17 +283,58 @@ class ProcConnector:
             LOG.debug("unsubscribing from process events failed: %s", error)
         sock.close()
 
-    def fileno(self) -> int:
-        return self._socket.fileno() if self._socket is not None else -1
-
-    # -- reading --------------------------------------------------------------------------------------------
+    # -- the caller's side ----------------------------------------------------------------------------------
 
     def lost(self) -> int:
         """Notifications the kernel dropped (per-CPU sequence gaps; at least one per ENOBUFS)."""
         return max(self._gaps, self._enobufs)
 
     def read(self, timeout: float) -> list[ProcessExec | ProcessExit]:
-        """Wait up to `timeout` s; return the exec and exit notifications received, the EXECs already read."""
+        """Wait up to `timeout` s for items; return all that are queued (EXECs already read), [] on timeout."""
+        with self._ready:
+            if not self._queued and self._failure is None and not self._closing.is_set():
+                self._ready.wait(max(0.0, timeout))
+            if self._failure is not None:
+                raise ConnectorUnavailable(f"reading process events failed: {self._failure}") from self._failure
+            items = [item for batch in self._queue for item in batch]
+            self._queue.clear()
+            self._queued = 0
+            self._ready.notify_all()
+        return items
+
+    # -- the reading thread ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._raise_priority()
+        try:
+            while not self._closing.is_set():
+                items = self._read_now(READ_SLICE)
+                if items:
+                    self._enqueue(items)
+        except Exception as error:  # the socket failed (not ENOBUFS), or a bug: read() raises it to the caller
+            LOG.error("process-events reader stopped: %s", error)
+            with self._ready:
+                self._failure = error
+                self._ready.notify_all()
+
+    def _raise_priority(self) -> None:
+        if self._reader_nice is None:
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._reader_nice)
+        except OSError as error:  # without CAP_SYS_NICE: the reads race at normal priority
+            LOG.debug("cannot raise the process-events reader to nice %d: %s", self._reader_nice, error)
+
+    def _enqueue(self, items: list[ProcessExec | ProcessExit]) -> None:
+        with self._ready:
+            while self._queued >= self._queue_items and not self._closing.is_set():
+                self._ready.wait(READ_SLICE)  # the backlog waits in the kernel's buffer meanwhile
+            self._queue.append(items)
+            self._queued += len(items)
+            self._ready.notify_all()
+
+    def _read_now(self, timeout: float) -> list[ProcessExec | ProcessExit]:
+        """One step of the reading thread: wait up to `timeout` s, receive what is there, enrich it."""
         if self._socket is None:
             raise ConnectorUnavailable("the process connector is closed")
         raw, self._backlog = self._backlog, []
@@ -299,19 +375,27 @@ class ProcConnector:
             self._last_seq[event.cpu] = event.seq
 
     def _interpret(self, raw: list[tuple[RawEvent, int]], clocks: _Clocks) -> list[ProcessExec | ProcessExit]:
-        """Turn raw events into items; an EXEC whose process exits later in the same batch is not read."""
-        last_exit = {event.data[0]: index for index, (event, _) in enumerate(raw)
-                     if event.what == PROC_EVENT_EXIT and event.data and event.data[0] == event.data[1]}
-        exit_parent = {event.data[0]: event.data[5] for event, _ in raw
+        """Turn raw events into items. The processes that exec'd and have not exited in this batch are read
+        together, first; an EXEC whose process exits later in the batch is not read (it is gone)."""
+        leader = [(event, received_ns) for event, received_ns in raw
+                  if event.what in (PROC_EVENT_EXEC, PROC_EVENT_EXIT, PROC_EVENT_FORK) and len(event.data) >= 2]
+        last_exit = {event.data[0]: index for index, (event, _) in enumerate(leader)
+                     if event.what == PROC_EVENT_EXIT and event.data[0] == event.data[1]}
+        live = [event.data[0] for index, (event, _) in enumerate(leader)
+                if event.what == PROC_EVENT_EXEC and event.data[0] == event.data[1]
+                and last_exit.get(event.data[0], -1) < index]
+        details = dict(zip(live, self._enrich(live))) if live else {}
+        exit_parent = {event.data[0]: event.data[5] for event, _ in leader
                        if event.what == PROC_EVENT_EXIT and len(event.data) == 6 and event.data[5] > 0}
         items: list[ProcessExec | ProcessExit] = []
-        for index, (event, received_ns) in enumerate(raw):
+        for event, received_ns in leader:
             if event.what == PROC_EVENT_FORK:
                 self._remember_fork(event, clocks)
-            elif event.what == PROC_EVENT_EXEC and event.data and event.data[0] == event.data[1]:
-                alive = last_exit.get(event.data[0], -1) < index
-                items.append(self._exec_item(event, received_ns, clocks, alive, exit_parent))
-            elif event.what == PROC_EVENT_EXIT and event.data and event.data[0] == event.data[1]:
+            elif event.data[0] != event.data[1]:
+                continue  # a thread's exec or exit
+            elif event.what == PROC_EVENT_EXEC:
+                items.append(self._exec_item(event, received_ns, clocks, details.get(event.data[0]), exit_parent))
+            else:
                 items.append(self._exit_item(event, received_ns, clocks))
         return items
 
@@ -326,10 +410,9 @@ class ProcConnector:
                 del self._forks[stale]
         self._forks[child_pid] = (parent_tgid, event.timestamp_ns + clocks.to_boot_ns)
 
-    def _exec_item(self, event: RawEvent, received_ns: int, clocks: _Clocks, alive: bool,
+    def _exec_item(self, event: RawEvent, received_ns: int, clocks: _Clocks, details: Any,
                    exit_parent: dict[int, int]) -> ProcessExec:
         pid = event.data[0]
-        details = self._enrich(pid) if alive else None
         parent, fork_boot_ns = self._forks.get(pid, (exit_parent.get(pid), None))
         return ProcessExec(
             pid=pid,

@@ -12,10 +12,12 @@ from actors.event import Event
 # Dataset name -> module under actors.datasets. Adding a dataset touches its module and this line.
 BUILT_DATASETS: dict[str, str] = {
     "host": "actors.datasets.host",
+    "process": "actors.datasets.process",
+    "socket": "actors.datasets.socket",
     "user": "actors.datasets.user",
 }
 # Datasets of the Auditbeat System module that hostaudit knows of but has not built yet.
-PLANNED_DATASETS: tuple[str, ...] = ("process", "socket", "login", "package")
+PLANNED_DATASETS: tuple[str, ...] = ("login", "package")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The process dataset: processes read from /proc (and every exec from the kernel's process connector), and their events."""
+"""The process dataset: processes read from /proc, every exec from the kernel's process connector, their events."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence, TypedDict
+from typing import Any, Mapping, NamedTuple, Sequence, TypedDict
 
 from actors import procfs
 from actors.config import ConfigError
@@ -32,6 +32,7 @@ BACKENDS = ("auto", "netlink", "procfs")
 SNAPSHOT_VERSION = 1
 PF_KTHREAD = 0x00200000  # task flag in field 9 of /proc/PID/stat
 KTHREADD_PID = 2
+EXITED_STATES = frozenset({"Z", "X"})  # zombie, dead: the process has exited, only its parent has not reaped it
 TICKS_PER_SECOND = 100  # USER_HZ, as go-sysinfo hard-codes it
 NANOS_PER_TICK = 1_000_000_000 // TICKS_PER_SECOND
 _ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ESRCH})
@@ -89,7 +90,7 @@ class ProcessRecord(TypedDict, total=False):
     cwd: str
     uid: str
     gid: str
-    euid: str
+    euid: str  # the effective and saved ids: absent when equal to uid / gid
     egid: str
     suid: str
     sgid: str
@@ -133,6 +134,7 @@ class Stat(NamedTuple):
     """The fields of /proc/PID/stat the dataset uses."""
 
     name: str  # comm
+    state: str  # R, S, D, Z (zombie: exited, not yet reaped), ...
     ppid: int
     flags: int
     ticks: int
@@ -193,8 +195,8 @@ def parse_stat(raw: bytes) -> Stat | None:
     if len(fields) < 20:
         return None
     try:
-        return Stat(raw[opening + 1:closing].decode("utf-8", "replace"), int(fields[1]), int(fields[6]),
-                    int(fields[19]))
+        return Stat(raw[opening + 1:closing].decode("utf-8", "replace"), fields[0].decode("ascii", "replace"),
+                    int(fields[1]), int(fields[6]), int(fields[19]))
     except ValueError:
         return None
 
@@ -299,13 +301,23 @@ def read_stat(proc: str, pid: int) -> Stat | None:
 def read_details(proc: str, pid: int, stat: Stat | None = None) -> ProcessDetails | None:
     """Read one process now (`proc` is "<hostfs>/proc/"); None when it is gone before anything is read.
 
-    The executable and arguments come first: for a process that has just exec'd they matter most, and it
-    may exit any moment. A file absent after another was read means the process exited while we read it
-    (`vanished`); a zombie still has its stat and status, with an empty cmdline and no exe.
+    A file absent after another was read means the process exited while we read it (`vanished`); a zombie
+    still has its stat and status, with an empty cmdline and no exe.
     """
     reader = _Reader(f"{proc}{pid}/")
-    exe = reader.link("exe")
-    cmdline = reader.file("cmdline", whole=True)
+    return _read_rest(reader, pid, reader.link("exe"), reader.file("cmdline", whole=True), stat)
+
+
+def read_exec_details(proc: str, pids: Sequence[int]) -> list[ProcessDetails | None]:
+    """Read processes that have just exec'd: the executable and arguments of all of them first (what matters
+    most, and each may exit any moment), then their other files."""
+    readers = [_Reader(f"{proc}{pid}/") for pid in pids]
+    images = [(reader.link("exe"), reader.file("cmdline", whole=True)) for reader in readers]
+    return [_read_rest(reader, pid, exe, cmdline, None) for reader, pid, (exe, cmdline) in zip(readers, pids, images)]
+
+
+def _read_rest(reader: _Reader, pid: int, exe: str | None, cmdline: bytes | None,
+               stat: Stat | None) -> ProcessDetails | None:
     if stat is None:
         raw = reader.file("stat")
         stat = None if raw is None else parse_stat(raw)
@@ -432,7 +444,9 @@ def process_fields(record: Mapping[str, Any]) -> dict[str, Any]:
                     for key, name in (("cap_eff", "effective"), ("cap_prm", "permitted")) if record.get(key)}
     if capabilities := {name: names for name, names in capabilities.items() if names}:
         process["thread"] = {"capabilities": capabilities}
-    user, saved = _user_fields(record)
+    user, effective, saved = _user_fields(record)
+    if effective:
+        user["effective"] = effective
     if user:
         fields["user"] = user
     if saved:
@@ -449,8 +463,8 @@ def process_fields(record: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _user_fields(record: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """user.* (ids as strings, each only when known) and the saved ids."""
+def _user_fields(record: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """user.* (ids as strings, each only when known), the effective ids, and the saved ids."""
     user: dict[str, Any] = {}
     if record.get("uid"):
         user["id"] = record["uid"]
@@ -459,15 +473,17 @@ def _user_fields(record: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
     group = {key: record[source] for key, source in (("id", "gid"), ("name", "group")) if record.get(source)}
     if group:
         user["group"] = group
-    effective: dict[str, Any] = {"id": record["euid"]} if record.get("euid") else {}
-    if record.get("egid"):
-        effective["group"] = {"id": record["egid"]}
-    if effective:
-        user["effective"] = effective
-    saved: dict[str, Any] = {"id": record["suid"]} if record.get("suid") else {}
-    if record.get("sgid"):
-        saved["group"] = {"id": record["sgid"]}
-    return user, saved
+    return user, _ids(record, "euid", "egid"), _ids(record, "suid", "sgid")
+
+
+def _ids(record: Mapping[str, Any], uid_key: str, gid_key: str) -> dict[str, Any]:
+    """{"id": ..., "group": {"id": ...}} of the effective or saved ids (absent from a record: the real ones)."""
+    ids: dict[str, Any] = {}
+    if uid := record.get(uid_key, record.get("uid")):
+        ids["id"] = uid
+    if gid := record.get(gid_key, record.get("gid")):
+        ids["group"] = {"id": gid}
+    return ids
 
 
 def display_name(record: Mapping[str, Any]) -> str:
@@ -501,17 +517,17 @@ def appeared_event(record: Mapping[str, Any], timestamp: float | None = None) ->
     return process_event(ERROR if record.get("error") else STARTED, record, timestamp=timestamp)
 
 
-def stopped_events(record: Mapping[str, Any], exit: ProcessExit | None = None) -> list[Event]:
+def stopped_events(record: Mapping[str, Any], ended: ProcessExit | None = None) -> list[Event]:
     """process_stopped for a record (none for one that was reported as process_error, as Auditbeat); with the
     connector's EXIT it carries process.exit_code, process.end and event.duration."""
     if record.get("error"):
         return []
-    if exit is None:
+    if ended is None:
         return [process_event(STOPPED, record)]
     start_ns = record.get("start_ns", record.get("ticks", 0) * NANOS_PER_TICK)
-    extra = {"process": {"exit_code": exit.exit_code, "end": iso_millis(exit.time)},
-             "event": {"duration": max(0, exit.boot_ns - start_ns)}}
-    return [process_event(STOPPED, record, extra, timestamp=exit.time)]
+    extra = {"process": {"exit_code": ended.exit_code, "end": iso_millis(ended.time)},
+             "event": {"duration": max(0, ended.boot_ns - start_ns)}}
+    return [process_event(STOPPED, record, extra, timestamp=ended.time)]
 
 
 def same_process(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
@@ -579,6 +595,11 @@ class ProcessDataset:
     Fork without exec: a forked child that has not exec'd is reported by the next poll if still alive (as
     procfs alone would), not from the stream: forks of servers and shells are numerous and carry no new image.
     A stream exec or exit of a process is folded into the snapshot, so the poll does not report it again.
+    A zombie has exited: the poll leaves it out, so a process seen alive is stopped when it becomes one.
+
+    Hashing: an executable over hash.max_file_size (or unreadable) is reported on the normal started /
+    existing event, without hash and with error.message; Auditbeat makes that a process_error, and then
+    never reports the process's stop. process_error stays for processes whose /proc files cannot be read.
     """
 
     name = DATASET
@@ -613,8 +634,8 @@ class ProcessDataset:
             if not entry.isdigit():
                 continue
             stat = read_stat(self.proc, int(entry))
-            if stat is None or stat.flags & PF_KTHREAD or entry == "2":
-                continue
+            if stat is None or stat.flags & PF_KTHREAD or entry == "2" or stat.state in EXITED_STATES:
+                continue  # gone, a kernel thread, or exited (a zombie's exit is reported as its stop)
             record = self._known.get(entry)
             if record is not None and record.get("ticks") == stat.ticks and record.get("name") == stat.name:
                 processes[entry] = record
@@ -641,7 +662,7 @@ class ProcessDataset:
         cannot be opened; with netlink, ConnectorUnavailable naming the setting."""
         if self.options.backend == "procfs":
             return None
-        connector = ProcConnector(self.read_exec)
+        connector = ProcConnector(self.read_execs)
         try:
             return connector.open()
         except ConnectorUnavailable as error:
@@ -653,9 +674,10 @@ class ProcessDataset:
                         error)
             return None
 
-    def read_exec(self, pid: int) -> ProcessDetails | None:
-        """The connector's enrichment: read a process that has just exec'd (runs in the stream's thread)."""
-        return read_details(self.proc, pid)
+    def read_execs(self, pids: Sequence[int]) -> list[ProcessDetails | None]:
+        """The connector's enrichment: read processes that have just exec'd (runs in the connector's thread,
+        so it touches no dataset state)."""
+        return read_exec_details(self.proc, pids)
 
     def apply_stream(self, snapshot: Any, items: Sequence[Any]) -> tuple[Any, Sequence[Event]]:
         """Fold connector items into the committed snapshot. Before the first poll (no snapshot) items are
@@ -683,8 +705,8 @@ class ProcessDataset:
             return []
         events: list[Event] = []
         if old is not None and same_process(old, record):
-            if old.get("exe") == record.get("exe") and old.get("args") == record.get("args"):
-                return []  # the poll already saw this image: a late item
+            if not record.get("exe") or (old.get("exe"), old.get("args")) == (record["exe"], record.get("args")):
+                return []  # a late item for an image the poll already saw, or a new image we could not read
             processes[key] = self._known[key] = record
             return [process_event(CHANGED_IMAGE, record, timestamp=item.time)]
         if old is not None:  # the pid was reused and its exit is lost (ENOBUFS)
@@ -769,7 +791,16 @@ class ProcessDataset:
 
     def _add_user(self, record: ProcessRecord, ids: tuple[str, str, str, str, str, str]) -> None:
         uid, euid, suid, gid, egid, sgid = ids
-        record.update(uid=uid, euid=euid, suid=suid, gid=gid, egid=egid, sgid=sgid)
+        record.update(uid=uid, gid=gid)
+        # The effective and saved ids are kept only when they differ from the real ones (compact snapshots).
+        if euid != uid:
+            record["euid"] = euid
+        if suid != uid:
+            record["suid"] = suid
+        if egid != gid:
+            record["egid"] = egid
+        if sgid != gid:
+            record["sgid"] = sgid
         if (user := self.names.user(uid)) is not None:
             record["user"] = user
         if (group := self.names.group(gid)) is not None:

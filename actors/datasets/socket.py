@@ -1,59 +1,69 @@
-"""The socket dataset: TCP (and UDP) sockets from netlink sock_diag, their direction, process and user, and their events.
+"""The socket dataset: TCP/UDP sockets from sock_diag, their direction, process and user, and their events."""
 
-Auditbeat v1 (`x-pack/auditbeat/module/system/socket`, netlink polling) is the model; where this module differs,
-the difference is deliberate and listed here.
-
-Collection. Every poll dumps the kernel's socket tables with sock_diag (one SOCK_DIAG_BY_FAMILY dump per
-family and protocol) and parses the replies with `struct` (actors/sock_diag.py). Each dumped socket is
-identified by its kernel cookie (stable for the life of a struct sock, unique per boot), not by Auditbeat's
-hash of (addresses, ports, inode): a socket whose process closes it keeps its cookie while its inode drops to 0,
-so it stays the same socket instead of becoming "closed" plus a new "opened" orphan.
-
-What counts as a socket. TIME_WAIT and SYN_RECV entries are not asked for: they are what remains of a
-connection (or a half-open one), no process can hold them, and Auditbeat's reporting of each as an extra
-"opened ... process has exited (inode=0)" socket doubled every connection. A TCP socket with inode 0 in
-ESTABLISHED or CLOSE_WAIT is in a listener's accept queue: it is reported once a process accepts it. Orphans
-(FIN_WAIT1/2, CLOSING, LAST_ACK with inode 0) are kept. One seen while a process still held it keeps that
-process and uid; one first seen orphaned carries "process has exited (inode=0)" and no user: the kernel reports
-uid 0 for every socket without an inode (sock_i_uid), which Auditbeat turned into "user root (UID: 0)".
-
-Direction is Auditbeat's ListenerTable rule: listeners are the sockets with remote port 0 (listening); a socket
-is inbound when a listener of the same transport has its local port and either its local IP or the unspecified
-address of its family (0.0.0.0 for AF_INET, :: for AF_INET6); otherwise outbound. It is fixed when the socket
-is first seen. An IPv4-mapped IPv6 address is written as IPv4 (as Go's net.IP prints it), and `network.type`
-follows the address actually on the wire (an AF_INET6 socket carrying ::ffff:a.b.c.d is "ipv4", as Auditbeat's
-newer socket dataset reports it); community ids hash such addresses as IPv4, as Beats' flowhash does.
-
-Attribution (inode -> process) keeps a cache of what each process holds instead of rescanning every /proc/*/fd
-each poll: an unknown inode is looked for first in processes never scanned, then in processes whose number of
-open files changed (the st_size of /proc/PID/fd, Linux >= 6.2; on older kernels: the processes already owning
-sockets), and only then, at most every `full_scan_interval` seconds, in all the others. An inode still not
-found after a full scan is given up ("process not found (inode=N)": a kernel socket, another pid namespace, a
-descriptor in flight). The process is the one that held the socket when it was first attributed; it is kept
-after that process closes the socket or exits.
-
-User. `user.id` is the socket's uid as the kernel reports it, a string (ECS keyword); `user.name` comes from
-<hostfs>/etc/passwd (not NSS). An unknown uid leaves the name out instead of failing the whole report.
-
-Events. `existing_socket` (state), `socket_opened`, `socket_closed`; event.category ["network"], event.type
-["connection", "info" | "start" | "end"]; Auditbeat's v1 message ("Inbound socket (10.0.2.2:55270 ->
-10.0.2.15:22) CLOSED by process sshd (PID: 22799) and user root (UID: 0)"), with IPv6 addresses in brackets.
-`socket.entity_id` is not an ECS field: it is emitted as `system.audit.socket.entity_id` (Auditbeat's
-algorithm, actors/entity.py, hashed with the inode the socket had when first seen), next to
-`system.audit.socket.cookie` (the kernel's socket cookie) and `system.audit.socket.state` (TCP state name).
-
-Stream (beyond Auditbeat). open_stream() joins the sock_diag destroy multicast groups, so every TCP (and with
-include_udp, UDP) socket the kernel frees is reported as `socket_closed`, even one that opened and closed
-between two polls, with the kernel's tcp_info counters (source/destination.bytes from tcpi_bytes_acked and
-tcpi_bytes_received, .packets from tcpi_segs_out/in, by direction; the kernel counts SYN and FIN in these byte
-counters, so an empty connection shows 1-2 bytes) and event.duration when the opening was seen. The kernel
-gives neither uid nor inode at destruction: the process and user come from the snapshot when the socket was
-seen by a poll. A socket never seen gets a synthesized `socket_opened` followed by its `socket_closed`, both
-marked `system.audit.socket.short_lived: true` (the opened one also `synthesized: true`) and timestamped at the
-close, with no process and no user: nothing is left to attribute them from. `event.start` and
-`event.duration` use the time the socket was first seen by a poll, within one period after it opened; they
-are left out for sockets already there at the agent's first poll.
-"""
+# How this dataset differs from Auditbeat v1, and why
+# ---------------------------------------------------------------------------------------------------------
+# Auditbeat v1 (`x-pack/auditbeat/module/system/socket`, netlink polling) is the model; where this module differs,
+# the difference is deliberate and listed here.
+#
+# Collection. Every poll dumps the kernel's socket tables with sock_diag (one SOCK_DIAG_BY_FAMILY dump per
+# family and protocol) and parses the replies with `struct` (actors/sock_diag.py). Netlink shows the network
+# namespace the agent runs in, /proc comes from hostfs: a containerised agent needs the host's network and pid
+# namespaces (--network=host --pid=host). Each dumped socket is
+# identified by its kernel cookie (stable for the life of a struct sock, unique per boot), not by Auditbeat's
+# hash of (addresses, ports, inode): a socket whose process closes it keeps its cookie while its inode drops to 0,
+# so it stays the same socket instead of becoming "closed" plus a new "opened" orphan.
+#
+# What counts as a socket. TIME_WAIT and SYN_RECV entries are not asked for: they are what remains of a
+# connection (or a half-open one), no process can hold them, and Auditbeat's reporting of each as an extra
+# "opened ... process has exited (inode=0)" socket doubled every connection. A TCP socket with inode 0 in
+# ESTABLISHED or CLOSE_WAIT is in a listener's accept queue: it is reported once a process accepts it. Orphans
+# (FIN_WAIT1/2, CLOSING, LAST_ACK with inode 0) are kept. One seen while a process still held it keeps that
+# process and uid; one first seen orphaned carries "process has exited (inode=0)" and no user: the kernel reports
+# uid 0 for every socket without an inode (sock_i_uid), which Auditbeat turned into "user root (UID: 0)".
+#
+# Direction is Auditbeat's ListenerTable rule: listeners are the sockets with remote port 0 (listening); a socket
+# is inbound when a listener of the same transport has its local port and either its local IP or the unspecified
+# address of its family (0.0.0.0 for AF_INET, :: for AF_INET6); otherwise outbound. It is fixed when the socket
+# is first seen. An IPv4-mapped IPv6 address is written as IPv4 (as Go's net.IP prints it), and `network.type`
+# follows the address actually on the wire (an AF_INET6 socket carrying ::ffff:a.b.c.d is "ipv4", as Auditbeat's
+# newer socket dataset reports it); community ids hash such addresses as IPv4, as Beats' flowhash does.
+#
+# Attribution (inode -> process) keeps a cache of what each process holds instead of rescanning every /proc/*/fd
+# each poll: an unknown inode is looked for first in processes never scanned, then in processes whose number of
+# open files changed (the st_size of /proc/PID/fd, Linux >= 6.2; on older kernels: the processes already owning
+# sockets), and only then, at most every `full_scan_interval` seconds, in all the others. An inode a full scan
+# missed is looked for only in new processes and at the next full scan, and given up after two ("process not
+# found (inode=N)": a kernel socket, another pid namespace, a descriptor in flight). The process is the one that
+# held the socket when it was first attributed; it is kept after that process closes the socket or exits.
+#
+# User. `user.id` is the socket's uid as the kernel reports it, a string (ECS keyword); `user.name` comes from
+# <hostfs>/etc/passwd (not NSS). An unknown uid leaves the name out instead of failing the whole report.
+#
+# Events. `existing_socket` (state), `socket_opened`, `socket_closed`; event.category ["network"], event.type
+# ["connection", "info" | "start" | "end"]; Auditbeat's v1 message ("Inbound socket (10.0.2.2:55270 ->
+# 10.0.2.15:22) CLOSED by process sshd (PID: 22799) and user root (UID: 0)"), with IPv6 addresses in brackets.
+# `socket.entity_id` is not an ECS field: it is emitted as `system.audit.socket.entity_id` (Auditbeat's
+# algorithm, actors/entity.py, hashed with the inode the socket had when first seen), next to
+# `system.audit.socket.cookie` (the kernel's socket cookie) and `system.audit.socket.state` (TCP state name).
+#
+# Stream (beyond Auditbeat). open_stream() joins the sock_diag destroy multicast groups, so every TCP (and with
+# include_udp, UDP) socket the kernel frees is reported as `socket_closed`, even one that opened and closed
+# between two polls, with the kernel's tcp_info counters (source/destination.bytes from tcpi_bytes_acked and
+# tcpi_bytes_received, .packets from tcpi_segs_out/in, by direction; the kernel counts SYN and FIN in these byte
+# counters, so an empty connection shows 1-2 bytes) and event.duration when the opening was seen. The kernel
+# gives neither uid nor inode at destruction: the process and user come from the snapshot when the socket was
+# seen by a poll. A socket never seen gets a synthesized `socket_opened` followed by its `socket_closed`, both
+# marked `system.audit.socket.short_lived: true` (the opened one also `synthesized: true`) and timestamped at the
+# close, with no process and no user: nothing is left to attribute them from. `event.start` and
+# `event.duration` use the time the socket was first seen by a poll, within one period after it opened; they
+# are left out for sockets already there at the agent's first poll.
+#
+# Stream and poll report each close once: apply_stream lists the cookies it closed in the snapshot's "closed"
+# (the next diff and state report skip them), and the dataset remembers the last 65,536 cookies reported closed
+# by either, so a destroy notification read just after the poll that saw the socket gone is dropped. The stream
+# does not need CAP_NET_ADMIN on Linux 6.x (sock_diag lets any user join its groups, and then hear of every
+# socket of the network namespace). Notifications the kernel drops (receive buffer full) are counted by
+# lost(); the next poll still reports the closes of the sockets it had seen.
 
 from __future__ import annotations
 
@@ -72,12 +82,13 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from actors import procfs
+from actors.config import parse_duration, parse_size
 from actors.datasets import DatasetContext
 from actors.entity import process_entity_id, socket_entity_id
 from actors.event import CHANGE, STATE, Event, iso_millis
 from actors.sock_diag import (
     ALL_STATES, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_NEW_SYN_RECV, TCP_STATE_NAMES, TCP_SYN_RECV, TCP_TIME_WAIT,
-    DestroyListener, Destroyed, DiagEntry, DiagSocket, decode_sockid, destroy_groups,
+    DestroyListener, Destroyed, DiagEntry, DiagSocket, DumpError, decode_sockid, destroy_groups,
 )
 
 DATASET = "socket"
@@ -97,7 +108,7 @@ INBOUND = "inbound"
 OUTBOUND = "outbound"
 LISTENING = "listening"
 
-# TCP states a dump asks for: all but TIME_WAIT and the SYN_RECV request sockets (see the module docstring).
+# TCP states a dump asks for: all but TIME_WAIT and the SYN_RECV request sockets (see the notes at the top).
 TCP_STATES = ALL_STATES & ~(1 << TCP_TIME_WAIT | 1 << TCP_SYN_RECV | 1 << TCP_NEW_SYN_RECV)
 # A TCP socket without inode in these states waits in a listener's accept queue: no process has it yet.
 NOT_YET_ACCEPTED = frozenset({TCP_ESTABLISHED, TCP_SYN_RECV, TCP_CLOSE_WAIT})
@@ -107,6 +118,7 @@ R_TRANSPORT, R_FAMILY, R_LOCAL_IP, R_LOCAL_PORT, R_REMOTE_IP, R_REMOTE_PORT = ra
 R_INODE, R_UID, R_DIRECTION, R_PROCESS, R_OPENED, R_STATE = range(6, 12)
 ENDPOINT_FIELDS = slice(R_TRANSPORT, R_REMOTE_PORT + 1)  # what makes two records of one cookie the same socket
 
+FAMILIES = (socket.AF_INET, socket.AF_INET6)
 UNSPECIFIED = {4: "0.0.0.0", 6: "::"}
 SECOND_NS = 1_000_000_000
 
@@ -130,8 +142,8 @@ class SocketOptions:
         return cls(
             include_localhost=bool(options.get("include_localhost", False)),
             include_udp=bool(options.get("include_udp", False)),
-            full_scan_interval=float(options.get("full_scan_interval", DEFAULT_FULL_SCAN_INTERVAL)),
-            stream_buffer_bytes=int(options.get("stream_buffer_bytes", DEFAULT_STREAM_BUFFER)),
+            full_scan_interval=parse_duration(options.get("full_scan_interval", DEFAULT_FULL_SCAN_INTERVAL)),
+            stream_buffer_bytes=parse_size(options.get("stream_buffer_bytes", DEFAULT_STREAM_BUFFER)),
         )
 
 
@@ -308,8 +320,13 @@ class SocketOwners:
         return None if pid is None else self.processes.get(pid)
 
     def resolve(self, unknown: set[int]) -> None:
-        """Scan processes, cheapest guesses first, until every inode of `unknown` has an owner or the
-        rate-limited full scan is not due."""
+        """Scan processes, cheapest guesses first, until every inode of `unknown` has an owner.
+
+        1. processes never scanned (new since the last scan that needed them);
+        2. processes whose number of open files changed, for inodes no full scan has missed yet (one a full scan
+           missed belongs to no process then: a kernel socket, another pid namespace, a descriptor in flight);
+        3. every process, at most every `full_scan_interval` seconds.
+        """
         unknown = {inode for inode in unknown if inode not in self.owner and inode not in self.given_up}
         if not unknown:
             return
@@ -317,15 +334,15 @@ class SocketOwners:
         unscanned = [pid for pid in pids if pid not in self.processes]
         if self._scan_until_found(unscanned, unknown):
             return
-        if len(unscanned) < len(pids):
-            if self._scan_until_found(self._changed(pids), unknown):
+        if len(unscanned) < len(pids):  # else step 1 was a full scan
+            never_missed = {inode for inode in unknown if inode not in self._misses}
+            if never_missed:
+                self._scan_until_found(self._changed(pids), never_missed)
+                unknown = {inode for inode in unknown if inode not in self.owner}
+            if not unknown or time.monotonic() - self._last_full_scan < self.full_scan_interval:
                 return
-            if time.monotonic() - self._last_full_scan < self.full_scan_interval:
-                return
-            if self._scan_until_found(pids, unknown):
-                self._last_full_scan = time.monotonic()
-                return
-        self._last_full_scan = time.monotonic()  # every process has now been scanned
+            self._scan_until_found(pids, unknown)
+        self._last_full_scan = time.monotonic()
         self._missed_by_full_scan(unknown)
 
     def _missed_by_full_scan(self, unknown: set[int]) -> None:
@@ -488,30 +505,48 @@ class SocketObserver:
         self._known: dict[bytes, _Known] = {}
         self._process_info: dict[str, list[Any]] = {}
         self._polled = False
+        self._udp_unavailable = False
 
     def _dumps(self) -> list[tuple[str, list[DiagEntry]]]:
+        """One dump per family and protocol: TCP always, UDP with include_udp (skipped, after one warning, when
+        the kernel has no UDP sock_diag)."""
         if self._diag is None:
             self._diag = DiagSocket()
-        protocols = [(TCP, socket.IPPROTO_TCP, TCP_STATES)]
-        if self.options.include_udp:
-            protocols.append((UDP, socket.IPPROTO_UDP, ALL_STATES))
-        dumps = []
-        for transport, protocol, states in protocols:
-            for family in (socket.AF_INET, socket.AF_INET6):
-                dumps.append((transport, self._diag.dump(family, protocol, states)))
+        dumps = [(TCP, self._diag.dump(family, socket.IPPROTO_TCP, TCP_STATES)) for family in FAMILIES]
+        if self.options.include_udp and not self._udp_unavailable:
+            try:
+                dumps += [(UDP, self._diag.dump(family, socket.IPPROTO_UDP, ALL_STATES)) for family in FAMILIES]
+            except DumpError as error:
+                self._udp_unavailable = True
+                LOG.warning("The kernel cannot list UDP sockets (%s; is the udp_diag module available?): "
+                            "socket.include_udp is ignored", error)
         return dumps
 
     def observe(self) -> dict[str, Any]:
+        """Dump the sockets, reuse what the previous poll learnt of each, and describe the new ones."""
         now = time.time()
-        opened_at = now if self._polled else None
-        known: dict[bytes, _Known] = {}
         listeners = ListenerTable()
-        fresh: list[tuple[bytes, str, DiagEntry]] = []
-        for transport, entries in self._dumps():
+        known, fresh = self._carry_over(self._dumps(), listeners)
+        new_records = self._add_fresh(fresh, known, listeners, opened_at=now if self._polled else None)
+        for record in new_records:  # once every listener is known
+            record[R_DIRECTION] = listeners.direction(*_direction_inputs(record))
+        self._attribute(known)
+        self._forget_gone(known)
+        self._known, self.listeners, self._polled = known, listeners, True
+        return self._snapshot(now, known, listeners)
+
+    def _carry_over(self, dumps: list[tuple[str, list[DiagEntry]]], listeners: ListenerTable
+                    ) -> tuple[dict[bytes, _Known], list[tuple[str, DiagEntry]]]:
+        """Keep the previous poll's record of every socket still there (by raw sockid: no decoding); return
+        them and the entries never seen."""
+        known: dict[bytes, _Known] = {}
+        fresh: list[tuple[str, DiagEntry]] = []
+        previous = self._known
+        for transport, entries in dumps:
             for entry in entries:
-                seen = self._known.get(entry.sockid)
+                seen = previous.get(entry.sockid)
                 if seen is None:
-                    fresh.append((entry.sockid, transport, entry))
+                    fresh.append((transport, entry))
                     continue
                 record = seen.record
                 if record[R_STATE] != entry.state:
@@ -521,20 +556,20 @@ class SocketObserver:
                 known[entry.sockid] = seen
                 if record[R_REMOTE_PORT] == 0:
                     listeners.add(transport, record[R_LOCAL_IP], record[R_LOCAL_PORT])
-        new_records: list[list[Any]] = []
-        for sockid, transport, entry in fresh:
+        return known, fresh
+
+    def _add_fresh(self, fresh: list[tuple[str, DiagEntry]], known: dict[bytes, _Known], listeners: ListenerTable,
+                   opened_at: float | None) -> list[list[Any]]:
+        """Decode the sockets never seen, add them to `known` and the listeners; return their new records."""
+        records = []
+        for transport, entry in fresh:
             seen = self._new_socket(transport, entry, opened_at)
             if seen is not None:
-                known[sockid] = seen
-                new_records.append(seen.record)
+                known[entry.sockid] = seen
+                records.append(seen.record)
                 if seen.record[R_REMOTE_PORT] == 0:
                     listeners.add(transport, seen.record[R_LOCAL_IP], seen.record[R_LOCAL_PORT])
-        for record in new_records:  # once every listener is known
-            record[R_DIRECTION] = listeners.direction(*_direction_inputs(record))
-        self._attribute(known)
-        self._forget_gone(known)
-        self._known, self.listeners, self._polled = known, listeners, True
-        return self._snapshot(now, known, listeners)
+        return records
 
     def _new_socket(self, transport: str, entry: DiagEntry, opened_at: float | None) -> _Known | None:
         if entry.inode == 0 and transport == TCP and entry.state in NOT_YET_ACCEPTED:
@@ -762,18 +797,44 @@ def _add_user(fields: dict[str, Any], record: Sequence[Any], context: EventConte
 # Snapshots: reading (after a JSON round trip too), diffing, folding in the stream
 # ---------------------------------------------------------------------------------------------------------
 
-def _sockets(snapshot: Any) -> dict[str, list[Any]] | None:
-    """The live sockets of a snapshot (those the stream reported closed removed); None if not ours."""
+class LiveSockets:
+    """A snapshot's sockets less those the stream has closed since the poll, read without copying them."""
+
+    def __init__(self, sockets: Mapping[str, list[Any]], closed: Iterable[str]) -> None:
+        self._sockets = sockets
+        self._closed = frozenset(closed)
+
+    def get(self, key: str) -> list[Any] | None:
+        return None if key in self._closed else self._sockets.get(key)
+
+    def mapping(self) -> Mapping[str, list[Any]]:
+        """key -> record of the live sockets (the snapshot's own mapping when the stream closed none)."""
+        if not self._closed:
+            return self._sockets
+        return {key: record for key, record in self._sockets.items() if key not in self._closed}
+
+    def items(self) -> Iterable[tuple[str, list[Any]]]:
+        return self.mapping().items()
+
+
+def changed_keys(before: Mapping[str, list[Any]], after: Mapping[str, list[Any]]) -> tuple[list[str], list[str]]:
+    """(closed, opened) keys between two socket mappings; a key whose endpoints changed is in both."""
+    closed = [key for key in before if key not in after]
+    opened = [key for key in after if key not in before]
+    moved = [key for key, record in before.items()
+             if (now := after.get(key)) is not None and now is not record
+             and now[ENDPOINT_FIELDS] != record[ENDPOINT_FIELDS]]
+    return closed + moved, opened + moved
+
+
+def live_sockets(snapshot: Any) -> LiveSockets | None:
+    """The live sockets of a snapshot (after a JSON round trip too); None when it is not a snapshot of ours."""
     if not isinstance(snapshot, Mapping) or snapshot.get("version") != SNAPSHOT_VERSION:
         return None
     sockets = snapshot.get("sockets")
     if not isinstance(sockets, Mapping):
         return None
-    closed = snapshot.get("closed") or []
-    if not closed:
-        return dict(sockets)
-    gone = set(closed)
-    return {key: record for key, record in sockets.items() if key not in gone}
+    return LiveSockets(sockets, snapshot.get("closed") or ())
 
 
 def record_from_destroyed(item: Destroyed, listeners: ListenerTable) -> tuple[str, list[Any]] | None:
@@ -810,7 +871,7 @@ class SocketDataset:
 
     def state_report(self, current: Any) -> Sequence[Event]:
         """One `existing_socket` state event per socket of the snapshot."""
-        sockets = _sockets(current) or {}
+        sockets = live_sockets(current) or LiveSockets({}, ())
         context = self._context(current)
         timestamp = float(current.get("observed_at") or time.time())
         return [socket_event(record, key, EXISTING_SOCKET, context, timestamp) for key, record in sockets.items()]
@@ -819,25 +880,23 @@ class SocketDataset:
         """socket_closed for sockets of `previous` gone from `current`, then socket_opened for the new ones."""
         if previous is None:
             return []
-        before, after = _sockets(previous), _sockets(current)
+        before, after = live_sockets(previous), live_sockets(current)
         if before is None or after is None:
             LOG.warning("Ignoring a previous socket snapshot of another format; no changes reported this time")
             return []
         if previous.get("boot_id") and previous.get("boot_id") != current.get("boot_id"):
-            before = {f"boot:{key}": record for key, record in before.items()}  # all closed by the reboot
+            before = LiveSockets({f"boot:{key}": record for key, record in before.items()}, ())  # closed by reboot
         timestamp = float(current.get("observed_at") or time.time())
         closed_context, opened_context = self._context(previous), self._context(current)
+        before_map, after_map = before.mapping(), after.mapping()
+        closed, opened = changed_keys(before_map, after_map)
         events: list[Event] = []
-        for key, record in before.items():
-            now = after.get(key)
-            if now is None or now[ENDPOINT_FIELDS] != record[ENDPOINT_FIELDS]:
-                self._remember_closed(key)
-                events.append(socket_event(record, key, SOCKET_CLOSED, closed_context, timestamp,
-                                           closed_at=timestamp))
-        for key, record in after.items():
-            then = before.get(key)
-            if then is None or then[ENDPOINT_FIELDS] != record[ENDPOINT_FIELDS]:
-                events.append(socket_event(record, key, SOCKET_OPENED, opened_context, timestamp))
+        for key in closed:
+            self._remember_closed(key)
+            events.append(socket_event(before_map[key], key, SOCKET_CLOSED, closed_context, timestamp,
+                                       closed_at=timestamp))
+        for key in opened:
+            events.append(socket_event(after_map[key], key, SOCKET_OPENED, opened_context, timestamp))
         return events
 
     # -- streaming ----------------------------------------------------------------------------------------
@@ -858,7 +917,7 @@ class SocketDataset:
     def apply_stream(self, snapshot: Any, items: Sequence[Any]) -> tuple[Any, Sequence[Event]]:
         """Report each destroyed socket once as socket_closed (short-lived ones also as socket_opened) and mark
         it closed in the returned snapshot, so the next poll's diff does not report it again."""
-        sockets = _sockets(snapshot)
+        sockets = live_sockets(snapshot)
         listeners = ListenerTable(snapshot.get("listeners")) if sockets is not None else self.observer.listeners
         context = self._context(snapshot)
         events: list[Event] = []
@@ -870,7 +929,7 @@ class SocketDataset:
             if key in self._recently_closed:
                 continue
             self._remember_closed(key)
-            record = (sockets or {}).get(key)
+            record = sockets.get(key) if sockets is not None else None
             if record is not None:
                 closed.append(key)
                 events.append(socket_event(record, key, SOCKET_CLOSED, context, item.at,

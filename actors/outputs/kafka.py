@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -10,10 +11,13 @@ import re
 import ssl
 import sys
 import time
+from dataclasses import dataclass
+from json.decoder import WHITESPACE, scanstring
 from typing import Any, Callable, Mapping, Sequence
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaConfigurationError, KafkaError
+from kafka.producer.future import FutureRecordMetadata
 from kafka.partitioner.abc import Partitioner
 from kafka.partitioner.default import murmur2
 
@@ -37,16 +41,117 @@ def lookup(document: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
+class FormatString:
+    """A Beats format string (`%{[field.path]}`, `%{[field.path]:default}`), split once into literal text and
+    field references so that rendering it per event costs no regular expression."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self._pieces: list[tuple[str, str | None, str | None]] = []  # (literal before, field path, default)
+        position = 0
+        for match in _FIELD_REFERENCE.finditer(template):
+            self._pieces.append((template[position:match.start()], match.group(1), match.group(2)))
+            position = match.end()
+        self._tail = template[position:]
+        # The top-level members an event needs for rendering (`host` for `%{[host.id]}`).
+        self.members = frozenset(field.split(".", 1)[0] for _, field, _ in self._pieces if field is not None)
+
+    @property
+    def constant(self) -> bool:
+        """True when the template references no field: it renders to itself for every event."""
+        return not self._pieces
+
+    def render(self, document: Mapping[str, Any]) -> str:
+        """The template expanded against `document`; KeyError(field) for a missing field without a default."""
+        if not self._pieces:
+            return self._tail
+        out = []
+        for literal, field, default in self._pieces:
+            out.append(literal)
+            value = lookup(document, field)  # type: ignore[arg-type]
+            if value is None:
+                if default is None:
+                    raise KeyError(field)
+                out.append(default)
+            else:
+                out.append(str(value))
+        out.append(self._tail)
+        return "".join(out)
+
+
+@functools.lru_cache(maxsize=64)
+def compile_format(template: str) -> FormatString:
+    return FormatString(template)
+
+
 def render(template: str, document: Mapping[str, Any]) -> str:
     """Expand Beats format references `%{[field.path]}` and `%{[field.path]:default}` against an event."""
-    def replace(match: re.Match[str]) -> str:
-        value = lookup(document, match.group(1))
-        if value is None:
-            if match.group(2) is None:
-                raise KeyError(match.group(1))
-            return match.group(2)
-        return str(value)
-    return _FIELD_REFERENCE.sub(replace, template)
+    return compile_format(template).render(document)
+
+
+_DECODER = json.JSONDecoder()  # json.loads' own settings; its scan_once is the C scanner
+_scan_value = _DECODER.scan_once
+_JSON_WHITESPACE = " \t\n\r"
+# Key strings json.dumps produces from non-str dict keys (True, None, 1, 2.5, inf): only such a key can occur
+# twice in an object encoded from a dict, where json.loads keeps the last and top_level_members the first.
+_COERCIBLE_KEY = re.compile(r"true|false|null|NaN|-?Infinity|[-+.0-9eE]+")
+
+
+@functools.lru_cache(maxsize=16)
+def _coercible(names: frozenset[str]) -> bool:
+    return any(_COERCIBLE_KEY.fullmatch(name) for name in names)
+
+
+def top_level_members(payload: bytes, names: frozenset[str]) -> dict[str, Any]:
+    """The members `names` of the JSON object `payload`, each parsed exactly as `json.loads(payload)[name]`,
+    without parsing the members after the last one needed (absent names are absent from the result).
+
+    Equivalent to `{n: v for n, v in json.loads(payload).items() if n in names}` for every payload the
+    collector's encoder writes (compact UTF-8 JSON of a dict: it starts with `{` and has no duplicate key
+    among `names`, which are never a key string json.dumps makes of a non-str key). Anything else, including
+    a payload that is not valid JSON before the members needed, falls back to json.loads. Invalid JSON after
+    them is not detected: the event is sent as it is.
+    """
+    if not payload.startswith(b"{") or _coercible(names):
+        document = json.loads(payload)
+        return {name: document[name] for name in names if name in document}
+    found: dict[str, Any] = {}
+    whitespace = WHITESPACE.match
+    index = 1
+    try:
+        text = payload.decode("utf-8", "surrogatepass")  # as json.loads decodes UTF-8
+        if text[index] in _JSON_WHITESPACE:
+            index = whitespace(text, index).end()
+        if text[index] == "}":
+            return found
+        while True:
+            if text[index] != '"':
+                raise ValueError("member name expected")
+            name, index = scanstring(text, index + 1, True)
+            if text[index] != ":":
+                index = whitespace(text, index).end()
+                if text[index] != ":":
+                    raise ValueError("':' expected")
+            index += 1
+            if text[index] in _JSON_WHITESPACE:
+                index = whitespace(text, index).end()
+            value, index = _scan_value(text, index)
+            if name in names:
+                found[name] = value
+                if len(found) == len(names):
+                    return found
+            if text[index] in _JSON_WHITESPACE:
+                index = whitespace(text, index).end()
+            if text[index] == "}":
+                return found
+            if text[index] != ",":
+                raise ValueError("',' or '}' expected")
+            index += 1
+            if text[index] in _JSON_WHITESPACE:
+                index = whitespace(text, index).end()
+    except (ValueError, IndexError, StopIteration):
+        document = json.loads(payload)  # not what our encoder writes: the full parser decides (and raises)
+        return {name: document[name] for name in names if name in document}
 
 
 # --- oversize events --------------------------------------------------------------------------------------
@@ -123,8 +228,11 @@ class _BeatsPartitioner(Partitioner):
     def partition(self, topic: str, key: Any, serialized_key: bytes | None, value: Any,
                   serialized_value: bytes | None, cluster: Any) -> int:
         all_partitions = sorted(cluster.partitions_for_topic(topic))
-        available = sorted(cluster.available_partitions_for_topic(topic))
+        # Only a reachable_only partitioner looks at `available` (it is [] otherwise: one lookup less per event).
+        available = sorted(cluster.available_partitions_for_topic(topic)) if self.reachable_only else []
         return self(serialized_key, all_partitions, available)
+
+    reachable_only = False
 
     def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
         raise NotImplementedError
@@ -160,14 +268,22 @@ class RandomPartitioner(_BeatsPartitioner):
 class HashPartitioner(_BeatsPartitioner):
     """Beats' `partition.hash`: murmur2 of the key (Java client compatible), random when there is no key."""
 
+    HASHES_KEPT = 1024  # distinct keys whose hash is remembered (an agent has one host.id: one key)
+
     def __init__(self, random_fallback: bool = True, reachable_only: bool = False) -> None:
         self.random_fallback, self.reachable_only = random_fallback, reachable_only
+        self._hashes: dict[bytes, int] = {}  # murmur2 is pure Python: about 5 µs per 32-byte key
 
     def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
         partitions = available if self.reachable_only and available else all_partitions
         if key is None:
             return random.choice(partitions)
-        return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+        hashed = self._hashes.get(key)
+        if hashed is None:
+            if len(self._hashes) >= self.HASHES_KEPT:
+                self._hashes.clear()
+            hashed = self._hashes[bytes(key)] = murmur2(key) & 0x7FFFFFFF
+        return partitions[hashed % len(partitions)]
 
 
 def make_partitioner(partition: Mapping[str, Any]) -> _BeatsPartitioner:
@@ -236,8 +352,17 @@ def producer_config(options: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """A batch handed to the Kafka client: one future per event, and the client that holds them."""
+
+    client: KafkaProducer
+    futures: list[FutureRecordMetadata]
+
+
 class KafkaOutput:
-    """Sends each batch and returns only when the broker acknowledged every event of it.
+    """Sends batches; `publish` (or `submit` then `wait`) returns only when the broker acknowledged every
+    event of the batch. `submit` lets the caller read the next batch while one is in flight.
 
     On any failure the client is closed (its queued records dropped) and OutputError raised: the producer
     actor keeps the batch in the spool and sends it again with a fresh client, so a retry never piles copies
@@ -249,6 +374,9 @@ class KafkaOutput:
         self.options = options
         self.topic = str(options.get("topic", "hostaudit"))
         self.key = str(options.get("key") or "")
+        self._topic = FormatString(self.topic)
+        self._key = FormatString(self.key) if self.key else None
+        self._members = self._topic.members | (self._key.members if self._key is not None else frozenset())
         self.headers = [(str(h["key"]), str(h["value"]).encode()) for h in options.get("headers") or ()]
         self.limit = int(options.get("max_message_bytes", 1_000_000)) - RECORD_OVERHEAD_BYTES
         self.timeout = float(options.get("timeout", 30))
@@ -267,36 +395,63 @@ class KafkaOutput:
         return self._producer
 
     def _record(self, payload: bytes) -> tuple[str, bytes | None, bytes]:
-        document = json.loads(payload)
+        """Topic, key and value of one encoded event. Only the top-level members the format strings name
+        are parsed (`host` for the default key): the rest of the event is never decoded."""
+        document = top_level_members(payload, self._members) if self._members else {}
         try:
-            topic = render(self.topic, document)
-            key = render(self.key, document).encode() if self.key else None
+            topic = self._topic.render(document)
+            key = self._key.render(document).encode() if self._key is not None else None
         except KeyError as missing:
-            raise OutputError(f"output.kafka: event {document.get('event', {}).get('id')} has no field "
+            raise OutputError(f"output.kafka: event {_event_id(payload)} has no field "
                               f"{missing} for the topic or key format string") from None
-        fitted = fit_to_size(payload, self.limit)
-        if fitted is not payload:
+        if len(payload) > self.limit:
+            fitted = fit_to_size(payload, self.limit)
             self.truncated += 1
             log.warning("event %s is larger than output.kafka.max_message_bytes; its longest strings were "
-                        "truncated (tags: truncated)", document.get("event", {}).get("id"))
-        return topic, key, fitted
+                        "truncated (tags: truncated)", _event_id(payload))
+            return topic, key, fitted
+        return topic, key, payload
 
     def publish(self, batch: Sequence[bytes]) -> None:
+        self.wait(self.submit(batch))
+
+    def submit(self, batch: Sequence[bytes]) -> Submitted:
+        """Hand every event of `batch` to the client, which sends in the background, and return at once; pass
+        the result to `wait`. Raises OutputError (client reset) if the client refuses an event."""
         producer = self._client()
+        send, record, headers = producer.send, self._record, self.headers or None
+        futures: list[FutureRecordMetadata] = []
+        append = futures.append
         try:
-            futures = []
             for payload in batch:
-                topic, key, value = self._record(payload)
-                futures.append(producer.send(topic, value=value, key=key, headers=self.headers or None))
-            producer.flush(timeout=self.timeout)
-            for future in futures:
-                if not future.is_done:
-                    raise OutputError("Kafka did not acknowledge the batch in output.kafka.timeout")
-                if future.failed():
-                    raise OutputError(f"Kafka refused an event: {describe_error(future.exception)}")
+                topic, key, value = record(payload)
+                append(send(topic, value=value, key=key, headers=headers))
         except (KafkaError, OSError, ssl.SSLError) as error:
             self._reset()
             raise OutputError(describe_error(error)) from error
+        except OutputError:
+            self._reset()
+            raise
+        return Submitted(producer, futures)
+
+    def wait(self, submitted: Submitted) -> None:
+        """Return when the broker acknowledged every event of a `submit`ted batch; raise OutputError (client
+        reset, its queued events dropped) if one was refused or is unacknowledged after output.kafka.timeout.
+        Waits for that batch only, not for batches submitted after it."""
+        if submitted.client is not self._producer:
+            raise OutputError("the Kafka client was reset (after a failure) before the batch was acknowledged")
+        deadline = time.monotonic() + self.timeout
+        try:
+            for future in submitted.futures:
+                if not future.is_done:
+                    try:
+                        future.get(timeout=max(deadline - time.monotonic(), 0.0))
+                    except KafkaError:
+                        pass  # the checks below tell a timeout from a refusal
+                    if not future.is_done:
+                        raise OutputError("Kafka did not acknowledge the batch in output.kafka.timeout")
+                if future.failed():
+                    raise OutputError(f"Kafka refused an event: {describe_error(future.exception)}")
         except OutputError:
             self._reset()
             raise
@@ -316,6 +471,14 @@ class KafkaOutput:
             except (KafkaError, OSError) as error:
                 log.warning("closing the Kafka client: %s", describe_error(error))
             self._producer = None
+
+
+def _event_id(payload: bytes) -> Any:
+    """`event.id` of an encoded event for a log line (None when unreadable): only on the rare error paths."""
+    try:
+        return lookup(json.loads(payload), "event.id")
+    except ValueError:
+        return None
 
 
 def describe_error(error: BaseException | None) -> str:

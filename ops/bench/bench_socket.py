@@ -147,11 +147,15 @@ def steady_state(pairs: int, runs: int) -> dict[str, Any]:
             ss_plain.append(measure(lambda: subprocess.run(["ss", "-tan"], stdout=subprocess.DEVNULL, check=True),
                                     cpu_children))
         sockets = len(previous["sockets"])
-        snapshot_bytes = len(json.dumps(previous))
+        encoded = json.dumps(previous)
+        restored = json.loads(encoded)
+        after_restart = measure(lambda: dataset.diff(restored, dataset.observe(), True), cpu_self)
+        state_report = measure(lambda: dataset.state_report(previous), cpu_self)
         dataset.close()
         return {"sockets": sockets, "cold": cold, "poll": statistics.median(polls),
                 "ss_tan": statistics.median(ss_plain), "ss_tanp": statistics.median(ss_processes),
-                "snapshot_bytes": snapshot_bytes, "runs": runs}
+                "snapshot_bytes": len(encoded), "runs": runs, "after_restart": after_restart,
+                "state_report": state_report}
     finally:
         connections.close()
 
@@ -208,8 +212,10 @@ def short_lived(count: int, deadline_seconds: float = 20.0) -> dict[str, Any]:
 
 
 def _ours(received: list[Destroyed], server_port: int, client_ports: set[int]) -> list[Destroyed]:
-    return [item for item in received
-            if {item.local_port, item.remote_port} & {server_port} and {item.local_port, item.remote_port} & client_ports]
+    def ours(item: Destroyed) -> bool:
+        ports = {item.local_port, item.remote_port}
+        return server_port in ports and bool(ports & client_ports)
+    return [item for item in received if ours(item)]
 
 
 def report(steady: dict[str, Any], capture: dict[str, Any]) -> str:
@@ -226,6 +232,10 @@ def report(steady: dict[str, Any], capture: dict[str, Any]) -> str:
         f"| poll / `ss -tanp` (goal <= 0.5x) | {steady['poll'] / steady['ss_tanp']:.2f}x |",
         f"| poll / `ss -tan` | {steady['poll'] / steady['ss_tan']:.2f}x |",
         f"| snapshot JSON size | {steady['snapshot_bytes'] / 1e6:.1f} MB |",
+        f"| poll + diff against the snapshot after a JSON round trip (restart), CPU | "
+        f"{steady['after_restart'] * ms:.0f} ms |",
+        f"| full state report ({steady['sockets']:,} existing_socket events), CPU | "
+        f"{steady['state_report'] * ms:.0f} ms |",
         f"| short-lived connections opened and closed | {capture['connections']:,} in {capture['burst']:.2f} s |",
         f"| their sockets reported closed via the stream (goal >= 99.9%) | {capture['reported']:,} / "
         f"{capture['expected']:,} = {100.0 * capture['reported'] / capture['expected']:.2f}% |",

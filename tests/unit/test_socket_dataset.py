@@ -18,7 +18,8 @@ from hypothesis import given, strategies as st
 from actors.datasets import DatasetContext
 from actors.datasets import socket as socket_dataset
 from actors.datasets.socket import (
-    INBOUND, LISTENING, OUTBOUND, SOCKET_CLOSED, TCP, UDP, ListenerTable, SocketDataset, SocketOptions, community_id, new_record, new_snapshot, parse_passwd, parse_stat,
+    INBOUND, LISTENING, OUTBOUND, SOCKET_CLOSED, TCP, UDP, ListenerTable, SocketDataset, SocketOptions,
+    community_id, new_record, new_snapshot, parse_passwd, parse_stat,
 )
 from actors.ecs import assert_ecs
 from actors.entity import process_entity_id, socket_entity_id
