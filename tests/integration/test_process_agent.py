@@ -84,16 +84,13 @@ def test_restart_reports_only_real_changes(agent_factory, tmp_path: Path) -> Non
         second = Agent(tmp_path, None, overrides)  # same path.data and output file
         second.stderr_path = tmp_path / "second.stderr"
         second.start()
-        try:
-            before = len(first.events()) if False else 0  # the output file is shared: compare by markers
+        try:  # the output file is shared with the first run: events are told apart by the markers
             wait_for(lambda: len(started_with(second, newcomer_marker)) == 1, 20, "the newcomer reported")
             stop = second.wait_for_event(lambda e: e["event"]["action"] == "process_stopped"
                                          and e["process"]["pid"] == ender.pid, 10, "the ender's stop")
             assert stop["system"]["audit"]["detected_at_startup"] is True
-            assert [e["event"]["action"] for e in started_with(second, keeper_marker)].count("process_started") + \
-                [e["event"]["action"] for e in started_with(second, keeper_marker)].count("existing_process") == 1, \
+            assert len(started_with(second, keeper_marker)) == 1, \
                 "the keeper, reported before the restart, is not reported again"
-            assert before == 0
         finally:
             newcomer.stdin.close()
             newcomer.wait(10)
