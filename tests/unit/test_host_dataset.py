@@ -24,6 +24,7 @@ from actors.datasets import DatasetContext, load_dataset
 from actors.datasets import host as host_dataset
 from actors.datasets.host import describe_host, format_mac, format_uptime
 from actors.event import CHANGE, ECS_VERSION, STATE, Event
+from tests.sample_support import sample_common
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "host.json"
 
@@ -603,13 +604,7 @@ def test_real_host_matches_independent_sources() -> None:
 def sample_document(root: Path) -> dict[str, Any]:
     """Return the `host` state document for the synthetic sample host, as the runtime would write it."""
     build_hostfs(root)
-    common = {
-        "agent": {"type": "hostaudit", "name": "ubuntu-jammy", "version": "0.1.0",
-                  "id": "0b0d5b5e-7a1c-4f6e-9d8a-3f2e1c0b9a87", "ephemeral_id": "5f3c2a1b-8d7e-4c6b-a9f0-1e2d3c4b5a69"},
-        "ecs": {"version": ECS_VERSION},
-        "service": {"type": "system"},
-        "host": describe_host(root),
-    }
+    common = sample_common(describe_host(root))
     [state] = host_dataset.create(DatasetContext(hostfs=root)).state_report(observe(root))
     state = dataclasses.replace(state, timestamp=1_700_018_680.123)
     return state.stamped(1).to_document(common)

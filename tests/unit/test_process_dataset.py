@@ -29,6 +29,7 @@ from actors.proc_connector import (PROC_EVENT_EXEC, PROC_EVENT_EXIT, PROC_EVENT_
                                    ProcessExec, ProcessExit, decode_datagram, exit_status_code,
                                    subscribe_message)
 from tests.hostfs import make_hostfs
+from tests.sample_support import sample_common
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "process.json"
 
@@ -697,13 +698,7 @@ def sample_document(root: Path, tmp_path: Path) -> dict[str, Any]:
     ds = dataset(root)
     snapshot = ds.observe()
     [started] = ds.diff({**snapshot, "processes": {}}, snapshot, at_startup=False)
-    common = {
-        "agent": {"type": "hostaudit", "name": "ubuntu-jammy", "version": "0.1.0",
-                  "id": "0b0d5b5e-7a1c-4f6e-9d8a-3f2e1c0b9a87", "ephemeral_id": "5f3c2a1b-8d7e-4c6b-a9f0-1e2d3c4b5a69"},
-        "ecs": {"version": ECS_VERSION},
-        "service": {"type": "system"},
-        "host": {"id": HOST_ID, "name": "ubuntu-jammy", "hostname": "ubuntu-jammy"},
-    }
+    common = sample_common({"id": HOST_ID, "name": "ubuntu-jammy", "hostname": "ubuntu-jammy"})
     started = dataclasses.replace(started, timestamp=1_700_018_680.123)
     return started.stamped(7).to_document(common)
 

@@ -28,6 +28,7 @@ from actors.sock_diag import (
     NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN, Destroyed, DumpError,
     decode_sockid, dump_request, parse_destroyed, parse_dump, parse_tcp_info,
 )
+from tests.sample_support import sample_common
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "socket.json"
 HOST_ID = "4d8e7f5b0a2c4e1f9b3a6c5d7e8f9a0b"
@@ -597,13 +598,7 @@ def test_registry_style_construction(hostfs: Path) -> None:
 
 def sample_document(hostfs: Path) -> dict[str, Any]:
     """The `socket_opened` document for Auditbeat's documented sshd connection, as the runtime would write it."""
-    common = {
-        "agent": {"type": "hostaudit", "name": "ubuntu-jammy", "version": "0.1.0",
-                  "id": "0b0d5b5e-7a1c-4f6e-9d8a-3f2e1c0b9a87", "ephemeral_id": "5f3c2a1b-8d7e-4c6b-a9f0-1e2d3c4b5a69"},
-        "ecs": {"version": ECS_VERSION},
-        "service": {"type": "system"},
-        "host": {"id": HOST_ID, "name": "ubuntu-jammy", "hostname": "ubuntu-jammy", "architecture": "x86_64"},
-    }
+    common = sample_common({"id": HOST_ID, "name": "ubuntu-jammy", "hostname": "ubuntu-jammy", "architecture": "x86_64"})
     before = snapshot({"1": sshd_listener()})
     after = snapshot({"1": sshd_listener(), "7": sshd_inbound(opened_at=OBSERVED_AT)})
     [opened] = dataset(hostfs).diff(before, after, at_startup=False)

@@ -21,6 +21,7 @@ from actors.datasets import user as user_dataset
 from actors.ecs import assert_ecs
 from actors.entity import user_entity_id
 from actors.event import CHANGE, ECS_VERSION, STATE, Event
+from tests.sample_support import sample_common
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "user.json"
 
@@ -687,13 +688,7 @@ def sample_document(root: Path) -> dict[str, Any]:
               + "elastic:x:1002:\n")
     write_etc(root, "shadow", SHADOW + f"elastic:{NEW_ROOT_HASH}:19675:0:99999:7:::\n")
     [event] = dataset.diff(before, dataset.observe(), at_startup=False)
-    common = {
-        "agent": {"type": "hostaudit", "name": "ubuntu-jammy", "version": "0.1.0",
-                  "id": "0b0d5b5e-7a1c-4f6e-9d8a-3f2e1c0b9a87", "ephemeral_id": "5f3c2a1b-8d7e-4c6b-a9f0-1e2d3c4b5a69"},
-        "ecs": {"version": ECS_VERSION},
-        "service": {"type": "system"},
-        "host": {"id": HOST_ID, "name": "ubuntu-jammy", "hostname": "ubuntu-jammy"},
-    }
+    common = sample_common({"id": HOST_ID, "name": "ubuntu-jammy", "hostname": "ubuntu-jammy"})
     event = dataclasses.replace(event, timestamp=1_700_018_680.123)
     return event.stamped(1).to_document(common)
 

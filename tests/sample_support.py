@@ -1,0 +1,16 @@
+"""The fields every sample document in tests/samples/ shares (agent, ecs, service), so samples stay comparable."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from actors.event import ECS_VERSION
+
+SAMPLE_AGENT = {"type": "hostaudit", "name": "ubuntu-jammy", "version": "0.1.0",
+                "id": "0b0d5b5e-7a1c-4f6e-9d8a-3f2e1c0b9a87", "ephemeral_id": "5f3c2a1b-8d7e-4c6b-a9f0-1e2d3c4b5a69"}
+
+
+def sample_common(host: Mapping[str, Any]) -> dict[str, Any]:
+    """The common fields of a sample event: a fixed agent, this ECS version, and `host`."""
+    return {"agent": dict(SAMPLE_AGENT), "ecs": {"version": ECS_VERSION}, "service": {"type": "system"},
+            "host": dict(host)}
