@@ -69,8 +69,12 @@ def _run(settings: "Settings") -> int:  # noqa: F821 - imported lazily above
 
     setproctitle.setproctitle("hostaudit: supervisor")
     configure_logging(settings.logging_level, "supervisor")
+    from actors.state import StateStore
+
     try:
         agent = load_agent_identity(settings.path_data)
+        # Checked once here, before the collectors open it concurrently: a corrupt store is moved aside once.
+        StateStore(settings.path_data / "state.db").close()
     except OSError as error:
         print(f"hostaudit: path.data: cannot use {settings.path_data}: {error.strerror}", file=sys.stderr)
         return 1

@@ -57,7 +57,10 @@ class StateStore:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             log.warning("state store %s is unreadable (%s); moved it to %s and starting from a fresh baseline",
                         self.path, error, aside)
-            os.replace(self.path, aside)
+            try:
+                os.replace(self.path, aside)
+            except FileNotFoundError:
+                pass  # another process moved it aside first
             for suffix in ("-wal", "-shm"):
                 Path(str(self.path) + suffix).unlink(missing_ok=True)
             return self._open()

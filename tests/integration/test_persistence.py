@@ -76,3 +76,19 @@ def test_password_hashes_appear_nowhere(agent_factory, tmp_path: Path) -> None:
             for secret in secrets:
                 assert secret.encode() not in content, f"{secret[:12]}... found in {place}"
     assert any(p.name == "state.db" for p in places) and any(p.suffix == ".seg" for p in places)
+
+
+def test_corrupt_state_store_is_moved_aside_and_the_agent_starts_from_a_fresh_baseline(agent_factory,
+                                                                                      tmp_path: Path) -> None:
+    hostfs = make_hostfs(tmp_path / "hostfs")
+    first = agent_factory(overrides=(f"hostfs={hostfs}", FAST))
+    first.wait_for_event(lambda e: e["event"]["action"] == "host", 10, "the host state report")
+    assert first.terminate() == 0
+    for leftover in first.data.glob("state.db-*"):
+        leftover.unlink()
+    (first.data / "state.db").write_bytes(b"\x00garbage, not SQLite" * 512)
+    second = agent_factory(overrides=(f"hostfs={hostfs}", FAST))
+    second.wait_for_log("fresh baseline", 10)
+    wait_for(lambda: len(actions(second, "host")) == 2, 10, "a new host state report from the fresh baseline")
+    assert list(second.data.glob("state.db.corrupt-*")), "the corrupt store is kept aside for inspection"
+    assert second.process.poll() is None
