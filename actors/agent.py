@@ -47,7 +47,7 @@ def load_agent_identity(path_data: Path) -> AgentIdentity:
 
 def _write_private(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically with mode 0600."""
-    temporary = path.with_suffix(".tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(data)
@@ -62,13 +62,21 @@ def load_digest_key(path_data: Path) -> bytes:
     key_path = path_data / "digest.key"
     try:
         key = key_path.read_bytes()
-        if len(key) == 32:
+        if key:
             return key
     except FileNotFoundError:
         pass  # first start: create it below
-    key = os.urandom(32)
-    _write_private(key_path, key)
-    return key
+    # Create it only if absent (link fails when another process got there first), so concurrent first
+    # starts agree on one key.
+    temporary = path_data / f".digest.key.{os.getpid()}.tmp"
+    _write_private(temporary, os.urandom(32))
+    try:
+        os.link(temporary, key_path)
+    except FileExistsError:
+        pass  # another process created it: use theirs
+    finally:
+        temporary.unlink()
+    return key_path.read_bytes()
 
 
 def common_fields(agent: AgentIdentity, host: Mapping[str, Any]) -> dict[str, Any]:

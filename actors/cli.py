@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(settings: "Settings") -> int:  # noqa: F821 - imported lazily above
     import setproctitle
 
-    from actors.agent import load_agent_identity
+    from actors.agent import load_agent_identity, load_digest_key
     from actors.logs import configure_logging
     from actors.supervisor import run
 
@@ -73,6 +73,7 @@ def _run(settings: "Settings") -> int:  # noqa: F821 - imported lazily above
 
     try:
         agent = load_agent_identity(settings.path_data)
+        load_digest_key(settings.path_data)  # created here, once, before the collectors read it
         # Checked once here, before the collectors open it concurrently: a corrupt store is moved aside once.
         StateStore(settings.path_data / "state.db").close()
     except OSError as error:
