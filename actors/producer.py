@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import deque
 from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence, cast
+from typing import Any
 
 import pykka
 
 from actors.outputs import Output, OutputError
-from actors.spool import SpooledRecord, SpoolReader
+from actors.spool import SpoolReader
 
 log = logging.getLogger("hostaudit.producer")
 
@@ -59,32 +58,8 @@ class PumpResult:
     retry_after: float = 0.0  # the output failed: wait this long before pumping again
 
 
-class PipelinedOutput(Output, Protocol):
-    """An output that can take the next batch while the broker confirms the previous one (Kafka)."""
-
-    def submit(self, batch: Sequence[bytes]) -> Any: ...
-
-    def wait(self, submitted: Any) -> None: ...
-
-
-@dataclass
-class _Batch:
-    """A batch handed to the output and not yet acknowledged."""
-
-    dataset: str
-    reader: SpoolReader
-    records: list[SpooledRecord]
-    submitted: Any  # what the output's submit returned; None once published synchronously
-
-
 class ProducerActor(pykka.ThreadingActor):
-    """Owns the output and one spool reader per dataset; delivers batches round-robin across datasets.
-
-    With an output that can `submit` (Kafka), one batch stays in flight while the next is read from the spool
-    and handed over; a batch is acknowledged only once the output confirmed it, oldest first.
-    """
-
-    MAX_IN_FLIGHT = 1  # batches submitted and not yet confirmed while the next one is prepared
+    """Owns the output and one spool reader per dataset; delivers batches round-robin across datasets."""
 
     def __init__(self, spool_root: Path, output: Output, bulk_max_size: int = 2048,
                  batch_max_bytes: int = 8 * 1024 * 1024, backoff_initial: float = 1.0,
@@ -100,8 +75,6 @@ class ProducerActor(pykka.ThreadingActor):
         self.stats = stats if stats is not None else DeliveryStats()
         self._backoff = 0.0
         self._last_outage_log = 0.0
-        self._pipelined = callable(getattr(output, "submit", None)) and callable(getattr(output, "wait", None))
-        self._in_flight: deque[_Batch] = deque()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Pump):
@@ -116,28 +89,23 @@ class ProducerActor(pykka.ThreadingActor):
                 self.readers[entry.name] = SpoolReader(entry)
 
     def pump(self) -> PumpResult:
-        """Read and hand over one batch per dataset; acknowledge the batches the output confirmed. Returns
-        more=True while anything was delivered or is still in flight (pump again at once)."""
         self._discover_spools()
         delivered_any = False
-        submitted_any = False
-        try:
-            for dataset, reader in self.readers.items():
-                records = reader.read(max_records=self.bulk_max_size, max_bytes=self.batch_max_bytes)
-                if not records:
-                    continue
-                self._in_flight.append(_Batch(dataset, reader, records, None))
-                self._submit(self._in_flight[-1])
-                submitted_any = True
-                while len(self._in_flight) > (self.MAX_IN_FLIGHT if self._pipelined else 0):
-                    self._settle(self._in_flight[0])
-                    delivered_any = True
-            if not submitted_any:  # nothing new to send: wait for what is in flight
-                while self._in_flight:
-                    self._settle(self._in_flight[0])
-                    delivered_any = True
-        except OutputError as error:
-            return self._output_failed(error)
+        for dataset, reader in self.readers.items():
+            records = reader.read(max_records=self.bulk_max_size, max_bytes=self.batch_max_bytes)
+            if not records:
+                continue
+            try:
+                self.output.publish([record.payload for record in records])
+            except OutputError as error:
+                reader.rewind()
+                if not self.stats.oldest_unacknowledged:
+                    self.stats.oldest_unacknowledged = event_time(records[0].payload)
+                return self._output_failed(error, reader)
+            # The one place an event is acknowledged: the output has durably taken it.
+            reader.acknowledge(records[-1].position)
+            self.stats.acknowledged[dataset] = self.stats.acknowledged.get(dataset, 0) + len(records)
+            delivered_any = True
         if delivered_any and self._backoff:
             log.info("output recovered; delivering spooled events again")
             self._backoff = 0.0
@@ -145,32 +113,9 @@ class ProducerActor(pykka.ThreadingActor):
             self.stats.oldest_unacknowledged = 0.0
         self.stats.truncated = getattr(self.output, "truncated", 0)
         self.stats.pending_bytes = sum(r.pending_bytes() for r in self.readers.values())
-        return PumpResult(more=delivered_any or bool(self._in_flight))
+        return PumpResult(more=delivered_any)
 
-    def _submit(self, batch: _Batch) -> None:
-        payloads = [record.payload for record in batch.records]
-        if self._pipelined:
-            batch.submitted = cast(PipelinedOutput, self.output).submit(payloads)
-        else:
-            self.output.publish(payloads)
-
-    def _settle(self, batch: _Batch) -> None:
-        """Wait until the output confirmed the oldest batch in flight, then acknowledge it."""
-        assert batch is self._in_flight[0]
-        if batch.submitted is not None:
-            cast(PipelinedOutput, self.output).wait(batch.submitted)
-        # The one place an event is acknowledged: the output has durably taken it.
-        batch.reader.acknowledge(batch.records[-1].position)
-        self._in_flight.popleft()
-        self.stats.acknowledged[batch.dataset] = self.stats.acknowledged.get(batch.dataset, 0) + len(batch.records)
-
-    def _output_failed(self, error: OutputError) -> PumpResult:
-        """The output failed (and dropped what it held): every unacknowledged batch is read again later."""
-        if self._in_flight and not self.stats.oldest_unacknowledged:
-            self.stats.oldest_unacknowledged = event_time(self._in_flight[0].records[0].payload)
-        for batch in self._in_flight:
-            batch.reader.rewind()
-        self._in_flight.clear()
+    def _output_failed(self, error: OutputError, reader: SpoolReader) -> PumpResult:
         self.stats.failed_batches += 1
         self.stats.last_error = str(error)
         self._backoff = min(self.backoff_max, self._backoff * 2 if self._backoff else self.backoff_initial)
@@ -187,10 +132,4 @@ class ProducerActor(pykka.ThreadingActor):
         return any(reader.has_pending() for reader in self.readers.values())
 
     def on_stop(self) -> None:
-        try:
-            while self._in_flight:
-                self._settle(self._in_flight[0])
-        except OutputError as error:
-            log.info("stopping with a batch unconfirmed (%s); it stays spooled and is sent again", error)
-        finally:
-            self.output.close()
+        self.output.close()

@@ -11,13 +11,12 @@ import re
 import ssl
 import sys
 import time
-from dataclasses import dataclass
+from collections import abc
 from json.decoder import WHITESPACE, scanstring
 from typing import Any, Callable, Mapping, Sequence
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaConfigurationError, KafkaError
-from kafka.producer.future import FutureRecordMetadata
 from kafka.partitioner.abc import Partitioner
 from kafka.partitioner.default import murmur2
 
@@ -33,9 +32,14 @@ TRUNCATED_TAG = "truncated"
 # --- format strings ---------------------------------------------------------------------------------------
 def lookup(document: Mapping[str, Any], dotted: str) -> Any:
     """The value at a dotted field path (`event.dataset`), or None."""
+    return _lookup(document, dotted.split("."))
+
+
+def _lookup(document: Mapping[str, Any], path: Sequence[str]) -> Any:
     value: Any = document
-    for part in dotted.split("."):
-        if not isinstance(value, Mapping) or part not in value:
+    for part in path:
+        # isinstance(dict) first: parsed JSON is all dicts, and the ABC check alone costs a µs per field
+        if not (isinstance(value, dict) or isinstance(value, abc.Mapping)) or part not in value:
             return None
         value = value[part]
     return value
@@ -47,34 +51,30 @@ class FormatString:
 
     def __init__(self, template: str) -> None:
         self.template = template
-        self._pieces: list[tuple[str, str | None, str | None]] = []  # (literal before, field path, default)
+        # (literal text before, field path, its parts, default)
+        self._pieces: list[tuple[str, str, tuple[str, ...], str | None]] = []
         position = 0
         for match in _FIELD_REFERENCE.finditer(template):
-            self._pieces.append((template[position:match.start()], match.group(1), match.group(2)))
+            field = match.group(1)
+            self._pieces.append((template[position:match.start()], field, tuple(field.split(".")), match.group(2)))
             position = match.end()
         self._tail = template[position:]
         # The top-level members an event needs for rendering (`host` for `%{[host.id]}`).
-        self.members = frozenset(field.split(".", 1)[0] for _, field, _ in self._pieces if field is not None)
-
-    @property
-    def constant(self) -> bool:
-        """True when the template references no field: it renders to itself for every event."""
-        return not self._pieces
+        self.members = frozenset(path[0] for _, _, path, _ in self._pieces)
 
     def render(self, document: Mapping[str, Any]) -> str:
         """The template expanded against `document`; KeyError(field) for a missing field without a default."""
         if not self._pieces:
             return self._tail
         out = []
-        for literal, field, default in self._pieces:
-            out.append(literal)
-            value = lookup(document, field)  # type: ignore[arg-type]
+        for literal, field, path, default in self._pieces:
+            value = _lookup(document, path)
             if value is None:
                 if default is None:
                     raise KeyError(field)
-                out.append(default)
-            else:
-                out.append(str(value))
+                value = default
+            out.append(literal)
+            out.append(value if type(value) is str else str(value))
         out.append(self._tail)
         return "".join(out)
 
@@ -93,65 +93,95 @@ _DECODER = json.JSONDecoder()  # json.loads' own settings; its scan_once is the 
 _scan_value = _DECODER.scan_once
 _JSON_WHITESPACE = " \t\n\r"
 # Key strings json.dumps produces from non-str dict keys (True, None, 1, 2.5, inf): only such a key can occur
-# twice in an object encoded from a dict, where json.loads keeps the last and top_level_members the first.
+# twice in an object encoded from a dict, where json.loads keeps the last and TopLevelMembers the first.
 _COERCIBLE_KEY = re.compile(r"true|false|null|NaN|-?Infinity|[-+.0-9eE]+")
 
 
-@functools.lru_cache(maxsize=16)
-def _coercible(names: frozenset[str]) -> bool:
-    return any(_COERCIBLE_KEY.fullmatch(name) for name in names)
-
-
-def top_level_members(payload: bytes, names: frozenset[str]) -> dict[str, Any]:
-    """The members `names` of the JSON object `payload`, each parsed exactly as `json.loads(payload)[name]`,
-    without parsing the members after the last one needed (absent names are absent from the result).
+class TopLevelMembers:
+    """Reads chosen top-level members of encoded events, each exactly as `json.loads(payload)[name]` would,
+    without parsing the rest of the event.
 
     Equivalent to `{n: v for n, v in json.loads(payload).items() if n in names}` for every payload the
-    collector's encoder writes (compact UTF-8 JSON of a dict: it starts with `{` and has no duplicate key
-    among `names`, which are never a key string json.dumps makes of a non-str key). Anything else, including
-    a payload that is not valid JSON before the members needed, falls back to json.loads. Invalid JSON after
-    them is not detected: the event is sent as it is.
+    collector's encoder writes: compact UTF-8 JSON of a dict, so it starts with `{` and holds no duplicate key
+    among `names` (a dict's keys are unique; only a non-str key, which json.dumps turns into `true`, `1`...,
+    can repeat another, and such names are read with json.loads). Anything else, including JSON that is
+    invalid before the members needed, is left to json.loads. Invalid JSON after them is not detected: the
+    event is sent as it is.
+
+    Events repeat their common fields (agent, ecs, service, host follow `@timestamp`), so the reader
+    remembers the text from the second member up to the separator after the last member it needed: when the
+    next event has exactly that text at the same place, parsing it would give the same members, and they are
+    reused. The separator ends the text, so no token (a number) can continue past it. The values returned
+    are shared between events: read them, do not modify them.
     """
-    if not payload.startswith(b"{") or _coercible(names):
-        document = json.loads(payload)
-        return {name: document[name] for name in names if name in document}
-    found: dict[str, Any] = {}
-    whitespace = WHITESPACE.match
-    index = 1
-    try:
-        text = payload.decode("utf-8", "surrogatepass")  # as json.loads decodes UTF-8
-        if text[index] in _JSON_WHITESPACE:
-            index = whitespace(text, index).end()
-        if text[index] == "}":
-            return found
-        while True:
-            if text[index] != '"':
-                raise ValueError("member name expected")
-            name, index = scanstring(text, index + 1, True)
-            if text[index] != ":":
-                index = whitespace(text, index).end()
-                if text[index] != ":":
-                    raise ValueError("':' expected")
-            index += 1
-            if text[index] in _JSON_WHITESPACE:
-                index = whitespace(text, index).end()
-            value, index = _scan_value(text, index)
-            if name in names:
-                found[name] = value
-                if len(found) == len(names):
-                    return found
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+        self._full_parse = any(_COERCIBLE_KEY.fullmatch(name) for name in names)
+        self._span = ""  # member text (from a second member, ending with ",") parsed last time
+        self._span_members: dict[str, Any] = {}
+
+    def __call__(self, payload: bytes) -> dict[str, Any]:
+        if self._full_parse or not payload.startswith(b"{"):
+            return self._parse_all(payload)
+        names = self.names
+        found: dict[str, Any] = {}
+        whitespace = WHITESPACE.match
+        index = 1
+        second, first = 0, ""  # where the second member starts; the first member's name
+        try:
+            text = payload.decode("utf-8", "surrogatepass")  # as json.loads decodes UTF-8
             if text[index] in _JSON_WHITESPACE:
                 index = whitespace(text, index).end()
             if text[index] == "}":
                 return found
-            if text[index] != ",":
-                raise ValueError("',' or '}' expected")
-            index += 1
-            if text[index] in _JSON_WHITESPACE:
-                index = whitespace(text, index).end()
-    except (ValueError, IndexError, StopIteration):
-        document = json.loads(payload)  # not what our encoder writes: the full parser decides (and raises)
-        return {name: document[name] for name in names if name in document}
+            while True:
+                if second and index == second and self._span and text.startswith(self._span, index):
+                    found.update(self._span_members)
+                    if len(found) == len(names):
+                        return found
+                    index += len(self._span)
+                    second = -1  # parsing on after the remembered text: nothing to remember this time
+                    if text[index] in _JSON_WHITESPACE:
+                        index = whitespace(text, index).end()
+                    continue
+                if text[index] != '"':
+                    raise ValueError("member name expected")
+                name, index = scanstring(text, index + 1, True)
+                if text[index] != ":":
+                    index = whitespace(text, index).end()
+                    if text[index] != ":":
+                        raise ValueError("':' expected")
+                index += 1
+                if text[index] in _JSON_WHITESPACE:
+                    index = whitespace(text, index).end()
+                value, index = _scan_value(text, index)
+                if name in names:
+                    found[name] = value
+                if text[index] in _JSON_WHITESPACE:
+                    index = whitespace(text, index).end()
+                if text[index] == "}":
+                    return found
+                if text[index] != ",":
+                    raise ValueError("',' or '}' expected")
+                index += 1
+                if len(found) == len(names):
+                    if second > 0:
+                        self._span = text[second:index]
+                        self._span_members = {name: found[name] for name in found if name != first}
+                    return found
+                if text[index] in _JSON_WHITESPACE:
+                    index = whitespace(text, index).end()
+                if not second:
+                    second, first = index, name
+        except (ValueError, IndexError, StopIteration):
+            return self._parse_all(payload)  # not what our encoder writes: the full parser decides (and raises)
+
+    def _parse_all(self, payload: bytes) -> dict[str, Any]:
+        document = json.loads(payload)
+        if not isinstance(document, dict):
+            return {}
+        return {name: document[name] for name in self.names if name in document}
 
 
 # --- oversize events --------------------------------------------------------------------------------------
@@ -225,14 +255,14 @@ def fit_to_size(payload: bytes, limit: int) -> bytes:
 class _BeatsPartitioner(Partitioner):
     """Adapts a `choose(key, all_partitions, available)` rule to kafka-python's Partitioner interface."""
 
+    reachable_only = False
+
     def partition(self, topic: str, key: Any, serialized_key: bytes | None, value: Any,
                   serialized_value: bytes | None, cluster: Any) -> int:
         all_partitions = sorted(cluster.partitions_for_topic(topic))
         # Only a reachable_only partitioner looks at `available` (it is [] otherwise: one lookup less per event).
         available = sorted(cluster.available_partitions_for_topic(topic)) if self.reachable_only else []
         return self(serialized_key, all_partitions, available)
-
-    reachable_only = False
 
     def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
         raise NotImplementedError
@@ -352,17 +382,8 @@ def producer_config(options: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
-@dataclass(frozen=True)
-class Submitted:
-    """A batch handed to the Kafka client: one future per event, and the client that holds them."""
-
-    client: KafkaProducer
-    futures: list[FutureRecordMetadata]
-
-
 class KafkaOutput:
-    """Sends batches; `publish` (or `submit` then `wait`) returns only when the broker acknowledged every
-    event of the batch. `submit` lets the caller read the next batch while one is in flight.
+    """Sends each batch and returns only when the broker acknowledged every event of it.
 
     On any failure the client is closed (its queued records dropped) and OutputError raised: the producer
     actor keeps the batch in the spool and sends it again with a fresh client, so a retry never piles copies
@@ -376,7 +397,8 @@ class KafkaOutput:
         self.key = str(options.get("key") or "")
         self._topic = FormatString(self.topic)
         self._key = FormatString(self.key) if self.key else None
-        self._members = self._topic.members | (self._key.members if self._key is not None else frozenset())
+        members = self._topic.members | (self._key.members if self._key is not None else frozenset())
+        self._members = TopLevelMembers(members) if members else None
         self.headers = [(str(h["key"]), str(h["value"]).encode()) for h in options.get("headers") or ()]
         self.limit = int(options.get("max_message_bytes", 1_000_000)) - RECORD_OVERHEAD_BYTES
         self.timeout = float(options.get("timeout", 30))
@@ -397,7 +419,7 @@ class KafkaOutput:
     def _record(self, payload: bytes) -> tuple[str, bytes | None, bytes]:
         """Topic, key and value of one encoded event. Only the top-level members the format strings name
         are parsed (`host` for the default key): the rest of the event is never decoded."""
-        document = top_level_members(payload, self._members) if self._members else {}
+        document = self._members(payload) if self._members is not None else {}
         try:
             topic = self._topic.render(document)
             key = self._key.render(document).encode() if self._key is not None else None
@@ -413,45 +435,22 @@ class KafkaOutput:
         return topic, key, payload
 
     def publish(self, batch: Sequence[bytes]) -> None:
-        self.wait(self.submit(batch))
-
-    def submit(self, batch: Sequence[bytes]) -> Submitted:
-        """Hand every event of `batch` to the client, which sends in the background, and return at once; pass
-        the result to `wait`. Raises OutputError (client reset) if the client refuses an event."""
         producer = self._client()
         send, record, headers = producer.send, self._record, self.headers or None
-        futures: list[FutureRecordMetadata] = []
-        append = futures.append
         try:
+            futures = []
             for payload in batch:
                 topic, key, value = record(payload)
-                append(send(topic, value=value, key=key, headers=headers))
+                futures.append(send(topic, value=value, key=key, headers=headers))
+            producer.flush(timeout=self.timeout)
+            for future in futures:
+                if not future.is_done:
+                    raise OutputError("Kafka did not acknowledge the batch in output.kafka.timeout")
+                if future.failed():
+                    raise OutputError(f"Kafka refused an event: {describe_error(future.exception)}")
         except (KafkaError, OSError, ssl.SSLError) as error:
             self._reset()
             raise OutputError(describe_error(error)) from error
-        except OutputError:
-            self._reset()
-            raise
-        return Submitted(producer, futures)
-
-    def wait(self, submitted: Submitted) -> None:
-        """Return when the broker acknowledged every event of a `submit`ted batch; raise OutputError (client
-        reset, its queued events dropped) if one was refused or is unacknowledged after output.kafka.timeout.
-        Waits for that batch only, not for batches submitted after it."""
-        if submitted.client is not self._producer:
-            raise OutputError("the Kafka client was reset (after a failure) before the batch was acknowledged")
-        deadline = time.monotonic() + self.timeout
-        try:
-            for future in submitted.futures:
-                if not future.is_done:
-                    try:
-                        future.get(timeout=max(deadline - time.monotonic(), 0.0))
-                    except KafkaError:
-                        pass  # the checks below tell a timeout from a refusal
-                    if not future.is_done:
-                        raise OutputError("Kafka did not acknowledge the batch in output.kafka.timeout")
-                if future.failed():
-                    raise OutputError(f"Kafka refused an event: {describe_error(future.exception)}")
         except OutputError:
             self._reset()
             raise

@@ -385,7 +385,9 @@ class KafkaBroker:
                 "-cp", str(lib / "*"), *args]
 
     def _format(self, java: str, lib: Path, timeout: float) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # the formatter would read a leading "-" as an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         cmd = self._java_cmd(java, lib, "kafka.tools.StorageTool", "format", "-t", cluster_id,
                              "-c", str(self.config_path), "--ignore-formatted",
                              heap=("-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"))
