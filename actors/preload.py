@@ -1,6 +1,7 @@
 """Modules the forkserver imports once, so every child process shares their pages instead of loading its own."""
 
 import json  # noqa: F401
+import signal
 import sqlite3  # noqa: F401
 
 import psutil  # noqa: F401
@@ -18,3 +19,7 @@ import actors.producer  # noqa: F401
 import actors.worker  # noqa: F401
 
 setproctitle.setproctitle("hostaudit: forkserver")
+# A service manager stops the whole process group at once (systemd's default KillMode). The forkserver must
+# outlive that signal: the supervisor learns of each child's exit through it. It exits by itself when the
+# supervisor is gone. Children set their own SIGTERM handler.
+signal.signal(signal.SIGTERM, signal.SIG_IGN)

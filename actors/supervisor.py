@@ -97,9 +97,11 @@ class SupervisorActor(pykka.ThreadingActor):
     `max_restarts` restarts within `max_restarts_window` it is marked failed and the others run on.
     """
 
-    def __init__(self, settings: Settings, context: BaseContext, agent: AgentIdentity) -> None:
+    def __init__(self, settings: Settings, context: BaseContext, agent: AgentIdentity,
+                 stop_requested: threading.Event | None = None) -> None:
         super().__init__()
         self.settings = settings
+        self.stop_requested = stop_requested or threading.Event()  # set by the signal handler, at once
         self.context = context
         self.wake = context.Event()
         self.children: dict[str, Child] = {}
@@ -204,7 +206,8 @@ class SupervisorActor(pykka.ThreadingActor):
             reason = f"hung, {reason}"
         if child.heartbeat is not None:
             child.heartbeat.close()
-        if self.stopping:
+        if self.stopping or self.stop_requested.is_set():
+            log.info("%s exited (%s) while stopping", child.name, reason)
             return
         supervisor = self.settings.supervisor
         now = time.monotonic()
@@ -277,7 +280,7 @@ def run(settings: Settings, agent: AgentIdentity) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    supervisor = SupervisorActor.start(settings, context, agent)
+    supervisor = SupervisorActor.start(settings, context, agent, stop_requested)
 
     def current_stats() -> dict[str, Any]:
         return build_stats(supervisor.ask(Status(), timeout=5), settings.path_data / "spool")

@@ -140,3 +140,14 @@ def test_monitoring_endpoint_serves_stats_and_prometheus_metrics(agent_factory) 
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'hostaudit_events_acknowledged_total{dataset="host"}' in metrics
     assert "# TYPE hostaudit_oldest_unacknowledged_age_seconds gauge" in metrics
+
+
+def test_sigterm_to_the_whole_process_group_stops_cleanly(agent_factory) -> None:
+    """A service manager (systemd's default KillMode) signals every process of the agent at once."""
+    agent = agent_factory()
+    agent.wait_for_event(is_host_state, 10, "a host state event")
+    os.killpg(agent.pid, signal.SIGTERM)
+    assert agent.process.wait(10) == 0
+    log = agent.log()
+    assert "restart attempt" not in log, "no child is restarted while the agent stops"
+    assert "exit code 255" not in log, "the forkserver survived the signal, so every child's exit was seen"
