@@ -201,6 +201,8 @@ def pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, s
     try:
         _pump_stream(stream, actor, stopping, stats)
     except Exception as error:
+        if stopping.is_set():
+            return  # the agent is stopping (a group-wide SIGTERM may have ended the stream first)
         log.exception("kernel notifications stream failed")
         on_crash(error)
 
