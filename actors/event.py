@@ -7,7 +7,8 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 ECS_VERSION = "9.4.0"
 
@@ -32,12 +33,12 @@ def new_event_id() -> str:
 def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     """Merge nested `extra` into `base` in place (extra wins) and return `base`."""
     for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            deep_merge(base[key], value)
-        elif isinstance(value, Mapping):
-            base[key] = deep_merge({}, value)
-        else:
+        if not isinstance(value, (dict, Mapping)):  # plain values first: the common case, and the cheap check
             base[key] = value
+        elif isinstance(base.get(key), dict):
+            deep_merge(base[key], value)
+        else:
+            base[key] = deep_merge({}, value)
     return base
 
 

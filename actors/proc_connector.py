@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import errno
+import fcntl
+import gc
 import logging
+import math
+import operator
 import os
+import pickle
 import select
+import signal
 import socket
 import struct
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Sequence, TypeVar
 
 LOG = logging.getLogger("hostaudit.proc_connector")
+T = TypeVar("T")
 
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = 1
@@ -45,8 +52,15 @@ MAX_MESSAGES_PER_READ = 512  # drain at most this many datagrams before reading 
 RECEIVE_BYTES = 8192
 FORK_MEMORY = 65536  # pids whose FORK we remember (for the parent and the start of a later EXEC)
 QUEUE_ITEMS = 20_000  # enriched items waiting for read(); beyond, the backlog stays in the kernel's buffer
-READER_NICE = -10  # the enriching thread races short-lived processes for the CPU (needs CAP_SYS_NICE)
-READ_SLICE = 0.25  # seconds the enriching thread waits on the socket before checking for close()
+READER = "process"  # where the reader runs: "process" (its own, real-time) or "thread" (see ProcConnector)
+READER_RT_PRIORITY = 1  # SCHED_FIFO priority of the reader process: the lowest real-time one is enough
+READER_NICE = -10  # the reader's nice when it cannot be real-time, or runs as a thread (needs CAP_SYS_NICE)
+READER_TITLE = "hostaudit: proc-connector"  # the reader process in ps and top
+PIPE_BYTES = 1 << 20  # the reader process's pipe to the relay thread
+FRAME_HOLD = 0.01  # seconds the reader process gathers items before it sends them (the caller batches 50 ms)
+FRAME_ITEMS = 256  # ... or this many items
+FRAME_LENGTH = struct.Struct("=I")  # each frame on that pipe: its length, then a pickle
+READ_SLICE = 0.25  # seconds the reader thread waits on the socket before checking for close()
 NANOS = 1_000_000_000
 
 
@@ -54,6 +68,19 @@ class ConnectorUnavailable(Exception):
     """The process-events connector cannot be used here; str() says why and what would fix it."""
 
 
+def pickled_as_tuple(cls: type[T]) -> type[T]:
+    """Class decorator for a slots dataclass: pickle it as (class, field values), which takes half the time of
+    the generic way (the reader process pickles every item it sends)."""
+    values = operator.attrgetter(*cls.__slots__)  # type: ignore[attr-defined]
+
+    def __reduce__(self: T) -> tuple[type[T], tuple[Any, ...]]:
+        return cls, values(self)
+
+    cls.__reduce__ = __reduce__  # type: ignore[method-assign,assignment]
+    return cls
+
+
+@pickled_as_tuple
 @dataclass(frozen=True, slots=True)
 class ProcessExec:
     """A process replaced its image (execve), with what was read of it at once (`details`, from the `enrich`
@@ -68,6 +95,7 @@ class ProcessExec:
     delay_ns: int  # from the kernel's timestamp to the moment the datagram was received
 
 
+@pickled_as_tuple
 @dataclass(frozen=True, slots=True)
 class ProcessExit:
     """A process (thread-group leader) exited."""
@@ -150,6 +178,57 @@ def has_capability(bit: int) -> bool:
     return os.geteuid() == 0
 
 
+def _write_frame(descriptor: int, payload: bytes) -> None:
+    view = memoryview(FRAME_LENGTH.pack(len(payload)) + payload)
+    while view:
+        view = view[os.write(descriptor, view):]
+
+
+def _read_frame(stream: BinaryIO) -> bytes | None:
+    """The next frame's payload; None at the end of the stream (the writer exited)."""
+    head = stream.read(FRAME_LENGTH.size)
+    if len(head) < FRAME_LENGTH.size:
+        return None
+    (length,) = FRAME_LENGTH.unpack(head)
+    payload = stream.read(length)
+    return payload if len(payload) == length else None
+
+
+def _close_descriptors_except(keep: set[int]) -> None:
+    """Close every file descriptor but `keep`: a forked helper must not hold the parent's files and pipes
+    open (a supervisor sees a child's death when its pipes close)."""
+    low = 0
+    for descriptor in sorted(keep):
+        if low < descriptor:  # os.closerange(n, n) would close everything from n up (close_range(n, -1))
+            os.closerange(low, descriptor)
+        low = descriptor + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+def _reaped(pid: int | None) -> str:
+    """Wait up to a second for a child that closed its pipe; say how it ended."""
+    if pid is None:
+        return "exited"
+    for _ in range(100):
+        try:
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # already reaped
+            return "exited"
+        if reaped:
+            code = os.waitstatus_to_exitcode(status)
+            return f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        time.sleep(0.01)
+    return "closed its pipe"
+
+
+def _set_title(title: str) -> None:
+    try:
+        import setproctitle
+    except ImportError:  # the title is a convenience
+        return
+    setproctitle.setproctitle(title)
+
+
 @dataclass(frozen=True, slots=True)
 class _Clocks:
     """Offsets that turn the kernel's CLOCK_MONOTONIC timestamps into boot time and epoch time."""
@@ -164,25 +243,38 @@ class _Clocks:
 
 
 class ProcConnector:
-    """A subscription to the process connector, read by its own thread.
+    """A subscription to the process connector, read by its own process (or thread).
 
-    That thread receives each datagram as it comes and reads a new process's /proc files at once (through
-    `enrich(pids)`, which reads the executable and arguments of every pid before their other files), at a
-    raised priority, then queues the items; `read()` hands them out. So a caller that is slow to come back
-    (spooling the previous batch) does not delay the /proc reads, which must beat the process's exit. The
-    queue is bounded: when it is full the thread stops receiving, the kernel's buffer fills, and the kernel
-    drops (counted by `lost()`).
+    The reader receives each datagram as it comes and reads a new process's /proc files at once (through
+    `enrich(pids)`, which reads the executable and arguments of every pid before their other files), then
+    queues the items; `read()` hands them out. A /bin/true lives about 0.4 ms after its exec, and its
+    executable and arguments vanish when it exits, so the reader must run within microseconds of the EXEC:
 
-    Thread forks and exits are dropped; a FORK is remembered only to give the later EXEC its parent and start.
+    - `reader="process"` (default): the reader is a forked child process (`hostaudit: proc-connector`) at
+      real-time priority (SCHED_FIFO `rt_priority`, else nice `reader_nice`), which does nothing else, so it
+      neither waits for this process's GIL nor for a CPU slice. It sends the items to a relay thread here
+      through a pipe, and exits when this process closes the connector or dies.
+    - `reader="thread"`: a thread of this process at nice `reader_nice`. Any other busy thread of the process
+      (encoding events) then delays it by up to the GIL's switch interval: most short-lived processes are
+      missed under load (ops/bench/bench_capture.py).
+
+    The queue is bounded: when it is full the reader stops receiving, the kernel's buffer fills, and the
+    kernel drops (counted by `lost()`). Thread forks and exits are dropped; a FORK is remembered only to give
+    the later EXEC its parent and start.
     """
 
     def __init__(self, enrich: Callable[[Sequence[int]], Sequence[Any]],
                  receive_buffer: int = DEFAULT_RECEIVE_BUFFER, ack_timeout: float = DEFAULT_ACK_TIMEOUT,
-                 queue_items: int = QUEUE_ITEMS, reader_nice: int | None = READER_NICE) -> None:
+                 queue_items: int = QUEUE_ITEMS, reader: str = READER, rt_priority: int | None = READER_RT_PRIORITY,
+                 reader_nice: int | None = READER_NICE) -> None:
+        if reader not in ("process", "thread"):
+            raise ValueError(f"reader must be 'process' or 'thread', not {reader!r}")
         self._enrich = enrich
         self._receive_buffer = receive_buffer
         self._ack_timeout = ack_timeout
         self._queue_items = queue_items
+        self._reader = reader
+        self._rt_priority = rt_priority
         self._reader_nice = reader_nice
         self._socket: socket.socket | None = None
         self._poller = select.poll()
@@ -199,12 +291,15 @@ class ProcConnector:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
+        self._child: int | None = None  # the reader process
+        self._frames: BinaryIO | None = None  # its pipe, read by the relay thread
+        self._lifeline = -1  # our end of a pipe the reader process watches: closed, it exits
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
     def open(self) -> "ProcConnector":
-        """Subscribe and start the reading thread; raise ConnectorUnavailable saying why when the kernel
-        refuses or does not answer."""
+        """Subscribe and start the reader; raise ConnectorUnavailable saying why when the kernel refuses or
+        does not answer."""
         if not has_capability(CAP_NET_ADMIN):  # the kernel would ignore the request without a word
             raise ConnectorUnavailable("subscribing to process events needs CAP_NET_ADMIN: run hostaudit as root")
         try:
@@ -227,7 +322,15 @@ class ProcConnector:
         except ConnectorUnavailable:
             self._forget_socket(sock)
             raise
-        self._thread = threading.Thread(target=self._run, name="proc-connector", daemon=True)
+        if self._reader == "process":
+            try:
+                self._thread = self._start_reader_process()
+            except OSError as error:  # no process left (EAGAIN), no memory: read in a thread, less well
+                LOG.warning("cannot start the process-events reader process (%s); reading in a thread, so "
+                            "processes that live less than a few ms may be reported without executable",
+                            error.strerror)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run_thread, name="proc-connector", daemon=True)
         self._thread.start()
         return self
 
@@ -267,13 +370,17 @@ class ProcConnector:
             "serves the initial PID and user namespaces (run on the host, or with --pid=host and CAP_NET_ADMIN)")
 
     def close(self) -> None:
-        """Stop the reading thread, unsubscribe (so the kernel stops producing events when nobody listens)
-        and close the socket."""
+        """Stop the reader, unsubscribe (so the kernel stops producing events when nobody listens) and close
+        the socket."""
         self._closing.set()
         with self._ready:
             self._ready.notify_all()
+        self._stop_reader_process()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5 * READ_SLICE + 1)
+        if self._frames is not None:
+            self._frames.close()
+            self._frames = None
         sock, self._socket = self._socket, None
         if sock is None:
             return
@@ -302,22 +409,35 @@ class ProcConnector:
             self._ready.notify_all()
         return items
 
-    # -- the reading thread ---------------------------------------------------------------------------------
+    def _enqueue(self, items: list[ProcessExec | ProcessExit]) -> None:
+        with self._ready:
+            while self._queued >= self._queue_items and not self._closing.is_set():
+                self._ready.wait(READ_SLICE)  # the backlog waits in the pipe and the kernel's buffer meanwhile
+            self._queue.append(items)
+            self._queued += len(items)
+            self._ready.notify_all()
 
-    def _run(self) -> None:
-        self._raise_priority()
+    def _fail(self, error: BaseException) -> None:
+        """The reader stopped (the socket failed, not ENOBUFS; or a bug): read() raises it to the caller."""
+        LOG.error("process-events reader stopped: %s", error)
+        with self._ready:
+            self._failure = error
+            self._ready.notify_all()
+
+    # -- the reader in a thread -----------------------------------------------------------------------------
+
+    def _run_thread(self) -> None:
+        self._raise_thread_priority()
         try:
             while not self._closing.is_set():
                 items = self._read_now(READ_SLICE)
                 if items:
                     self._enqueue(items)
-        except Exception as error:  # the socket failed (not ENOBUFS), or a bug: read() raises it to the caller
-            LOG.error("process-events reader stopped: %s", error)
-            with self._ready:
-                self._failure = error
-                self._ready.notify_all()
+        except Exception as error:
+            self._fail(error)
 
-    def _raise_priority(self) -> None:
+    def _raise_thread_priority(self) -> None:
+        """Give the calling thread nice `reader_nice` (needs CAP_SYS_NICE)."""
         if self._reader_nice is None:
             return
         try:
@@ -325,16 +445,8 @@ class ProcConnector:
         except OSError as error:  # without CAP_SYS_NICE: the reads race at normal priority
             LOG.debug("cannot raise the process-events reader to nice %d: %s", self._reader_nice, error)
 
-    def _enqueue(self, items: list[ProcessExec | ProcessExit]) -> None:
-        with self._ready:
-            while self._queued >= self._queue_items and not self._closing.is_set():
-                self._ready.wait(READ_SLICE)  # the backlog waits in the kernel's buffer meanwhile
-            self._queue.append(items)
-            self._queued += len(items)
-            self._ready.notify_all()
-
     def _read_now(self, timeout: float) -> list[ProcessExec | ProcessExit]:
-        """One step of the reading thread: wait up to `timeout` s, receive what is there, enrich it."""
+        """One step of the reader: wait up to `timeout` s, receive what is there, enrich it."""
         if self._socket is None:
             raise ConnectorUnavailable("the process connector is closed")
         raw, self._backlog = self._backlog, []
@@ -342,6 +454,132 @@ class ProcConnector:
             return []
         raw += self._drain()
         return self._interpret(raw, _Clocks.now())
+
+    # -- the reader in a process ----------------------------------------------------------------------------
+
+    def _start_reader_process(self) -> threading.Thread:
+        """Fork the reader process; return the (unstarted) relay thread that queues what it sends."""
+        assert self._socket is not None
+        frames_in, frames_out = os.pipe2(os.O_CLOEXEC)
+        lifeline_in, lifeline_out = os.pipe2(os.O_CLOEXEC)  # we hold the write end: EOF there = we are gone
+        try:
+            fcntl.fcntl(frames_out, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:  # over /proc/sys/fs/pipe-max-size without CAP_SYS_RESOURCE: the default 64 KiB will do
+            pass
+        try:
+            child = os.fork()
+        except OSError:
+            for descriptor in (frames_in, frames_out, lifeline_in, lifeline_out):
+                os.close(descriptor)
+            raise
+        if child == 0:  # the reader process: never returns
+            status = 1
+            try:
+                os.close(frames_in)
+                os.close(lifeline_out)
+                self._reader_process(frames_out, lifeline_in)
+                status = 0
+            except BaseException:  # the parent's read() reports the failure; the details go to the log
+                LOG.exception("the process-events reader process failed")
+            finally:
+                os._exit(status)
+        os.close(frames_out)
+        os.close(lifeline_in)
+        self._child = child
+        self._lifeline = lifeline_out
+        self._frames = os.fdopen(frames_in, "rb", buffering=PIPE_BYTES)
+        self._backlog = []  # the child has it
+        return threading.Thread(target=self._relay, name="proc-connector-relay", daemon=True)
+
+    def _stop_reader_process(self) -> None:
+        child, self._child = self._child, None
+        if child is None:
+            return
+        os.close(self._lifeline)
+        try:
+            os.kill(child, signal.SIGKILL)  # it keeps no state: nothing to finish
+            os.waitpid(child, 0)
+        except ChildProcessError:  # reaped elsewhere
+            pass
+        except ProcessLookupError:
+            pass
+
+    def _relay(self) -> None:
+        """Read the reader process's frames and queue their items; its exit is a failure unless we closed."""
+        assert self._frames is not None
+        try:
+            while True:
+                frame = _read_frame(self._frames)
+                if frame is None:
+                    if self._closing.is_set():
+                        return
+                    raise ConnectorUnavailable(f"the process-events reader process (pid {self._child}) "
+                                               f"{_reaped(self._child)}")
+                items, self._gaps, self._enobufs, self.received, failure = pickle.loads(frame)
+                if items:
+                    self._enqueue(items)
+                if failure:
+                    raise ConnectorUnavailable(failure)
+        except Exception as error:
+            if not self._closing.is_set():
+                self._fail(error)
+
+    def _reader_process(self, frames: int, lifeline: int) -> None:
+        """The reader process's whole life: receive, enrich, send; until the parent closes or dies."""
+        assert self._socket is not None
+        # The parent decides when this process ends: a group-wide SIGINT or SIGTERM (Ctrl-C, systemd's stop)
+        # reaches the parent too, which then closes the connector (or dies, which closes the lifeline).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _close_descriptors_except({0, 1, 2, self._socket.fileno(), frames, lifeline})
+        gc.freeze()  # the inherited heap is never collected here: its pages stay shared with the parent
+        _set_title(READER_TITLE)
+        self._raise_reader_priority()
+        poller = select.poll()
+        poller.register(self._socket.fileno(), select.POLLIN)
+        poller.register(lifeline, select.POLLIN)  # POLLHUP when the parent closes its end or dies
+        pending: list[ProcessExec | ProcessExit] = []  # read, not yet sent
+        send_at = 0.0  # when `pending` goes out at the latest
+        sent_losses = (0, 0)
+        try:
+            while True:
+                raw, self._backlog = self._backlog, []
+                if not raw:
+                    wait = -1 if not pending else max(0, math.ceil((send_at - time.monotonic()) * 1000))
+                    if any(descriptor == lifeline for descriptor, _ in poller.poll(wait)):
+                        return
+                raw += self._drain()  # nothing when the wait ended for `send_at`
+                if raw and (items := self._interpret(raw, _Clocks.now())):
+                    if not pending:
+                        send_at = time.monotonic() + FRAME_HOLD
+                    pending += items
+                losses = (self._gaps, self._enobufs)
+                due = bool(pending) and (len(pending) >= FRAME_ITEMS or time.monotonic() >= send_at)
+                if due or losses != sent_losses:
+                    frame = pickle.dumps((pending, *losses, self.received, ""), pickle.HIGHEST_PROTOCOL)
+                    _write_frame(frames, frame)
+                    pending, sent_losses = [], losses
+        except BrokenPipeError:  # the parent is gone
+            return
+        except Exception as error:  # the socket failed, or a bug: the parent's read() raises it
+            _write_frame(frames, pickle.dumps((pending, self._gaps, self._enobufs, self.received, str(error))))
+            raise
+
+    def _raise_reader_priority(self) -> None:
+        """SCHED_FIFO `rt_priority` for the reader process, else nice `reader_nice` (both need CAP_SYS_NICE; a
+        cgroup without real-time budget refuses the first)."""
+        if self._rt_priority is not None:
+            policy = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
+            try:
+                os.sched_setscheduler(0, policy, os.sched_param(self._rt_priority))
+                return
+            except OSError as error:
+                LOG.debug("cannot make the process-events reader real-time: %s", error)
+        if self._reader_nice is not None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, self._reader_nice)
+            except OSError as error:
+                LOG.debug("cannot raise the process-events reader to nice %d: %s", self._reader_nice, error)
 
     def _drain(self) -> list[tuple[RawEvent, int]]:
         """Receive what is queued (up to MAX_MESSAGES_PER_READ datagrams) without blocking."""

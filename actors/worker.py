@@ -123,10 +123,6 @@ def collector_main(spec: CollectorSpec, heartbeat: Connection, wake: WakeEvent) 
     actor = CollectorActor.start(runner, spec.period, progress, spec.hang_file, crashed)
     stream_stats: dict[str, int] = {}
     if stream is not None:
-        # The stream's reader thread must win the GIL quickly to read /proc/PID of a process that lives a
-        # millisecond; a 0.5 ms switch interval (default 5 ms) raised capture with executable from 7% to 42%
-        # against a busy Python thread (ops/bench/bench_process.py).
-        sys.setswitchinterval(0.0005)
         threading.Thread(target=pump_stream, args=(stream, actor, lifecycle.stopping, stream_stats, crashed),
                          name="stream", daemon=True).start()
     _start_heartbeats(heartbeat, lambda: {"progress": progress.count, "events": runner.events_emitted,
@@ -139,6 +135,8 @@ def collector_main(spec: CollectorSpec, heartbeat: Connection, wake: WakeEvent) 
     except Exception as error:  # pykka raises its own Timeout; a wedged actor cannot be stopped politely
         log.warning("dataset %s did not stop in %.0f s (%s); exiting anyway", spec.dataset, STOP_TIMEOUT, error)
         os._exit(1)
+    if stream is not None:
+        stream.close()  # unsubscribe (and reap a reader process, if the stream has one)
     sys.exit(0)
 
 

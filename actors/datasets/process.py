@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence, TypedDict
@@ -17,7 +19,7 @@ from actors.datasets.host import read_boot_id, read_boot_time
 from actors.entity import process_entity_id
 from actors.event import CHANGE, STATE, Event, iso_millis
 from actors.exe_hash import ECS_HASH_TYPES, ExecutableHasher, FileId, HashOptions, HashResult, hash_options
-from actors.proc_connector import ConnectorUnavailable, ProcConnector, ProcessExec, ProcessExit
+from actors.proc_connector import ConnectorUnavailable, ProcConnector, ProcessExec, ProcessExit, pickled_as_tuple
 
 DATASET = "process"
 LOG = logging.getLogger("hostaudit.process")
@@ -32,6 +34,7 @@ BACKENDS = ("auto", "netlink", "procfs")
 SNAPSHOT_VERSION = 1
 PF_KTHREAD = 0x00200000  # task flag in field 9 of /proc/PID/stat
 KTHREADD_PID = 2
+STREAM_EXIT_GRACE = 5.0  # seconds a vanished process waits for the connector's EXIT before a poll stops it
 EXITED_STATES = frozenset({"Z", "X"})  # zombie, dead: the process has exited, only its parent has not reaped it
 TICKS_PER_SECOND = 100  # USER_HZ, as go-sysinfo hard-codes it
 NANOS_PER_TICK = 1_000_000_000 // TICKS_PER_SECOND
@@ -103,6 +106,7 @@ class ProcessRecord(TypedDict, total=False):
     container: str
     entity_id: str
     error: str  # the process could not be read: reported as process_error (Auditbeat's Error)
+    awaiting_exit: bool  # a poll found it gone; kept a few seconds for the connector's EXIT (not in state reports)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -140,6 +144,7 @@ class Stat(NamedTuple):
     ticks: int
 
 
+@pickled_as_tuple  # the connector's reader process sends these to the collector
 @dataclass(frozen=True, slots=True)
 class ProcessDetails:
     """What was read of one process. Files that were absent or denied leave their fields None."""
@@ -222,14 +227,16 @@ def parse_status(raw: bytes) -> tuple[tuple[str, str, str, str, str, str] | None
 
 
 def parse_cmdline(raw: bytes) -> tuple[str, ...]:
-    """Split /proc/PID/cmdline on NUL (the trailing NUL ends the last argument)."""
-    if raw.endswith(b"\0"):
-        raw = raw[:-1]
+    """Split /proc/PID/cmdline on NUL. Trailing NULs are dropped: the last argument's terminator, and the
+    padding a process leaves when it rewrites its own title (setproctitle), which are not arguments."""
+    raw = raw.rstrip(b"\0")
     return tuple(part.decode("utf-8", "replace") for part in raw.split(b"\0")) if raw else ()
 
 
 def container_id(cgroup: str) -> str | None:
     """The container id in a /proc/PID/cgroup text (docker, containerd, CRI-O, podman, Kubernetes), or None."""
+    if not any(runtime in cgroup for runtime in CONTAINER_RUNTIMES):  # the common case, and quick
+        return None
     for line in cgroup.splitlines():
         path = line.split(":", 2)[-1]
         if not any(runtime in path for runtime in CONTAINER_RUNTIMES):
@@ -242,13 +249,18 @@ def container_id(cgroup: str) -> str | None:
 
 def capability_names(mask: int) -> list[str]:
     """CAP_* names of the bits set in a capability mask, lowest bit first."""
+    return list(_capability_names(mask))
+
+
+@functools.lru_cache(maxsize=64)  # a host has a handful of distinct masks; every event of root spells out ~40
+def _capability_names(mask: int) -> tuple[str, ...]:
     names = []
     bit = 0
     while mask >> bit:
         if mask >> bit & 1:
             names.append(CAPABILITY_NAMES[bit] if bit < len(CAPABILITY_NAMES) else f"CAP_{bit}")
         bit += 1
-    return names
+    return tuple(names)
 
 
 class _Reader:
@@ -578,7 +590,8 @@ def process_changes(previous: Any, current: Any) -> list[Event]:
 def state_events(current: Any) -> list[Event]:
     """existing_process for every process of the snapshot (process_error for those that could not be read)."""
     processes = _processes(current) or {}
-    return [process_event(ERROR if record.get("error") else EXISTING, record) for record in processes.values()]
+    return [process_event(ERROR if record.get("error") else EXISTING, record) for record in processes.values()
+            if not record.get("awaiting_exit")]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -596,6 +609,9 @@ class ProcessDataset:
     procfs alone would), not from the stream: forks of servers and shells are numerous and carry no new image.
     A stream exec or exit of a process is folded into the snapshot, so the poll does not report it again.
     A zombie has exited: the poll leaves it out, so a process seen alive is stopped when it becomes one.
+    With the connector open, a process a poll finds gone is kept (out of state reports) for up to
+    STREAM_EXIT_GRACE s, so that its stop comes from the connector's EXIT, with the exit code, even when the poll
+    runs while that EXIT is still in the pipeline; the poll stops it only if the EXIT was lost.
 
     Hashing: an executable over hash.max_file_size (or unreadable) is reported on the normal started /
     existing event, without hash and with error.message; Auditbeat makes that a process_error, and then
@@ -615,6 +631,8 @@ class ProcessDataset:
         self.boot_time = read_boot_time(self.hostfs)
         self._known: dict[str, ProcessRecord] = {}  # the last poll's records, reused while (pid, ticks) holds
         self._skipped: dict[str, Stat] = {}  # pid -> stat of kernel threads and vanished entries
+        self._streaming = False  # the connector is open: it reports every exit, with its exit code
+        self._missing_since: dict[str, float] = {}  # pid -> when a poll first found a known process gone
         self._warned: set[str] = set()
 
     # -- Dataset --------------------------------------------------------------------------------------------
@@ -645,6 +663,8 @@ class ProcessDataset:
                 processes[entry] = record
             else:
                 skipped[entry] = stat
+        if self._streaming:
+            processes.update(self._awaiting_exit(processes))
         self._known, self._skipped = dict(processes), skipped
         return {"version": SNAPSHOT_VERSION, "boot_id": self.boot_id, "processes": processes}
 
@@ -664,7 +684,9 @@ class ProcessDataset:
             return None
         connector = ProcConnector(self.read_execs)
         try:
-            return connector.open()
+            connector.open()
+            self._streaming = True
+            return connector
         except ConnectorUnavailable as error:
             if self.options.backend == "netlink":
                 raise ConnectorUnavailable(f"process.backend is netlink, but {error}. Run as root on the host, "
@@ -746,6 +768,22 @@ class ProcessDataset:
         if item.fork_boot_ns is not None and abs(item.fork_boot_ns // NANOS_PER_TICK - ticks) <= 1:
             return item.fork_boot_ns
         return None
+
+    def _awaiting_exit(self, alive: Mapping[str, ProcessRecord]) -> dict[str, ProcessRecord]:
+        """Known processes this poll did not find, kept for STREAM_EXIT_GRACE s: the connector's EXIT, with the
+        exit code, may still be on its way through the pipeline (a poll that ran first would report the stop
+        without it, and the EXIT would then find nothing to stop). Past the grace the EXIT is taken as lost."""
+        now = time.monotonic()
+        waiting: dict[str, ProcessRecord] = {}
+        since: dict[str, float] = {}
+        for pid, record in self._known.items():
+            if pid in alive:
+                continue
+            first = since[pid] = self._missing_since.get(pid, now)
+            if now - first < STREAM_EXIT_GRACE:
+                waiting[pid] = record if record.get("awaiting_exit") else {**record, "awaiting_exit": True}
+        self._missing_since = {pid: first for pid, first in since.items() if pid in waiting}
+        return waiting
 
     def _read_new(self, pid: int, stat: Stat) -> ProcessRecord | None:
         """Read a process the poll has not seen; None when it vanished or is a kernel thread."""

@@ -749,3 +749,11 @@ def test_subscribe_message_layout() -> None:
 @pytest.mark.parametrize("status, code", [(0, 0), (1 << 8, 1), (255 << 8, 255), (9, -9), (0x80 | 11, -11)])
 def test_exit_status_becomes_exit_code_or_minus_signal(status: int, code: int) -> None:
     assert exit_status_code(status) == code
+
+
+def test_cmdline_padding_left_by_a_rewritten_title_is_not_arguments() -> None:
+    from actors.datasets.process import parse_cmdline
+
+    assert parse_cmdline(b"hostaudit: supervisor" + b"\0" * 40) == ("hostaudit: supervisor",)
+    assert parse_cmdline(b"ls\0-l\0\0x\0") == ("ls", "-l", "", "x")
+    assert parse_cmdline(b"") == ()
