@@ -14,3 +14,13 @@ def sample_common(host: Mapping[str, Any]) -> dict[str, Any]:
     """The common fields of a sample event: a fixed agent, this ECS version, and `host`."""
     return {"agent": dict(SAMPLE_AGENT), "ecs": {"version": ECS_VERSION}, "service": {"type": "system"},
             "host": dict(host)}
+
+
+def flat_field_names(document: Any, prefix: str = "") -> set[str]:
+    """The dotted names of the leaves of a nested document (a list counts as one leaf)."""
+    if not isinstance(document, dict):
+        return {prefix}
+    names: set[str] = set()
+    for key, value in document.items():
+        names |= flat_field_names(value, f"{prefix}.{key}" if prefix else key)
+    return names

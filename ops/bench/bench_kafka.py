@@ -9,7 +9,6 @@ import io
 import logging
 import pstats
 import random
-import resource
 import shutil
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ from actors.outputs.kafka import KafkaOutput  # noqa: E402
 from actors.producer import DeliveryStats, ProducerActor, Pump  # noqa: E402
 from actors.spool import SpoolWriter  # noqa: E402
 from broker import BrokerError, KafkaBroker  # noqa: E402
+from cpu import cpu_children, cpu_self  # noqa: E402  (ops/bench/cpu.py)
 
 HOST_ID = "4d8e7f5b0a2c4e1f9b3a6c5d7e8f9a0b"
 AGENT_ID = "0b0d5b5e-7a1c-4f6e-9d8a-3f2e1c0b9a87"
@@ -122,16 +122,6 @@ class Run:
     @property
     def rate(self) -> float:
         return self.events / self.seconds
-
-
-def cpu_self() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def cpu_children() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def create_topics(bootstrap: str, names: list[str]) -> None:

@@ -21,20 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from actors.datasets import DatasetContext  # noqa: E402
 from actors.datasets.socket import SOCKET_CLOSED, SocketDataset  # noqa: E402
 from actors.sock_diag import Destroyed  # noqa: E402
+from cpu import cpu_children, cpu_self  # noqa: E402  (ops/bench/cpu.py)
 
 LOOPBACK = "127.0.0.1"
 LISTENERS = 4  # spread the clients over a few server ports
 ABORT_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER {on, 0}: close with RST, no TIME_WAIT left behind
-
-
-def cpu_self() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def cpu_children() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def raise_open_files(needed: int) -> None:

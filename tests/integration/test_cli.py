@@ -10,15 +10,8 @@ import pytest
 
 from tests.agent_harness import REPO
 
-ANNOUNCEMENT = """\
-- module: system
-  datasets: [host, user]
-  period: 1m
-  user.detect_password_changes: true
-- module: system
-  datasets: [process, socket]
-  period: 1s
-"""
+# The example from the Auditbeat announcement, as shipped (tests/unit/test_config.py checks it verbatim).
+ANNOUNCEMENT = (REPO / "settings" / "auditbeat-example.yml").read_text().rsplit("hostaudit.modules:\n", 1)[1]
 
 
 def hostaudit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

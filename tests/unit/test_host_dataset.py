@@ -24,7 +24,7 @@ from actors.datasets import DatasetContext, load_dataset
 from actors.datasets import host as host_dataset
 from actors.datasets.host import describe_host, format_mac, format_uptime
 from actors.event import CHANGE, ECS_VERSION, STATE, Event
-from tests.sample_support import sample_common
+from tests.sample_support import flat_field_names, sample_common
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "host.json"
 
@@ -127,16 +127,6 @@ def diff(previous: Any, current: Any, at_startup: bool = False) -> list[Event]:
 
 def audit(event: Event) -> dict[str, Any]:
     return event.fields["system"]["audit"]
-
-
-def flat_field_names(document: Any, prefix: str = "") -> set[str]:
-    """Return the dotted names of the leaves of a nested document (a list counts as one leaf)."""
-    if not isinstance(document, dict):
-        return {prefix}
-    names: set[str] = set()
-    for key, value in document.items():
-        names |= flat_field_names(value, f"{prefix}.{key}" if prefix else key)
-    return names
 
 
 # --------------------------------------------------------------------------------------------------------

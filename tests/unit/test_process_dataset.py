@@ -29,7 +29,7 @@ from actors.proc_connector import (PROC_EVENT_EXEC, PROC_EVENT_EXIT, PROC_EVENT_
                                    ProcessExec, ProcessExit, decode_datagram, exit_status_code,
                                    subscribe_message)
 from tests.hostfs import make_hostfs
-from tests.sample_support import sample_common
+from tests.sample_support import flat_field_names, sample_common
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "process.json"
 
@@ -109,15 +109,6 @@ def document(event: Event) -> dict[str, Any]:
     doc = event.stamped(1).to_document({})
     assert_ecs(doc)
     return doc
-
-
-def flat_field_names(value: Any, prefix: str = "") -> set[str]:
-    if not isinstance(value, dict):
-        return {prefix}
-    names: set[str] = set()
-    for key, child in value.items():
-        names |= flat_field_names(child, f"{prefix}.{key}" if prefix else key)
-    return names
 
 
 def exec_item(pid: int, details: Any = None, *, ppid: int | None = 1, fork_boot_ns: int | None = None,

@@ -28,7 +28,7 @@ from actors.sock_diag import (
     NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN, Destroyed, DumpError,
     decode_sockid, dump_request, parse_destroyed, parse_dump, parse_tcp_info,
 )
-from tests.sample_support import sample_common
+from tests.sample_support import flat_field_names, sample_common
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "socket.json"
 HOST_ID = "4d8e7f5b0a2c4e1f9b3a6c5d7e8f9a0b"
@@ -97,16 +97,6 @@ def destroyed(local: tuple[str, int], remote: tuple[str, int], cookie: int, *, p
 
 def document(event: Event) -> dict[str, Any]:
     return event.stamped(1).to_document({})
-
-
-def flat_field_names(value: Any, prefix: str = "") -> set[str]:
-    """The dotted names of the leaves of a nested document (a list counts as one leaf)."""
-    if not isinstance(value, dict):
-        return {prefix}
-    names: set[str] = set()
-    for key, child in value.items():
-        names |= flat_field_names(child, f"{prefix}.{key}" if prefix else key)
-    return names
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from actors.datasets import user as user_dataset
 from actors.ecs import assert_ecs
 from actors.entity import user_entity_id
 from actors.event import CHANGE, ECS_VERSION, STATE, Event
-from tests.sample_support import sample_common
+from tests.sample_support import flat_field_names, sample_common
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "user.json"
 
@@ -667,16 +667,6 @@ def test_shadow_entries_do_not_show_their_hash() -> None:
 # --------------------------------------------------------------------------------------------------------
 # Sample document
 # --------------------------------------------------------------------------------------------------------
-
-def flat_field_names(document: Any, prefix: str = "") -> set[str]:
-    """Return the dotted names of the leaves of a nested document (a list counts as one leaf)."""
-    if not isinstance(document, dict):
-        return {prefix}
-    names: set[str] = set()
-    for key, value in document.items():
-        names |= flat_field_names(value, f"{prefix}.{key}" if prefix else key)
-    return names
-
 
 def sample_document(root: Path) -> dict[str, Any]:
     """Return the `user_added` document for user elastic, as the runtime would write it."""
