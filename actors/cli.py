@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from actors import __version__
+
+if TYPE_CHECKING:
+    from actors.config import Settings
 
 log = logging.getLogger("hostaudit")
 
@@ -60,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(settings)
 
 
-def _run(settings: "Settings") -> int:  # noqa: F821 - imported lazily above
+def _run(settings: "Settings") -> int:
     import setproctitle
 
     from actors.agent import load_agent_identity, load_digest_key

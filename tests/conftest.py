@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
 from tests.agent_harness import Agent
+
+if TYPE_CHECKING:
+    from tests.kafka_support import KafkaBroker
 
 
 @pytest.fixture
@@ -40,7 +43,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator["KafkaBroker"]:  # noqa: F821
+def own_broker(tmp_path: Path) -> Iterator["KafkaBroker"]:
     """A broker of the test's own, to stop, restart or give TLS listeners without disturbing the others."""
     from tests.kafka_support import KafkaBroker
 

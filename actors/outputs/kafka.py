@@ -13,7 +13,7 @@ import sys
 import time
 from collections import abc
 from json.decoder import WHITESPACE, scanstring
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaConfigurationError, KafkaError

@@ -284,7 +284,7 @@ def deliver_all(pump: Callable[[], Any], acknowledged: Callable[[], int], count:
     while acknowledged() < count:
         result = pump()
         if result.retry_after:
-            raise SystemExit(f"hostaudit path: the output failed during the benchmark")
+            raise SystemExit("hostaudit path: the output failed during the benchmark")
         if time.monotonic() > deadline:
             raise SystemExit(f"hostaudit path: {acknowledged()} of {count} acknowledged after {DEADLINE_SECONDS} s")
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.agent_harness import REPO, wait_for
 from tests.hostfs import make_hostfs, set_hostname
-from tests.kafka_support import consume_all, make_ssl_material, wait_for_topic_events
+from tests.kafka_support import make_ssl_material, wait_for_topic_events
 
 pytestmark = pytest.mark.kafka
 

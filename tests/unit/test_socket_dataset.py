@@ -23,7 +23,7 @@ from actors.datasets.socket import (
 )
 from actors.ecs import assert_ecs
 from actors.entity import process_entity_id, socket_entity_id
-from actors.event import CHANGE, ECS_VERSION, STATE, Event
+from actors.event import CHANGE, STATE, Event
 from actors.sock_diag import (
     NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN, Destroyed, DumpError,
     decode_sockid, dump_request, parse_destroyed, parse_dump, parse_tcp_info,
