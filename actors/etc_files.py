@@ -429,3 +429,41 @@ def _warn_unreadable(path: Path, error: procfs.Unreadable, log: logging.Logger) 
     if str(path) not in _unreadable_reported:
         _unreadable_reported.add(str(path))
         log.warning("%s; user and group names from it are left out", error)
+
+
+class AccountNames:
+    """User names by uid and group names by gid from `<hostfs>/etc/passwd` and `/etc/group` (not NSS), for the
+    datasets that put names on their events. Looks whether a file changed at most every `recheck_seconds`;
+    an unknown id has no name (the event leaves the name out rather than failing)."""
+
+    def __init__(self, hostfs: Path, recheck_seconds: float = 1.0) -> None:
+        self.hostfs = Path(hostfs)
+        self.recheck_seconds = recheck_seconds
+        self._checked_at = float("-inf")
+        self._users: dict[int, str] = {}
+        self._groups: dict[int, str] = {}
+
+    def refresh(self) -> None:
+        """Look at the files now (they are parsed again only if they changed)."""
+        self._checked_at = time.monotonic()
+        self._users = {uid: entry.name for uid, entry in read_passwd(self.hostfs).items()}
+        self._groups = {gid: entry.name for gid, entry in read_group(self.hostfs).items()}
+
+    def _fresh(self) -> None:
+        if time.monotonic() - self._checked_at >= self.recheck_seconds:
+            self.refresh()
+
+    def user(self, uid: int | str) -> str | None:
+        self._fresh()
+        return self._users.get(_as_id(uid))
+
+    def group(self, gid: int | str) -> str | None:
+        self._fresh()
+        return self._groups.get(_as_id(gid))
+
+
+def _as_id(value: int | str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return -1  # no account has it

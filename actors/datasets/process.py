@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence, TypedDict
 
 from actors import procfs
+from actors.etc_files import AccountNames
 from actors.config import ConfigError
 from actors.datasets import DatasetContext
 from actors.datasets.host import read_boot_id, read_boot_time
@@ -372,58 +373,6 @@ def is_kernel_thread(details: ProcessDetails) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# User and group names from <hostfs>/etc/passwd and /etc/group (not NSS)
-# ---------------------------------------------------------------------------------------------------------
-
-class _NameFile:
-    """id -> name of a passwd-format file, re-read only when the file changes (inode, size, mtime)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._identity: tuple[int, int, int] | None = None
-        self.names: dict[str, str] = {}
-
-    def refresh(self) -> None:
-        try:
-            status = os.stat(self.path)
-        except OSError:
-            self._identity, self.names = None, {}
-            return
-        identity = (status.st_ino, status.st_size, status.st_mtime_ns)
-        if identity == self._identity:
-            return
-        names: dict[str, str] = {}
-        try:
-            text = procfs.read_text(self.path) or ""
-        except procfs.Unreadable as error:
-            LOG.warning("%s; user and group names are left out", error)
-            text = ""
-        for line in text.splitlines():
-            parts = line.split(":")
-            if len(parts) >= 3 and parts[0] and not parts[0].startswith(("#", "+", "-")):
-                names.setdefault(parts[2].strip(), parts[0])  # the first entry wins, as getpwuid(3)
-        self._identity, self.names = identity, names
-
-
-class AccountNames:
-    """User names by uid and group names by gid, from the host's own files (a container's NSS would lie)."""
-
-    def __init__(self, hostfs: Path) -> None:
-        self._users = _NameFile(procfs.host_path(hostfs, "/etc/passwd"))
-        self._groups = _NameFile(procfs.host_path(hostfs, "/etc/group"))
-
-    def refresh(self) -> None:
-        self._users.refresh()
-        self._groups.refresh()
-
-    def user(self, uid: str) -> str | None:
-        return self._users.names.get(uid)
-
-    def group(self, gid: str) -> str | None:
-        return self._groups.names.get(gid)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Events (pure functions of records)
 # ---------------------------------------------------------------------------------------------------------
 
@@ -626,7 +575,7 @@ class ProcessDataset:
         self.host_id = context.host_id
         self.options = process_options(context.options)
         self.hasher = ExecutableHasher(self.options.hash) if self.options.hash.enabled else None
-        self.names = AccountNames(self.hostfs)
+        self.names = AccountNames(self.hostfs)  # from <hostfs>/etc/passwd and /etc/group, not NSS
         self.boot_id = read_boot_id(self.hostfs)
         self.boot_time = read_boot_time(self.hostfs)
         self._known: dict[str, ProcessRecord] = {}  # the last poll's records, reused while (pid, ticks) holds

@@ -82,6 +82,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from actors import procfs
+from actors.etc_files import AccountNames
 from actors.config import parse_duration, parse_size
 from actors.datasets import DatasetContext
 from actors.entity import process_entity_id, socket_entity_id
@@ -207,8 +208,6 @@ class ListenerTable:
                 for transport, by_port in self._ports.items()}
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Users (<hostfs>/etc/passwd, re-read when it changes)
 # ---------------------------------------------------------------------------------------------------------
 
 def parse_passwd(content: str) -> dict[int, str]:
@@ -669,7 +668,7 @@ class EventContext:
     """What turning a record into an event needs besides the record."""
 
     host_id: str
-    users: UserNames
+    users: AccountNames
     processes: Mapping[str, Sequence[Any]]
 
 
@@ -786,7 +785,7 @@ def _add_user(fields: dict[str, Any], record: Sequence[Any], context: EventConte
     uid = record[R_UID]
     if uid is None:
         return "", -1
-    name = context.users.name(uid)
+    name = context.users.user(uid) or ""
     fields["user"] = {"id": str(uid), **({"name": name} if name else {})}
     if name:
         fields["related"]["user"] = [name]
@@ -859,7 +858,7 @@ class SocketDataset:
         self.host_id = context.host_id
         self.options = SocketOptions.from_mapping(context.options)
         self.observer = SocketObserver(self.hostfs, self.options)
-        self.users = UserNames(self.hostfs)
+        self.users = AccountNames(self.hostfs)  # from <hostfs>/etc/passwd, not NSS
         self._recently_closed: OrderedDict[str, None] = OrderedDict()
         self._stream_warned = False
 

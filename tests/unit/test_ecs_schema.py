@@ -427,7 +427,7 @@ def test_committed_table_is_byte_identical_to_what_the_generator_writes() -> Non
     assert generator.render(json.loads(text)) == text
 
 
-# --- the generator (on a synthetic ecs_flat.yml; tests never read ../shared) -------------------------------------
+# --- the generator (on a synthetic ecs_flat.yml; tests never read the ECS source file) -------------------------------------
 
 SYNTHETIC_FLAT = """\
 '@timestamp': {flat_name: '@timestamp', type: date, normalize: []}

@@ -19,7 +19,7 @@ from actors.datasets import DatasetContext
 from actors.datasets import socket as socket_dataset
 from actors.datasets.socket import (
     INBOUND, LISTENING, OUTBOUND, SOCKET_CLOSED, TCP, UDP, ListenerTable, SocketDataset, SocketOptions,
-    community_id, new_record, new_snapshot, parse_passwd, parse_stat,
+    community_id, new_record, new_snapshot, parse_stat,
 )
 from actors.ecs import assert_ecs
 from actors.entity import process_entity_id, socket_entity_id
@@ -28,6 +28,7 @@ from actors.sock_diag import (
     NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN, Destroyed, DumpError,
     decode_sockid, dump_request, parse_destroyed, parse_dump, parse_tcp_info,
 )
+from actors.etc_files import AccountNames
 from tests.sample_support import flat_field_names, sample_common
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "socket.json"
@@ -270,7 +271,7 @@ def test_user_id_is_a_string_and_an_unknown_uid_has_no_name(hostfs: Path) -> Non
 
 def test_user_name_follows_changes_to_the_passwd_file(hostfs: Path) -> None:
     monitored = dataset(hostfs)
-    monitored.users.RECHECK_SECONDS = 0.0
+    monitored.users.recheck_seconds = 0.0
     before = monitored.state_report(snapshot({"2": curl_outbound()}))
     (hostfs / "etc" / "passwd").write_text(PASSWD.replace("alice:", "alicia:"))
     after = monitored.state_report(snapshot({"2": curl_outbound()}))
@@ -573,9 +574,13 @@ def test_parse_stat_handles_spaces_and_parentheses_in_the_name() -> None:
     assert parse_stat("4242 (truncated") is None
 
 
-def test_parse_passwd_takes_the_first_entry_of_a_uid() -> None:
-    names = parse_passwd("# comment\nroot:x:0:0::/:/bin/sh\ntoor:x:0:0::/:/bin/sh\n+nis::::::\nbad line\n")
-    assert names == {0: "root"}
+def test_user_names_take_the_first_entry_of_a_uid(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("# comment\nroot:x:0:0::/:/bin/sh\ntoor:x:0:0::/:/bin/sh\n"
+                                            "+nis::::::\nbad line\n")
+    (tmp_path / "etc" / "group").write_text("root:x:0:\n")
+    names = AccountNames(tmp_path)
+    assert (names.user(0), names.user("0"), names.user(1), names.group(0)) == ("root", "root", None, "root")
 
 
 def test_registry_style_construction(hostfs: Path) -> None:
