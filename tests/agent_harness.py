@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -106,6 +107,14 @@ class Agent:
             except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
                 continue
         return None
+
+    def committed_sequence(self, dataset: str = "host") -> int:
+        """The last event.sequence the dataset spooled and committed (0 before its first commit)."""
+        if not (self.data / "state.db").exists():
+            return 0
+        with sqlite3.connect(self.data / "state.db") as db:
+            row = db.execute("SELECT sequence FROM dataset_state WHERE dataset = ?", (dataset,)).fetchone()
+        return int(row[0]) if row else 0
 
     def wait_for_role(self, role: str, timeout: float, not_pid: int | None = None) -> int:
         return wait_for(lambda: (pid := self.role_pid(role)) and pid != not_pid and pid, timeout,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,15 +25,6 @@ def kafka_overrides(bootstrap: str, topic: str, *extra: str) -> tuple[str, ...]:
     return ("output.file.enabled=false", "output.kafka.enabled=true", f"output.kafka.hosts=[{bootstrap}]",
             f"output.kafka.topic={topic}", "output.kafka.timeout=5s", "output.kafka.backoff.init=200ms",
             "output.kafka.backoff.max=2s", *extra)
-
-
-def committed_sequence(data: Path, dataset: str = "host") -> int:
-    """The last event.sequence the dataset spooled and committed (0 before its first commit)."""
-    if not (data / "state.db").exists():
-        return 0
-    with sqlite3.connect(data / "state.db") as db:
-        row = db.execute("SELECT sequence FROM dataset_state WHERE dataset = ?", (dataset,)).fetchone()
-    return int(row[0]) if row else 0
 
 
 def host_sequences(messages) -> set[int]:
@@ -66,11 +56,11 @@ def test_broker_down_for_30_seconds_loses_nothing(agent_factory, own_broker, tmp
         set_hostname(hostfs, f"n{changes}")
         time.sleep(0.5)
     agent.wait_for_log("output unavailable", 5)
-    produced_while_down = committed_sequence(agent.data)
+    produced_while_down = agent.committed_sequence()
     assert produced_while_down > 20, "the collector kept running and spooling while the broker was down"
     own_broker.restart_same_data()
     set_hostname(hostfs, "final")
-    final = wait_for(lambda: committed_sequence(agent.data) > produced_while_down and committed_sequence(agent.data),
+    final = wait_for(lambda: agent.committed_sequence() > produced_while_down and agent.committed_sequence(),
                      10, "a change after the broker came back")
     messages = wait_for_topic_events(own_broker.bootstrap, topic,
                                      lambda m: set(range(1, final + 1)) <= host_sequences(m), 90,
@@ -95,7 +85,7 @@ def test_kill_9_of_the_whole_agent_repeatedly_loses_nothing(agent_factory, kafka
             time.sleep(0.1)
         os.killpg(agent.pid, signal.SIGKILL)  # the whole agent: supervisor, forkserver, collectors, producer
         agent.process.wait(10)
-    spooled = committed_sequence(agent.data)
+    spooled = agent.committed_sequence()
     assert spooled > 10
     agent = agent_factory(overrides=overrides)
     messages = wait_for_topic_events(kafka_bootstrap, topic,
@@ -110,10 +100,10 @@ def test_torn_spool_tail_is_recovered_on_start(agent_factory, kafka_bootstrap: s
     # The broker is unreachable at first, so events stay in the spool.
     overrides = kafka_overrides("127.0.0.1:1", topic, f"hostfs={hostfs}", FAST_HOST)
     agent = agent_factory(overrides=overrides)
-    wait_for(lambda: committed_sequence(agent.data) >= 1, 10, "the first host state spooled")
+    wait_for(lambda: agent.committed_sequence() >= 1, 10, "the first host state spooled")
     for index in range(1, 6):
         set_hostname(hostfs, f"t{index}")
-        wait_for(lambda: committed_sequence(agent.data) >= index + 1, 10, f"change {index} spooled")
+        wait_for(lambda: agent.committed_sequence() >= index + 1, 10, f"change {index} spooled")
     agent.terminate()
     segments = sorted((agent.data / "spool" / "host").glob("*.seg"))
     last = segments[-1]
@@ -163,7 +153,7 @@ def test_unknown_host_is_one_clear_error_and_the_agent_stays_alive(agent_factory
     agent = agent_factory(overrides=kafka_overrides("no-such-host.invalid:9092", "nowhere"))
     agent.wait_for_log("output unavailable", 30)
     assert agent.process.poll() is None, "a broken output never stops the agent"
-    assert committed_sequence(agent.data) >= 1, "events are kept in the spool"
+    assert agent.committed_sequence() >= 1, "events are kept in the spool"
 
 
 def test_tls_delivery_with_verification_and_wrong_ca_fails_clearly(agent_factory, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from actors.datasets.process import ERROR, STARTED, STOPPED, ProcessDataset
 from actors.ecs import assert_ecs
 from actors.event import Event
 from actors.proc_connector import ProcConnector, ProcessExec, ProcessExit
+from tests.agent_harness import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_ID = "0123456789abcdef0123456789abcdef"
@@ -38,14 +39,6 @@ def dataset(backend: str = "procfs", **options: Any) -> ProcessDataset:
     return process_dataset.create(DatasetContext(hostfs=Path("/"), options={"backend": backend, **options},
                                                  host_id=HOST_ID))
 
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def read_until(stream: ProcConnector, done: Callable[[list[Any]], bool], timeout: float, what: str) -> list[Any]:

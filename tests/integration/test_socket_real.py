@@ -23,6 +23,7 @@ from actors.ecs import assert_ecs
 from actors.entity import process_entity_id
 from actors.event import Event
 from actors.sock_diag import TCP_FIN_WAIT2, DestroyListener, Destroyed, destroy_groups
+from tests.agent_harness import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: /proc/*/fd of other users, destroy groups")
 
@@ -54,14 +55,8 @@ LOOPBACKS = ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(not ipv6_
 
 
 def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.01)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+    """The harness's wait_for, with this module's argument order and default deadline."""
+    return wait_for(condition, timeout, what)
 
 
 @pytest.fixture
