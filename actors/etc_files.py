@@ -390,26 +390,25 @@ def _first_by(entries: Sequence[T], key: Callable[[T], int]) -> dict[int, T]:
     return index
 
 
-def read_passwd(hostfs: Path, log: logging.Logger = LOG) -> dict[int, PasswdEntry]:
-    """Return uid -> passwd entry of `<hostfs>/etc/passwd` ({} when absent or unreadable, with one warning)."""
-    path = procfs.host_path(Path(hostfs), PASSWD)
+def _read_indexed(hostfs: Path, relative: str, parser: Callable[[bytes], Parsed], key: Callable[[T], int],
+                  log: logging.Logger) -> dict[int, T]:
+    path = procfs.host_path(Path(hostfs), relative)
     try:
-        entries = load_cached(path, parse_passwd, log).parsed.entries
+        entries = load_cached(path, parser, log).parsed.entries
     except procfs.Unreadable as error:
         _warn_unreadable(path, error, log)
         return {}
-    return _first_by(entries, lambda entry: entry.uid)
+    return _first_by(entries, key)
+
+
+def read_passwd(hostfs: Path, log: logging.Logger = LOG) -> dict[int, PasswdEntry]:
+    """Return uid -> passwd entry of `<hostfs>/etc/passwd` ({} when absent or unreadable, with one warning)."""
+    return _read_indexed(hostfs, PASSWD, parse_passwd, lambda entry: entry.uid, log)
 
 
 def read_group(hostfs: Path, log: logging.Logger = LOG) -> dict[int, GroupEntry]:
     """Return gid -> group entry of `<hostfs>/etc/group` ({} when absent or unreadable, with one warning)."""
-    path = procfs.host_path(Path(hostfs), GROUP)
-    try:
-        entries = load_cached(path, parse_group, log).parsed.entries
-    except procfs.Unreadable as error:
-        _warn_unreadable(path, error, log)
-        return {}
-    return _first_by(entries, lambda entry: entry.gid)
+    return _read_indexed(hostfs, GROUP, parse_group, lambda entry: entry.gid, log)
 
 
 def user_names(hostfs: Path) -> Mapping[int, str]:

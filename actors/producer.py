@@ -127,9 +127,5 @@ class ProducerActor(pykka.ThreadingActor):
                         self._backoff)
         return PumpResult(more=False, retry_after=self._backoff)
 
-    def pending(self) -> bool:
-        self._discover_spools()
-        return any(reader.has_pending() for reader in self.readers.values())
-
     def on_stop(self) -> None:
         self.output.close()
