@@ -22,6 +22,7 @@ from actors.spool import (
     ACK_FILE,
     HEADER,
     HEADER_SIZE,
+    MAGIC,
     SpooledRecord,
     SpoolPosition,
     SpoolReader,
@@ -41,7 +42,7 @@ def payload_for(sequence: int) -> bytes:
 def encode(sequence: int, payload: bytes) -> bytes:
     """One record exactly as the spool stores it."""
     checksum = crc32c(sequence.to_bytes(8, "little") + payload)
-    return HEADER.pack(len(payload), checksum, sequence) + payload
+    return HEADER.pack(MAGIC, len(payload), checksum, sequence) + payload
 
 
 def append_range(writer: SpoolWriter, first: int, last: int) -> None:
@@ -95,10 +96,10 @@ def test_round_trip_returns_every_record_in_order_with_its_payload(directory: Pa
 
 
 def test_reader_started_before_the_writer_sees_records_once_they_exist(directory: Path) -> None:
-    reader = SpoolReader(directory)
+    reader = SpoolReader(directory)  # creates the directory (private) to hold its lock file, nothing else
     assert reader.read(100, 1 << 20) == []
     assert reader.pending_bytes() == 0 and not reader.has_pending()
-    assert not directory.exists()
+    assert sorted(os.listdir(directory)) == ["reader.lock"]
     with SpoolWriter(directory) as writer:
         assert reader.read(100, 1 << 20) == []
         append_range(writer, 1, 3)
@@ -171,7 +172,11 @@ def test_acknowledge_deletes_closed_segments_it_covers_and_never_the_newest(dire
     assert segment_files(directory) == [segment_name(7)]
     assert reader.pending_bytes() == 0 and not reader.has_pending()
     reader.acknowledge(records[2].position)  # going backwards is ignored
-    assert json.loads((directory / ACK_FILE).read_text()) == {"segment": segment_name(7), "offset": 78, "sequence": 9}
+    assert json.loads((directory / ACK_FILE).read_text()) == {
+        "segment": segment_name(7),
+        "offset": 3 * (HEADER_SIZE + 10),
+        "sequence": 9,
+    }
 
     writer.append([(10, b"0123456789")])  # starts segment 10: segment 7 is closed now, the reader moves on
     assert reader.pending_bytes() == HEADER_SIZE + 10
@@ -230,36 +235,47 @@ def _flip_a_byte(path: Path, last_record_start: int) -> None:
 
 @pytest.mark.parametrize("damage", [_truncate_in_header, _truncate_in_payload, _flip_a_byte])
 @pytest.mark.parametrize("segment_bytes", [1 << 20, 3000], ids=["one-segment", "many-segments"])
-def test_torn_tail_is_cut_on_reopen_and_every_good_record_is_read_once(
-    directory: Path, spool_log: pytest.LogCaptureFixture, damage: Callable[[Path, int], None], segment_bytes: int
+def test_torn_tail_is_kept_until_the_writer_moves_on_then_set_aside_and_every_good_record_is_read_once(
+    directory: Path,
+    tmp_path: Path,
+    spool_log: pytest.LogCaptureFixture,
+    damage: Callable[[Path, int], None],
+    segment_bytes: int,
 ) -> None:
     with SpoolWriter(directory, segment_bytes=segment_bytes) as writer:
         append_range(writer, 1, 10)
     newest = directory / segment_files(directory)[-1]
     last_record_start = newest.stat().st_size - HEADER_SIZE - len(payload_for(10))
     damage(newest, last_record_start)
-    damaged_size = newest.stat().st_size
+    damaged = newest.read_bytes()
+    corrupt = tmp_path / "corrupt"
 
-    reader = SpoolReader(directory)  # running while the writer is down: stops before the bad record
+    reader = SpoolReader(directory, corrupt_dir=corrupt)  # running while the writer is down: waits at the bad record
     assert sequences(read_available(reader)) == list(range(1, 10))
-    assert newest.stat().st_size == damaged_size  # only the writer repairs
+    assert spool_messages(spool_log, logging.WARNING) == []  # the newest segment: maybe a write in progress
 
     with SpoolWriter(directory, segment_bytes=segment_bytes) as reopened:
         assert reopened.last_sequence == 9
-        warnings = spool_messages(spool_log, logging.WARNING)
-        assert len(warnings) == 1
-        assert str(newest) in warnings[0]
-        assert f"offset {last_record_start}" in warnings[0]
-        assert f"{damaged_size - last_record_start} bytes dropped" in warnings[0]
-        assert newest.stat().st_size == last_record_start
         reopened.append([(10, b"re-sent 10"), (11, payload_for(11))])
+    assert segment_name(10) in segment_files(directory)  # a new segment: the damaged one is never appended to
 
     records = read_available(reader)
     assert sequences(records) == [10, 11] and records[0].payload == b"re-sent 10"
+    warnings = spool_messages(spool_log, logging.WARNING)
+    assert len(warnings) == 1
+    if last_record_start == 0:  # the torn record was alone in its segment: the writer moved the file aside
+        assert str(newest) in warnings[0] and "not part of the spool" in warnings[0]
+        assert (directory / f"{newest.name}.stray").read_bytes() == damaged
+    else:  # the reader copied the torn tail aside once a newer segment closed the damaged one
+        assert newest.read_bytes() == damaged  # never modified
+        assert str(newest) in warnings[0]
+        assert f"offset {last_record_start}" in warnings[0]
+        assert f"{len(damaged) - last_record_start} bytes" in warnings[0]
+        assert (corrupt / f"process-{newest.name}-{last_record_start}.bad").read_bytes() == damaged[last_record_start:]
+        assert stat.S_IMODE(corrupt.stat().st_mode) == 0o700
     reader.close()
     with SpoolReader(directory) as from_scratch:
         assert sequences(read_available(from_scratch)) == list(range(1, 12))
-    assert len(spool_messages(spool_log, logging.WARNING)) == 1
 
 
 def test_reader_stops_before_a_record_being_written_and_resumes_when_it_completes(directory: Path) -> None:
@@ -279,8 +295,8 @@ def test_reader_stops_before_a_record_being_written_and_resumes_when_it_complete
     reader.close()
 
 
-def test_corrupt_record_in_a_closed_segment_is_skipped_with_an_error(
-    directory: Path, spool_log: pytest.LogCaptureFixture
+def test_corrupt_record_in_a_closed_segment_is_set_aside_and_reading_resumes_after_it(
+    directory: Path, tmp_path: Path, spool_log: pytest.LogCaptureFixture
 ) -> None:
     record_bytes = HEADER_SIZE + 100
     with SpoolWriter(directory, segment_bytes=4 * record_bytes) as writer:
@@ -290,32 +306,40 @@ def test_corrupt_record_in_a_closed_segment_is_skipped_with_an_error(
     data[record_bytes + HEADER_SIZE + 50] ^= 0xFF  # the payload of sequence 6
     closed.write_bytes(bytes(data))
 
-    with SpoolReader(directory) as reader:
-        assert sequences(read_available(reader)) == [1, 2, 3, 4, 5, 9]
-    errors = spool_messages(spool_log, logging.ERROR)
-    assert len(errors) == 1
-    assert str(closed) in errors[0] and f"offset {record_bytes}" in errors[0] and f"{3 * record_bytes} bytes" in errors[0]
+    with SpoolReader(directory, corrupt_dir=tmp_path / "corrupt") as reader:
+        assert sequences(read_available(reader)) == [1, 2, 3, 4, 5, 7, 8, 9]
+        reader.rewind()  # read again: the same bad stretch is skipped without another warning
+        assert sequences(read_available(reader)) == [1, 2, 3, 4, 5, 7, 8, 9]
+    warnings = spool_messages(spool_log, logging.WARNING)
+    assert len(warnings) == 1
+    assert str(closed) in warnings[0] and f"offset {record_bytes}" in warnings[0] and f"{record_bytes} bytes" in warnings[0]
+    copy = tmp_path / "corrupt" / f"process-{segment_name(5)}-{record_bytes}.bad"
+    assert copy.read_bytes() == bytes(data[record_bytes : 2 * record_bytes])
 
 
-def test_record_with_a_valid_crc_but_no_greater_sequence_is_treated_as_corrupt(
+def test_record_with_a_valid_crc_but_no_greater_sequence_is_set_aside_and_a_stray_file_is_moved_out(
     directory: Path, spool_log: pytest.LogCaptureFixture
 ) -> None:
     directory.mkdir(parents=True)
     segment = directory / segment_name(100)
-    segment.write_bytes(encode(100, b"first") + encode(101, b"second") + encode(101, b"repeated") + encode(102, b"x"))
+    content = encode(100, b"first") + encode(101, b"second") + encode(101, b"repeated") + encode(102, b"x")
+    segment.write_bytes(content)
     with SpoolReader(directory) as reader:
-        assert sequences(read_available(reader)) == [100, 101]
+        assert sequences(read_available(reader)) == [100, 101, 102]
+    assert len(spool_messages(spool_log, logging.WARNING)) == 1  # the repeated record
     with SpoolWriter(directory) as writer:
-        assert writer.last_sequence == 101
-        assert segment.stat().st_size == len(encode(100, b"first") + encode(101, b"second"))
+        assert writer.last_sequence == 102
+    assert segment.read_bytes() == content  # the writer never cuts a segment
     (directory / segment_name(200)).write_bytes(encode(150, b"below its segment's name"))
     with SpoolWriter(directory) as writer:
-        assert writer.last_sequence == 199  # empty newest segment: its name minus one
-        assert (directory / segment_name(200)).stat().st_size == 0
+        assert writer.last_sequence == 102  # the stray does not make the sequence jump
+        writer.append([(103, b"next")])
+    assert segment_files(directory) == [segment_name(100), segment_name(103)]
+    assert (directory / f"{segment_name(200)}.stray").exists()
     assert len(spool_messages(spool_log, logging.WARNING)) == 2
 
 
-def test_acknowledged_tail_lost_in_a_crash_is_not_resent_and_its_sequences_not_reused(
+def test_cursor_beyond_the_data_lost_in_a_crash_is_refused_and_the_stored_records_are_resent(
     directory: Path, spool_log: pytest.LogCaptureFixture
 ) -> None:
     # The reader read and acknowledged records the OS had not yet written to disk when the machine crashed.
@@ -326,13 +350,17 @@ def test_acknowledged_tail_lost_in_a_crash_is_not_resent_and_its_sequences_not_r
     reader.close()
     segment = directory / segment_name(1)
     os.truncate(segment, sum(HEADER_SIZE + len(payload_for(sequence)) for sequence in range(1, 8)))
+    cursor = (directory / ACK_FILE).read_text()
 
+    with SpoolReader(directory) as before_the_writer:  # the cursor points past the last good record: refused
+        assert sequences(read_available(before_the_writer)) == list(range(1, 8))
+    assert any("refused" in message for message in spool_messages(spool_log, logging.WARNING))
+    (directory / ACK_FILE).write_text(cursor)
     with SpoolWriter(directory) as writer:
-        assert writer.last_sequence == 10  # 8..10 reached the output: their sequences stay used
-        append_range(writer, 11, 30)  # now the stale cursor offset points inside record 11 or later
-    with SpoolReader(directory) as restarted:
-        assert sequences(read_available(restarted)) == list(range(11, 31))
-    assert any("does not end a spooled record" in message for message in spool_messages(spool_log, logging.WARNING))
+        assert writer.last_sequence == 7  # what is stored, not what the refused cursor claims
+        append_range(writer, 8, 30)
+    with SpoolReader(directory) as restarted:  # the cursor's sequence 10 lies beyond segment 8's first: refused
+        assert sequences(read_available(restarted)) == list(range(1, 31))
 
 
 def test_unreadable_cursor_resends_from_the_oldest_record(directory: Path, spool_log: pytest.LogCaptureFixture) -> None:
