@@ -184,8 +184,10 @@ class DiagSocket:
 class Destroyed:
     """A socket the kernel destroyed (a sock_diag destroy notification), with its last TCP counters.
 
-    The kernel gives no uid and no inode at destruction (both 0): only who it was (addresses, ports, cookie)
-    and, for TCP, its tcp_info. `at` is when the notification was read (epoch seconds).
+    The kernel gives no uid and no inode at destruction: inet_diag_handler_get_info zeroes the inet_diag_msg and
+    fills only who it was (addresses, ports, cookie, state) and, for TCP, its tcp_info; idiag_uid is 0 for every
+    socket, whoever owned it, so it is not parsed (it would make every short-lived socket root's).
+    `at` is when the notification was read (epoch seconds).
     """
 
     family: int

@@ -34,14 +34,23 @@
 # sockets), and only then, at most every `full_scan_interval` seconds, in all the others. An inode a full scan
 # missed is looked for only in new processes and at the next full scan, and given up after two ("process not
 # found (inode=N)": a kernel socket, another pid namespace, a descriptor in flight). The process is the one that
-# held the socket when it was first attributed; it is kept after that process closes the socket or exits.
+# held the socket when it was first attributed; it is kept after that process closes the socket or exits. The
+# last attribution of each inode is also remembered apart from the record (at most ATTRIBUTION_MEMORY inodes,
+# dropped once no dumped socket has the inode): a socket that comes back as a new record while its inode lives
+# (a UDP socket connected, a bound TCP socket connecting: new endpoints) keeps its process even if that process
+# exited before the new record could be attributed.
 #
 # User. `user.id` is the socket's uid as the kernel reports it, a string (ECS keyword); `user.name` comes from
-# <hostfs>/etc/passwd (not NSS). An unknown uid leaves the name out instead of failing the whole report.
+# <hostfs>/etc/passwd (not NSS). An unknown uid leaves the name out instead of failing the whole report. The
+# user is reported whether or not the process is known: the uid comes from the dump, not from the process.
 #
 # Events. `existing_socket` (state), `socket_opened`, `socket_closed`; event.category ["network"], event.type
 # ["connection", "info" | "start" | "end"]; Auditbeat's v1 message ("Inbound socket (10.0.2.2:55270 ->
 # 10.0.2.15:22) CLOSED by process sshd (PID: 22799) and user root (UID: 0)"), with IPv6 addresses in brackets.
+# An unknown process or user is left out of the fields and of the message, as Auditbeat's process dataset leaves
+# out a missing user (" by user X" only when there is one), instead of v1's "process  (PID: -1)" or
+# "user  (UID: -1)": "... CLOSED by user root (UID: 0)", "... CLOSED" when neither is known; an unknown name is
+# left out too ("user (UID: 4242)").
 # `socket.entity_id` is not an ECS field: it is emitted as `system.audit.socket.entity_id` (Auditbeat's
 # algorithm, actors/entity.py, hashed with the inode the socket had when first seen), next to
 # `system.audit.socket.cookie` (the kernel's socket cookie) and `system.audit.socket.state` (TCP state name).
@@ -51,10 +60,12 @@
 # between two polls, with the kernel's tcp_info counters (source/destination.bytes from tcpi_bytes_acked and
 # tcpi_bytes_received, .packets from tcpi_segs_out/in, by direction; the kernel counts SYN and FIN in these byte
 # counters, so an empty connection shows 1-2 bytes) and event.duration when the opening was seen. The kernel
-# gives neither uid nor inode at destruction: the process and user come from the snapshot when the socket was
-# seen by a poll. A socket never seen gets a synthesized `socket_opened` followed by its `socket_closed`, both
-# marked `system.audit.socket.short_lived: true` (the opened one also `synthesized: true`) and timestamped at the
-# close, with no process and no user: nothing is left to attribute them from. `event.start` and
+# gives neither uid nor inode at destruction (inet_diag_handler_get_info zeroes the inet_diag_msg and fills
+# only the sockid and state: idiag_uid is 0 whoever owned the socket, so it is not read as root): the process
+# and user come from the snapshot when the socket was seen by a poll. A socket never seen gets a synthesized
+# `socket_opened` followed by its `socket_closed`, both marked `system.audit.socket.short_lived: true` (the
+# opened one also `synthesized: true`) and timestamped at the close, with no process and no user (left out of
+# the message too): nothing is left to attribute them from. `event.start` and
 # `event.duration` use the time the socket was first seen by a poll, within one period after it opened; they
 # are left out for sockets already there at the agent's first poll.
 #
@@ -93,12 +104,21 @@ from actors.sock_diag import (
 )
 
 DATASET = "socket"
+# Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field).
+FIELDS: frozenset[str] = frozenset({
+    "network.direction", "network.transport", "network.type", "network.iana_number", "network.community_id",
+    "network.bytes", "network.packets", "source.ip", "source.port", "source.bytes", "source.packets",
+    "destination.ip", "destination.port", "destination.bytes", "destination.packets", "related.ip",
+    "related.user", "process.pid", "process.name", "process.executable", "process.entity_id", "user.id",
+    "user.name", "error.message",
+})
 LOG = logging.getLogger("hostaudit.socket")
 
 SNAPSHOT_VERSION = 1
 DEFAULT_FULL_SCAN_INTERVAL = 10.0  # seconds between full /proc/*/fd scans for sockets no cheaper step attributed
 DEFAULT_STREAM_BUFFER = 16 << 20  # SO_RCVBUFFORCE for the destroy stream (the kernel doubles it)
 CLOSED_MEMORY = 65_536  # cookies recently reported closed, so a late destroy notification is not reported again
+ATTRIBUTION_MEMORY = 16_384  # live inodes whose last attribution is remembered apart from their record
 
 TCP = "tcp"
 UDP = "udp"
@@ -503,6 +523,8 @@ class SocketObserver:
         self._diag: DiagSocket | None = None
         self._known: dict[bytes, _Known] = {}
         self._process_info: dict[str, list[Any]] = {}
+        # inode -> (process key, [pid, start_ticks, name, executable]) of its last attribution, least recent first
+        self._attributed: OrderedDict[int, tuple[str, list[Any]]] = OrderedDict()
         self._polled = False
         self._udp_unavailable = False
 
@@ -585,23 +607,48 @@ class SocketObserver:
         return _Known(str(endpoints.cookie), record, reported)
 
     def _attribute(self, known: dict[bytes, _Known]) -> None:
-        """Give a process to every reported socket that has an inode and none yet."""
+        """Give a process to every reported socket that has an inode and none yet: the process holding the inode
+        now, else the one that held it when it was last attributed (its process may have exited since)."""
         waiting = [seen for seen in known.values()
                    if seen.reported and not seen.record[R_PROCESS] and seen.record[R_INODE]]
         if not waiting:
             return
         self.owners.resolve({seen.record[R_INODE] for seen in waiting})
         for seen in waiting:
-            process = self.owners.lookup(seen.record[R_INODE])
+            inode = seen.record[R_INODE]
+            process = self.owners.lookup(inode)
             if process is not None:
-                seen.record = seen.record.copy()
-                seen.record[R_PROCESS] = process.key
-                self._process_info[process.key] = [process.pid, process.start_ticks, process.name,
-                                                   process.executable]
+                info = self._process_info.get(process.key)
+                if info is None:
+                    info = [process.pid, process.start_ticks, process.name, process.executable]
+                attribution = (process.key, info)
+            else:
+                attribution = self._attributed.get(inode)
+                if attribution is None:
+                    continue
+            self._remember_attribution(inode, attribution)
+            key, info = attribution
+            seen.record = seen.record.copy()
+            seen.record[R_PROCESS] = key
+            self._process_info[key] = info
+
+    def _remember_attribution(self, inode: int, attribution: tuple[str, list[Any]]) -> None:
+        self._attributed[inode] = attribution
+        self._attributed.move_to_end(inode)
+        while len(self._attributed) > ATTRIBUTION_MEMORY:
+            self._attributed.popitem(last=False)
 
     def _forget_gone(self, known: dict[bytes, _Known]) -> None:
-        gone = [seen.record[R_INODE] for sockid, seen in self._known.items() if sockid not in known]
-        self.owners.forget_inodes(inode for inode in gone if inode)
+        """Forget the owners and attributions of inodes no dumped socket has any more (an inode that moved to a
+        new record, its endpoints changed, is still there)."""
+        gone = {seen.record[R_INODE] for sockid, seen in self._known.items() if sockid not in known}
+        gone.discard(0)
+        if not gone:
+            return
+        gone -= {seen.record[R_INODE] for seen in known.values()}
+        self.owners.forget_inodes(gone)
+        for inode in gone:
+            self._attributed.pop(inode, None)
 
     def _snapshot(self, now: float, known: dict[bytes, _Known], listeners: ListenerTable) -> dict[str, Any]:
         sockets = {seen.key: seen.record for seen in known.values() if seen.reported}
@@ -680,16 +727,27 @@ def _endpoint(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def socket_message(record: Sequence[Any], verb: str, process_name: str, pid: int, user_name: str,
-                   uid: int) -> str:
+def _actor(kind: str, name: str, label: str, number: int) -> str:
+    """"process sshd (PID: 22799)", or "process (PID: 22799)" when the name is unknown."""
+    return f"{kind} {name} ({label}: {number})" if name else f"{kind} ({label}: {number})"
+
+
+def socket_message(record: Sequence[Any], verb: str, process: tuple[str, int] | None,
+                   user: tuple[str, int] | None) -> str:
     """Auditbeat v1's message: "<Direction> socket (<endpoints>) <VERB> by process <name> (PID: <pid>) and
-    user <name> (UID: <uid>)"; pid and uid are -1 when unknown."""
+    user <name> (UID: <uid>)". `process` is (name, pid) and `user` (name, uid), None when unknown: what is
+    unknown is left out ("... CLOSED by user root (UID: 0)", "... CLOSED"), never written as -1 or ""."""
     local = _endpoint(record[R_LOCAL_IP], record[R_LOCAL_PORT])
     remote = _endpoint(record[R_REMOTE_IP], record[R_REMOTE_PORT])
     direction = record[R_DIRECTION]
     endpoints = {INBOUND: f"{remote} -> {local}", OUTBOUND: f"{local} -> {remote}"}.get(direction, local)
-    return (f"{direction.title()} socket ({endpoints}) {verb} by process {process_name} (PID: {pid}) "
-            f"and user {user_name} (UID: {uid})")
+    actors = []
+    if process is not None:
+        actors.append(_actor("process", process[0], "PID", process[1]))
+    if user is not None:
+        actors.append(_actor("user", user[0], "UID", user[1]))
+    by = f" by {' and '.join(actors)}" if actors else ""
+    return f"{direction.title()} socket ({endpoints}) {verb}{by}"
 
 
 def _network_fields(record: Sequence[Any]) -> dict[str, Any]:
@@ -750,9 +808,9 @@ def socket_event(record: Sequence[Any], key: str, action: SocketAction, context:
                                               record[R_REMOTE_IP], record[R_LOCAL_PORT], record[R_REMOTE_PORT])
     audit.update(audit_extra or {})
     fields["system"] = {"audit": {"socket": audit}}
-    process_name, pid = _add_process(fields, record, context)
-    user_name, uid = _add_user(fields, record, context)
-    if pid < 0:
+    process = _add_process(fields, record, context)
+    user = _add_user(fields, record, context)
+    if process is None:
         fields["error"] = {"message": error or _error_message(record)}
     if traffic is not None:
         _add_traffic(fields, record[R_DIRECTION], traffic)
@@ -762,17 +820,20 @@ def socket_event(record: Sequence[Any], key: str, action: SocketAction, context:
     return Event(
         dataset=DATASET, action=action.name, kind=action.kind, category=("network",),
         type=("connection", action.type),
-        message=socket_message(record, action.verb, process_name, pid, user_name, uid),
+        message=socket_message(record, action.verb, process, user),
         fields=fields, timestamp=timestamp,
     )
 
 
-def _add_process(fields: dict[str, Any], record: Sequence[Any], context: EventContext) -> tuple[str, int]:
+def _add_process(fields: dict[str, Any], record: Sequence[Any], context: EventContext) -> tuple[str, int] | None:
+    """Add process.* of the record's process; return its (name, pid), None (and no process.*) when unknown."""
     info = context.processes.get(record[R_PROCESS]) if record[R_PROCESS] else None
     if info is None:
-        return "", -1
+        return None
     pid, start_ticks, name, executable = info
-    process: dict[str, Any] = {"pid": pid, "name": name}
+    process: dict[str, Any] = {"pid": pid}
+    if name:
+        process["name"] = name
     if executable:
         process["executable"] = executable
     if context.host_id:
@@ -781,10 +842,12 @@ def _add_process(fields: dict[str, Any], record: Sequence[Any], context: EventCo
     return name, pid
 
 
-def _add_user(fields: dict[str, Any], record: Sequence[Any], context: EventContext) -> tuple[str, int]:
+def _add_user(fields: dict[str, Any], record: Sequence[Any], context: EventContext) -> tuple[str, int] | None:
+    """Add user.id (the socket's uid, a string) and user.name (from <hostfs>/etc/passwd, left out when the uid has
+    no account); return (name, uid), None (and no user.*) when the uid is unknown."""
     uid = record[R_UID]
     if uid is None:
-        return "", -1
+        return None
     name = context.users.user(uid) or ""
     fields["user"] = {"id": str(uid), **({"name": name} if name else {})}
     if name:

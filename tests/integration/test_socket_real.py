@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -17,12 +19,16 @@ import pytest
 
 from actors.datasets import DatasetContext
 from actors.datasets.socket import (
-    DEFAULT_STREAM_BUFFER, R_LOCAL_PORT, R_PROCESS, R_REMOTE_PORT, R_STATE, R_TRANSPORT, SocketDataset,
+    DEFAULT_STREAM_BUFFER, R_INODE, R_LOCAL_PORT, R_PROCESS, R_REMOTE_PORT, R_STATE, R_TRANSPORT, R_UID,
+    SocketDataset,
 )
 from actors.ecs import assert_ecs
 from actors.entity import process_entity_id
 from actors.event import Event
-from actors.sock_diag import TCP_FIN_WAIT2, DestroyListener, Destroyed, destroy_groups
+from actors.sock_diag import (
+    NETLINK_ADD_MEMBERSHIP, NETLINK_SOCK_DIAG, SKNLGRP_INET_TCP_DESTROY, SOCK_DIAG_BY_FAMILY, SOL_NETLINK,
+    TCP_FIN_WAIT2, DestroyListener, Destroyed, decode_sockid, destroy_groups,
+)
 from tests.agent_harness import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: /proc/*/fd of other users, destroy groups")
@@ -123,6 +129,16 @@ def state_event(dataset: SocketDataset, snapshot: dict[str, Any], cookie: str) -
 def checked(events: Sequence[Event]) -> Sequence[Event]:
     for event in events:
         assert_ecs(event.stamped(1).to_document({}))
+    return events
+
+
+def without_unknowns(events: Sequence[Event]) -> Sequence[Event]:
+    """Checks that no event says -1 or an empty name for what it does not know: it leaves it out."""
+    for event in events:
+        assert "-1" not in event.message and "  " not in event.message and " ()" not in event.message, event.message
+        process, user = event.fields.get("process"), event.fields.get("user")
+        assert process is None or (process["pid"] > 0 and process.get("name") != ""), process
+        assert user is None or (user["id"].isdigit() and user.get("name") != ""), user
     return events
 
 
@@ -322,7 +338,7 @@ def test_socket_left_by_an_exited_process_keeps_its_uid_only(cleanup: contextlib
     assert late.fields["error"]["message"] == "process has exited (inode=0)"
     # the kernel reports uid 0 for any socket without an inode: not taken for root
     assert "process" not in late.fields and "user" not in late.fields
-    assert late.message.endswith("by process  (PID: -1) and user  (UID: -1)")
+    assert late.message == f"Outbound socket (127.0.0.1:{child_port} -> 127.0.0.1:{port(listener)}) OPEN"
     # the same socket, seen while its process held it: that process and its uid are kept
     assert carried.fields["process"]["pid"] == child.pid
     assert carried.fields["user"] == {"id": str(NOBODY), "name": "nobody"}
@@ -333,6 +349,121 @@ def test_socket_left_by_an_exited_process_keeps_its_uid_only(cleanup: contextlib
         watcher.observe()), "the orphan to go away")
     [closed] = events_for(checked(watcher.diff(orphaned, gone, at_startup=False)), key)
     assert closed.action == "socket_closed" and closed.fields["process"]["pid"] == child.pid
+
+
+# --------------------------------------------------------------------------------------------------------
+# Connections whose process exits before it is attributed
+# --------------------------------------------------------------------------------------------------------
+
+def short_connection_maker(uid: int) -> str:
+    """A child (of `uid`) that connects to 127.0.0.1:argv[1], prints its port, and exits on a line of stdin."""
+    drop = DROP_TO_NOBODY if uid == NOBODY else "pass"
+    return f"""
+        import os, socket, sys
+        {drop}
+        client = socket.socket()
+        client.connect(("127.0.0.1", int(sys.argv[1])))
+        print(client.getsockname()[1], flush=True)
+        sys.stdin.readline()
+    """
+
+
+@pytest.mark.parametrize(("uid", "name"), [(0, "root"), (NOBODY, "nobody")])
+def test_a_connection_whose_process_exits_before_it_is_attributed_is_closed_by_its_user(
+        cleanup: contextlib.ExitStack, uid: int, name: str) -> None:
+    """The poll's dump sees the child's connection (with its inode and the socket's uid), then the child exits
+    before the /proc scan can find which process held it. Made deterministic by letting the child exit when the
+    scan starts. The uid of the dump still names the user; the process is left out, never PID -1."""
+    dataset = make_dataset(cleanup, include_localhost=True)
+    stream = open_stream(cleanup, dataset)
+    listener = listen(cleanup)
+    first = dataset.observe()
+    child = spawn(cleanup, short_connection_maker(uid), str(port(listener)))
+    child_port = int(child.stdout.readline())
+    server, _ = listener.accept()
+    cleanup.enter_context(server)
+    owners = dataset.observer.owners
+    scan = owners.resolve
+
+    def child_exits_before_the_scan(unknown: set[int]) -> None:
+        if child.poll() is None:
+            child.communicate("exit\n", timeout=DEADLINE)
+        scan(unknown)
+    owners.resolve = child_exits_before_the_scan  # type: ignore[method-assign]
+    seen = dataset.observe()
+    owners.resolve = scan  # type: ignore[method-assign]
+    key, record = find(seen, child_port, port(listener))
+    assert child.returncode == 0 and record[R_INODE] and record[R_UID] == uid and record[R_PROCESS] == ""
+
+    server.close()  # the child's orphaned socket gets its FIN and is destroyed
+    received = read_stream(stream, lambda items: key in {str(item.cookie) for item in items}, "the child's close")
+    _, streamed = dataset.apply_stream(seen, received)
+    events = without_unknowns(checked([*dataset.diff(first, seen, at_startup=False), *streamed]))
+    [opened, closed] = events_for(events, key)
+    endpoints = f"127.0.0.1:{child_port} -> 127.0.0.1:{port(listener)}"
+
+    assert (opened.action, closed.action) == ("socket_opened", "socket_closed")
+    assert opened.message == f"Outbound socket ({endpoints}) OPENED by user {name} (UID: {uid})"
+    assert closed.message == f"Outbound socket ({endpoints}) CLOSED by user {name} (UID: {uid})"
+    for event in (opened, closed):
+        assert event.fields["user"] == {"id": str(uid), "name": name}
+        assert "process" not in event.fields
+        assert event.fields["error"]["message"] == f"process not found (inode={record[R_INODE]})"
+    assert closed.fields["event"]["duration"] >= 0 and closed.fields["source"]["bytes"] >= 1
+
+
+# inet_diag_msg after its nlmsghdr: family, state, timer, retrans, the 48-byte sockid, expires, rqueue, wqueue,
+# uid, inode (include/uapi/linux/inet_diag.h)
+RAW_DIAG_MESSAGE = struct.Struct("=IHHIIBBBB48sIIIII")
+
+
+def raw_destroy_uids(raw: socket.socket, local_port: int) -> list[int]:
+    """The idiag_uid of every destroy notification queued on `raw` for a socket with this local port."""
+    uids: list[int] = []
+    while select.select([raw], [], [], 0.2)[0]:
+        data = raw.recv(1 << 16)
+        offset = 0
+        while offset + RAW_DIAG_MESSAGE.size <= len(data):
+            fields = RAW_DIAG_MESSAGE.unpack_from(data, offset)
+            if fields[1] == SOCK_DIAG_BY_FAMILY and decode_sockid(fields[5], fields[9]).local_port == local_port:
+                uids.append(fields[13])
+            offset += (fields[0] + 3) & ~3
+    return uids
+
+
+def test_a_connection_no_poll_saw_has_neither_process_nor_user(cleanup: contextlib.ExitStack) -> None:
+    """A child of nobody connects and exits at once, between two polls: the destroy notification is all there
+    is, and the kernel zeroes its idiag_uid (inet_diag_handler_get_info fills only the sockid and state), so the
+    user is unknown rather than root. Both synthesized events leave process and user out, message included."""
+    raw = cleanup.enter_context(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG))
+    raw.bind((0, 0))
+    raw.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, SKNLGRP_INET_TCP_DESTROY)
+    dataset = make_dataset(cleanup, include_localhost=True)
+    stream = open_stream(cleanup, dataset)
+    listener = listen(cleanup)
+    before = dataset.observe()
+    child = spawn(cleanup, short_connection_maker(NOBODY), str(port(listener)))
+    child_port = int(child.stdout.readline())
+    server, _ = listener.accept()
+    cleanup.enter_context(server)
+    child.communicate("exit\n", timeout=DEADLINE)
+    server.close()
+
+    def child_closed(items: list[Destroyed]) -> bool:
+        return any((item.local_port, item.remote_port) == (child_port, port(listener)) for item in items)
+    received = read_stream(stream, child_closed, "the child's close")
+    _, streamed = dataset.apply_stream(before, received)
+    [cookie] = {str(item.cookie) for item in received if item.local_port == child_port}
+    events = without_unknowns(checked(streamed))
+    [opened, closed] = events_for(events, cookie)
+    endpoints = f"127.0.0.1:{child_port} -> 127.0.0.1:{port(listener)}"
+
+    assert raw_destroy_uids(raw, child_port) == [0]  # nobody's socket, yet uid 0: not evidence of root
+    assert opened.message == f"Outbound socket ({endpoints}) OPENED"
+    assert closed.message == f"Outbound socket ({endpoints}) CLOSED"
+    for event in (opened, closed):
+        assert "process" not in event.fields and "user" not in event.fields
+        assert event.fields["system"]["audit"]["socket"]["short_lived"] is True
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -18,15 +18,15 @@ from hypothesis import given, strategies as st
 from actors.datasets import DatasetContext
 from actors.datasets import socket as socket_dataset
 from actors.datasets.socket import (
-    INBOUND, LISTENING, OUTBOUND, SOCKET_CLOSED, TCP, UDP, ListenerTable, SocketDataset, SocketOptions,
-    community_id, new_record, new_snapshot, parse_stat,
+    INBOUND, LISTENING, OUTBOUND, R_PROCESS, SOCKET_CLOSED, SOCKET_OPENED, TCP, UDP, ListenerTable, ScannedProcess,
+    SocketDataset, SocketObserver, SocketOptions, community_id, new_record, new_snapshot, parse_stat, socket_message,
 )
 from actors.ecs import assert_ecs
 from actors.entity import process_entity_id, socket_entity_id
 from actors.event import CHANGE, STATE, Event
 from actors.sock_diag import (
-    NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN, Destroyed, DumpError,
-    decode_sockid, dump_request, parse_destroyed, parse_dump, parse_tcp_info,
+    NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, TCP_CLOSE, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN, DiagEntry,
+    Destroyed, DumpError, decode_sockid, dump_request, parse_destroyed, parse_dump, parse_tcp_info,
 )
 from actors.etc_files import AccountNames
 from tests.sample_support import flat_field_names, sample_common
@@ -218,8 +218,7 @@ def test_outbound_and_listening_messages_and_the_open_verb(hostfs: Path) -> None
 
     assert [event.message for event in events] == [
         "Listening socket (0.0.0.0:22) OPEN by process sshd (PID: 22799) and user root (UID: 0)",
-        "Outbound socket (10.0.2.15:40512 -> 93.184.216.34:443) OPEN by process  (PID: -1) and user alice "
-        "(UID: 1000)",
+        "Outbound socket (10.0.2.15:40512 -> 93.184.216.34:443) OPEN by user alice (UID: 1000)",
     ]
 
 
@@ -266,7 +265,7 @@ def test_user_id_is_a_string_and_an_unknown_uid_has_no_name(hostfs: Path) -> Non
     [event] = dataset(hostfs).state_report(snapshot({"7": record}))
 
     assert event.fields["user"] == {"id": "4242"}
-    assert event.message.endswith("and user  (UID: 4242)")
+    assert event.message.endswith(") OPEN by user (UID: 4242)")
 
 
 def test_user_name_follows_changes_to_the_passwd_file(hostfs: Path) -> None:
@@ -288,6 +287,70 @@ def test_socket_without_process_says_why(hostfs: Path) -> None:
         "process has exited (inode=0)", "process not found (inode=123456)"]
     assert all("process" not in event.fields for event in events)
     assert all(event.fields["user"]["id"] == "0" for event in events)
+
+
+def test_a_socket_whose_process_is_unknown_is_reported_by_its_user_alone(hostfs: Path) -> None:
+    """The process exited before it could be attributed: the socket's uid (from the dump) still names the user."""
+    record = curl_outbound()  # uid 1000, no process
+    closed = dataset(hostfs).diff(snapshot({"2": record}), snapshot({}, observed_at=1_700_018_630.0), False)
+    [event] = closed
+    fields = event.fields
+
+    assert event.message == "Outbound socket (10.0.2.15:40512 -> 93.184.216.34:443) CLOSED by user alice (UID: 1000)"
+    assert "process" not in fields
+    assert fields["user"] == {"id": "1000", "name": "alice"}
+    assert fields["related"] == {"ip": ["10.0.2.15", "93.184.216.34"], "user": ["alice"]}
+    assert fields["error"] == {"message": "process not found (inode=222222)"}
+    assert_ecs(document(event))
+
+
+@pytest.mark.parametrize(
+    ("process", "user", "ending"),
+    [
+        (("sshd", 22799), ("root", 0), "CLOSED by process sshd (PID: 22799) and user root (UID: 0)"),
+        (None, ("root", 0), "CLOSED by user root (UID: 0)"),
+        (("sshd", 22799), None, "CLOSED by process sshd (PID: 22799)"),
+        (None, None, "CLOSED"),
+        (None, ("", 4242), "CLOSED by user (UID: 4242)"),
+        (("", 22799), ("", 4242), "CLOSED by process (PID: 22799) and user (UID: 4242)"),
+    ],
+)
+def test_message_leaves_out_what_is_unknown(process: tuple[str, int] | None, user: tuple[str, int] | None,
+                                            ending: str) -> None:
+    record = new_record(TCP, 4, "10.0.0.1", 1234, "10.0.0.2", 80, 5, 0, OUTBOUND, "", None, TCP_ESTABLISHED)
+
+    assert socket_message(record, "CLOSED", process, user) == f"Outbound socket (10.0.0.1:1234 -> 10.0.0.2:80) {ending}"
+
+
+@pytest.mark.parametrize("process", [SSHD, "", "4444:1"])  # known, none, a key the snapshot does not hold
+@pytest.mark.parametrize("uid", [0, 1000, 4242, None])  # named, named, no account, unknown (orphan)
+@pytest.mark.parametrize("inode", [123_456, 0])
+def test_no_event_has_a_pid_or_uid_of_minus_one_or_an_empty_name(hostfs: Path, process: str, uid: int | None,
+                                                                  inode: int) -> None:
+    record = sshd_inbound(process=process, uid=uid, inode=inode, opened_at=OBSERVED_AT - 1)
+    monitored = dataset(hostfs)
+    events = [*monitored.state_report(snapshot({"7": record})),
+              *monitored.diff(snapshot({"7": record}), snapshot({}), at_startup=False)]
+    _, streamed = dataset(hostfs).apply_stream(snapshot({"7": record}),
+                                               [destroyed(("10.0.2.15", 22), ("10.0.2.2", 55270), 7)])
+    events += streamed
+
+    assert len(events) == 3
+    for event in events:
+        fields = event.fields
+        assert "-1" not in event.message and "  " not in event.message and " ()" not in event.message
+        assert ("process" in fields) == (process == SSHD)
+        assert fields.get("process", {}).get("pid", 0) > -1 and fields.get("process", {}).get("name", "x")
+        assert ("error" in fields) == (process != SSHD)
+        assert ("user" in fields) == (uid is not None)
+        assert fields.get("user", {}).get("id") == (None if uid is None else str(uid))
+        assert fields.get("user", {}).get("name", "x") and "" not in fields["related"].get("user", [])
+        if uid is not None:
+            ending: Any = {0: "user root (UID: 0)", 1000: "user alice (UID: 1000)", 4242: "user (UID: 4242)"}[uid]
+        else:
+            ending = "by process sshd (PID: 22799)" if process == SSHD else ("22) OPEN", "22) CLOSED")
+        assert event.message.endswith(ending)
+        assert_ecs(document(event))
 
 
 def test_every_event_kind_is_valid_ecs(hostfs: Path) -> None:
@@ -443,8 +506,8 @@ def test_a_socket_never_seen_gets_a_synthesized_open_and_its_close(hostfs: Path)
     assert "user" not in closed.fields and "process" not in closed.fields and "duration" not in closed.fields.get(
         "event", {})
     assert closed.fields["error"]["message"].startswith("socket opened and closed between two polls")
-    assert closed.message == ("Inbound socket (10.0.2.9:61000 -> 10.0.2.15:22) CLOSED by process  (PID: -1) and "
-                              "user  (UID: -1)")
+    assert closed.message == "Inbound socket (10.0.2.9:61000 -> 10.0.2.15:22) CLOSED"
+    assert opened.message == "Inbound socket (10.0.2.9:61000 -> 10.0.2.15:22) OPENED"
 
 
 def test_a_repeated_notification_is_reported_once(hostfs: Path) -> None:
@@ -478,6 +541,99 @@ def test_stream_before_the_first_poll_still_reports(hostfs: Path) -> None:
     committed, events = dataset(hostfs).apply_stream(None, [destroyed(("10.0.2.15", 40000), ("1.1.1.1", 443), 80)])
 
     assert committed is None and [event.action for event in events] == ["socket_opened", "socket_closed"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Attribution memory (SocketObserver over dumps and /proc scans stood in for here)
+# --------------------------------------------------------------------------------------------------------
+
+class ScanStandIn:
+    """Stands in for SocketOwners: `held` is what a /proc scan would find now (inode -> process)."""
+
+    def __init__(self) -> None:
+        self.held: dict[int, ScannedProcess] = {}
+        self.forgotten: list[int] = []
+
+    def resolve(self, unknown: set[int]) -> None:
+        pass
+
+    def lookup(self, inode: int) -> ScannedProcess | None:
+        return self.held.get(inode)
+
+    def forget_inodes(self, inodes: Any) -> None:
+        self.forgotten += list(inodes)
+
+
+def observer(hostfs: Path, dumps: list[list[DiagEntry]]) -> tuple[SocketObserver, ScanStandIn]:
+    """An observer whose polls return `dumps` one after the other, with include_udp and include_localhost."""
+    watching = SocketObserver(hostfs, SocketOptions(include_localhost=True, include_udp=True))
+    scans = ScanStandIn()
+    watching.owners = scans
+    queue = iter(dumps)
+    watching._dumps = lambda: [(UDP, next(queue))]  # type: ignore[method-assign]
+    return watching, scans
+
+
+def udp_entry(remote: tuple[str, int], inode: int = 77, uid: int = 1000, cookie: int = 5) -> DiagEntry:
+    """A UDP socket bound to 10.0.2.15:5000 (state CLOSE when unconnected, as the kernel lists it)."""
+    state = TCP_CLOSE if remote[1] == 0 else TCP_ESTABLISHED
+    sockid = kernel_sockid(socket.AF_INET, 5000, remote[1], "10.0.2.15", remote[0], cookie)
+    return DiagEntry(sockid, socket.AF_INET, state, uid, inode)
+
+
+DIG = ScannedProcess(4321, 99, "dig", "/usr/bin/dig", 0, {77})
+
+
+def test_a_socket_keeps_the_process_of_its_inode_after_the_process_exited(hostfs: Path) -> None:
+    """A UDP socket connects (new endpoints: a new record) and its process exits before the poll can attribute the
+    new record: the process that held the inode is kept, not lost."""
+    unconnected, connected = udp_entry(("0.0.0.0", 0)), udp_entry(("10.0.2.3", 53))
+    watching, scans = observer(hostfs, [[unconnected], [connected]])
+    scans.held = {77: DIG}
+    before = watching.observe()
+    scans.held = {}  # dig exited between the dump and the /proc scan
+    after = watching.observe()
+    [record] = after["sockets"].values()
+
+    assert record[R_PROCESS] == DIG.key and after["processes"][DIG.key] == [4321, 99, "dig", "/usr/bin/dig"]
+    assert 77 not in scans.forgotten  # the inode lives on in the new record
+    events = dataset(hostfs).diff(round_trip(before), round_trip(after), at_startup=False)
+    assert [(event.action, event.fields["process"]["pid"]) for event in events] == [
+        (SOCKET_CLOSED.name, 4321), (SOCKET_OPENED.name, 4321)]
+    assert events[1].message == ("Outbound socket (10.0.2.15:5000 -> 10.0.2.3:53) OPENED by process dig (PID: 4321) "
+                                 "and user alice (UID: 1000)")
+
+
+def test_an_inode_never_attributed_stays_without_process_but_keeps_its_user(hostfs: Path) -> None:
+    watching, _ = observer(hostfs, [[udp_entry(("10.0.2.3", 53))]])
+    [event] = dataset(hostfs).state_report(watching.observe())
+
+    assert "process" not in event.fields and event.fields["user"] == {"id": "1000", "name": "alice"}
+    assert event.message == "Outbound socket (10.0.2.15:5000 -> 10.0.2.3:53) OPEN by user alice (UID: 1000)"
+
+
+def test_the_attribution_of_an_inode_is_forgotten_when_its_socket_is_gone(hostfs: Path) -> None:
+    """Once no dumped socket has the inode it is forgotten: a later socket given the same inode number is not
+    taken for the old process's."""
+    first, reused = udp_entry(("10.0.2.3", 53)), udp_entry(("10.0.2.4", 53), cookie=6)
+    watching, scans = observer(hostfs, [[first], [], [reused]])
+    scans.held = {77: DIG}
+    watching.observe()
+    scans.held = {}
+    watching.observe()  # the socket is gone
+    [record] = watching.observe()["sockets"].values()
+
+    assert 77 in scans.forgotten and record[R_PROCESS] == ""
+
+
+def test_attribution_memory_is_bounded(hostfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket_dataset, "ATTRIBUTION_MEMORY", 2)
+    entries = [udp_entry(("10.0.2.3", 53), inode=inode, cookie=inode) for inode in (71, 72, 73)]
+    watching, scans = observer(hostfs, [entries])
+    scans.held = {inode: ScannedProcess(inode, 1, f"p{inode}", "", 0, {inode}) for inode in (71, 72, 73)}
+    watching.observe()
+
+    assert list(watching._attributed) == [72, 73]
 
 
 # --------------------------------------------------------------------------------------------------------
