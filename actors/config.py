@@ -170,6 +170,7 @@ class SupervisorSettings:
     max_restarts_window: float
     backoff_initial: float
     backoff_max: float
+    failed_retry: float = 300.0  # a dataset marked failed is tried again after this, doubling up to an hour
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,15 @@ _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3,
 _DURATION_PART = re.compile(rf"({_NUMBER})(ns|us|µs|μs|ms|s|m|h)")
 _DURATION = re.compile(rf"(?:{_NUMBER}(?:ns|us|µs|μs|ms|s|m|h))+")
 _DURATION_HINT = "use e.g. 500ms, 1s, 1m, 12h"
+# No duration may be longer than a year: a longer one is a typo (1e26h), and timers given it fail (the
+# collector's timer thread died on OverflowError). A dataset's period and state.period must also be at least
+# 10 ms: `period: 1ns` kept a collector polling flat out.
+MAX_DURATION = 365 * 24 * 3600.0  # seconds
+MIN_PERIOD = 0.01  # seconds
+
+
+def _show_duration(seconds: float) -> str:
+    return "10ms" if seconds == MIN_PERIOD else "1 year (8760h)" if seconds == MAX_DURATION else f"{seconds:g}s"
 
 
 def _duration_seconds(value: str | int | float) -> float:
@@ -243,6 +253,8 @@ def _duration_seconds(value: str | int | float) -> float:
         raise problem
     if not math.isfinite(seconds):
         raise problem
+    if abs(seconds) > MAX_DURATION:
+        raise ConfigError(f"{value!r} is longer than {_show_duration(MAX_DURATION)}, the longest duration accepted")
     return seconds
 
 
@@ -379,6 +391,76 @@ def _yaml_error(source: str, error: yaml.YAMLError) -> ConfigError:
 
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# A settings file needs few YAML aliases (`*name`). An "alias bomb" (billion laughs: ten aliases of ten
+# aliases of ...) is a small file whose tree is huge; merging and validating it cost 16 s of CPU. Each file's
+# node graph is checked after parsing (cheap: aliases are shared nodes) and before anything walks the tree.
+MAX_YAML_ALIASES = 100
+MAX_YAML_NODES = 100_000  # values in the tree once every alias is expanded
+
+
+class _YamlLimit(Exception):
+    """A YAML document refused for its aliases: str() says why, `mark` is where (or None)."""
+
+    def __init__(self, problem: str, mark: Any = None) -> None:
+        super().__init__(problem)
+        self.mark = mark
+
+
+def _check_aliases(root: yaml.Node) -> None:
+    """Refuse a composed YAML document with more than MAX_YAML_ALIASES aliases, a recursive alias, or more
+    than MAX_YAML_NODES values once aliases are expanded. Linear in the number of distinct nodes."""
+    aliases = 0
+    sizes: dict[int, int] = {}  # id(node) -> values under it once expanded (memoised: shared nodes count once)
+    seen: set[int] = set()  # nodes met once already: meeting one again is an alias
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        identity = id(node)
+        if done:
+            open_nodes.discard(identity)
+            if isinstance(node, yaml.MappingNode):
+                children = [child for pair in node.value for child in pair]
+            else:
+                children = node.value
+            sizes[identity] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[identity] > MAX_YAML_NODES:
+                raise _YamlLimit(f"YAML aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?)",
+                                 node.start_mark)
+            continue
+        if identity in open_nodes:
+            raise _YamlLimit("a YAML alias refers to a node that contains it", node.start_mark)
+        if identity in seen:
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise _YamlLimit(f"more than {MAX_YAML_ALIASES} YAML aliases", node.start_mark)
+            if identity in sizes:
+                continue
+        seen.add(identity)
+        if isinstance(node, yaml.ScalarNode):
+            sizes[identity] = 1
+            continue
+        open_nodes.add(identity)
+        stack.append((node, True))
+        children = [child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode) \
+            else node.value
+        for child in reversed(children):
+            if id(child) in open_nodes:
+                raise _YamlLimit("a YAML alias refers to a node that contains it", node.start_mark)
+            stack.append((child, False))
+
+
+def _load_yaml(text: str) -> Any:
+    """yaml.safe_load with the alias limits above (raises _YamlLimit or yaml.YAMLError)."""
+    loader = _YAML_LOADER(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_aliases(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _read_file(path: Path, what: str) -> dict[str, Any]:
@@ -400,9 +482,12 @@ def _read_file(path: Path, what: str) -> dict[str, Any]:
             raise ConfigError(f"{path}: not valid TOML: {error}") from None
     else:
         try:
-            data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a SafeLoader
+            data = _load_yaml(text)
         except yaml.YAMLError as error:
             raise _yaml_error(str(path), error) from None
+        except _YamlLimit as error:
+            where = f"{path}: line {error.mark.line + 1}" if error.mark is not None else str(path)
+            raise ConfigError(f"{where}: {error}: refused") from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -439,9 +524,11 @@ def _overrides_layer(overrides: Sequence[str]) -> dict[str, Any]:
             shown = f" {key}" if key and not is_secret_key(key) else ""
             raise ConfigError(f"-E{shown}: expected key=value, e.g. -E logging.level=debug")
         try:
-            value = yaml.load(text, Loader=_YAML_LOADER) if text.strip() else None  # noqa: S506 - a SafeLoader
+            value = _load_yaml(text) if text.strip() else None
         except yaml.YAMLError:
             raise ConfigError(f"-E {key}: the value is not valid YAML (quote it)") from None
+        except _YamlLimit as error:
+            raise ConfigError(f"-E {key}: {error}: refused") from None
         layer = _overlay(layer, _expand({key: value}))
     return layer
 
@@ -614,14 +701,22 @@ def _str_list(key: str, value: Any) -> list[str]:
     return [_str(f"{key}[{index}]", item, allow_empty=False) for index, item in enumerate(value)]
 
 
-def _duration(key: str, value: Any, allow_zero: bool = False) -> float:
+def _duration(key: str, value: Any, allow_zero: bool = False, minimum: float | None = None) -> float:
+    """Seconds of a duration setting: finite, at most MAX_DURATION, > 0 (or >= 0), and at least `minimum`."""
     try:
         seconds = _duration_seconds(value)
     except ConfigError as error:
         _fail(key, str(error))
     if seconds < 0 or seconds == 0 and not allow_zero:
         _fail(key, f"{value!r} must be {'0 or more' if allow_zero else 'greater than 0'} ({_DURATION_HINT})")
+    if minimum is not None and seconds < minimum:
+        _fail(key, f"{value!r} is shorter than {_show_duration(minimum)}, the shortest accepted here")
     return seconds
+
+
+def _period(key: str, value: Any) -> float:
+    """A dataset's period or state.period: between 10 ms and a year."""
+    return _duration(key, value, minimum=MIN_PERIOD)
 
 
 def _size(key: str, value: Any) -> int:
@@ -656,15 +751,15 @@ def _module_defaults(tree: dict[str, Any]) -> dict[str, Any]:
     defaults = _map(key, _get(tree, ("hostaudit", "module_defaults")))
     known_datasets = set(BUILT_DATASETS) | set(PLANNED_DATASETS)
     _unknown_keys(key, defaults, {"period", "state", *known_datasets})
-    _duration(f"{key}.period", defaults.get("period"))
+    _period(f"{key}.period", defaults.get("period"))
     state = _map(f"{key}.state", defaults.get("state"))
     _unknown_keys(f"{key}.state", state, {"period"})
-    _duration(f"{key}.state.period", state.get("period"))
+    _period(f"{key}.state.period", state.get("period"))
     for name in known_datasets & set(defaults):
         options = _map(f"{key}.{name}", defaults[name])
         dataset_state = _map(f"{key}.{name}.state", options.get("state"))
         if dataset_state.get("period") is not None:
-            _duration(f"{key}.{name}.state.period", dataset_state["period"])
+            _period(f"{key}.{name}.state.period", dataset_state["period"])
     return defaults
 
 
@@ -725,7 +820,7 @@ def _dataset_settings(tree: dict[str, Any], root: str, user_modules: bool) -> di
                 log.debug("%s.%s: options of a dataset this module does not run, ignored", where, name)
             elif name not in {"module", "datasets", "period", "state", "enabled", *known}:
                 log.warning("%s.%s: unknown setting, ignored", where, name)
-        period = _duration(f"{where}.period", entry["period"] if entry.get("period") is not None
+        period = _period(f"{where}.period", entry["period"] if entry.get("period") is not None
                            else defaults.get("period"))
         entry_state = _map(f"{where}.state", entry.get("state"))
         for name in names:
@@ -744,7 +839,7 @@ def _dataset_settings(tree: dict[str, Any], root: str, user_modules: bool) -> di
             else:
                 state_key = "hostaudit.module_defaults.state.period"
                 state_value = _get(defaults, ("state", "period"))
-            state_period = _duration(state_key, state_value)
+            state_period = _period(state_key, state_value)
             if isinstance(options.get("state"), dict):
                 rest = {key: value for key, value in options["state"].items() if key != "period"}
                 options = {key: value for key, value in options.items() if key != "state"}
@@ -1009,7 +1104,7 @@ def _output_settings(tree: dict[str, Any], schema: Mapping[str, Any], user_layer
 def _supervisor_settings(tree: dict[str, Any]) -> SupervisorSettings:
     key = "supervisor"
     section = _map(key, tree.get(key))
-    _unknown_keys(key, section, ("hang_timeout", "max_restarts", "max_restarts_window", "backoff"))
+    _unknown_keys(key, section, ("hang_timeout", "max_restarts", "max_restarts_window", "backoff", "failed_retry"))
     backoff = _map(f"{key}.backoff", section.get("backoff"))
     _unknown_keys(f"{key}.backoff", backoff, ("initial", "max"))
     hang = section.get("hang_timeout")
@@ -1023,7 +1118,60 @@ def _supervisor_settings(tree: dict[str, Any]) -> SupervisorSettings:
         max_restarts_window=_duration(f"{key}.max_restarts_window", section.get("max_restarts_window")),
         backoff_initial=initial,
         backoff_max=maximum,
+        failed_retry=_duration(f"{key}.failed_retry", section.get("failed_retry", "5m")),
     )
+
+
+def format_string_fields(template: str) -> list[str]:
+    """The fields a Beats format string (`x-%{[process.name]}`) needs, those without a `:default`, in order.
+
+    Uses the Kafka output's own FormatString: rendered against a document that grows by each field it reports
+    missing (KeyError), until it renders."""
+    from actors.outputs.kafka import FormatString
+
+    format_string = FormatString(template)
+    document: dict[str, Any] = {}
+    needed: list[str] = []
+    for _ in range(template.count("%{") + 1):
+        try:
+            format_string.render(document)
+            break
+        except KeyError as missing:
+            field = str(missing.args[0])
+            if field in needed:
+                break  # cannot happen with FormatString's lookup; never loop on it
+            needed.append(field)
+            place = document
+            *parents, leaf = field.split(".")
+            for part in parents:
+                if not isinstance(place.get(part), dict):
+                    place[part] = {}
+                place = place[part]
+            if place.get(leaf) is None:
+                place[leaf] = "x"
+    return needed
+
+
+def kafka_routing_warnings(settings: Settings) -> list[str]:
+    """One line per field that output.kafka.topic or .key needs (no default) and an enabled dataset never
+    sets: that dataset's events could not be routed and the Kafka output would refuse them."""
+    from actors.datasets import dataset_sets_field
+
+    if settings.output.type != "kafka":
+        return []
+    warnings = []
+    for name in ("topic", "key"):
+        template = settings.output.options.get(name) or ""
+        if "%{" not in template:
+            continue
+        for field in format_string_fields(template):
+            lacking = [dataset for dataset in settings.datasets if not dataset_sets_field(dataset, field)]
+            if lacking:
+                warnings.append(
+                    f"output.kafka.{name}: %{{[{field}]}} has no default and dataset{'s' if len(lacking) > 1 else ''} "
+                    f"{', '.join(lacking)} never set{'' if len(lacking) > 1 else 's'} {field}: the Kafka output "
+                    f"will refuse those events (give a default, e.g. %{{[{field}]:none}})")
+    return warnings
 
 
 def _log_unknown(tree: Mapping[str, Any], schema: Mapping[str, Any], where: str = "") -> None:
@@ -1115,7 +1263,7 @@ def load_settings(config_file: str | Path | None = None, overrides: Sequence[str
     debug = _map("debug", tree.get("debug"))
     _unknown_keys("debug", debug, ("hang_file",))
     _log_unknown(tree, defaults)
-    return Settings(
+    settings = Settings(
         datasets=_freeze(datasets),
         path_data=path_data,
         hostfs=hostfs,
@@ -1124,11 +1272,16 @@ def load_settings(config_file: str | Path | None = None, overrides: Sequence[str
         queue_disk_max_size=_size("queue.disk.max_size", queue_disk.get("max_size")),
         http_enabled=_bool("http.enabled", http.get("enabled")),
         http_host=_str("http.host", http.get("host"), allow_empty=False),
-        http_port=_int("http.port", http.get("port"), 1, 65535),
+        http_port=_int("http.port", http.get("port"), 0, 65535),
         logging_level=_choice("logging.level", logging_section.get("level"), LOG_LEVELS),
         debug_hang_file=_optional_str("debug.hang_file", debug.get("hang_file")) or "",
         tree=_freeze(tree),
     )
+    # Before logging is configured these go to stderr as they are (logging's last-resort handler): `hostaudit
+    # test config` shows each as one line starting "warning:", and still says "Config OK".
+    for warning in kafka_routing_warnings(settings):
+        log.warning("warning: %s", warning)
+    return settings
 
 
 def export_yaml(settings: Settings) -> str:

@@ -85,6 +85,33 @@ class StreamingDataset(Dataset, Protocol):
         reported again by the next poll's diff."""
 
 
+# The fields every event carries whatever its dataset (added by Event.to_document and the collector runtime):
+# exact names, and prefixes of whole namespaces. A dataset module's FIELDS lists the others its events can set.
+COMMON_FIELDS = frozenset({"@timestamp", "ecs.version", "service.type", "message"})
+COMMON_FIELD_PREFIXES = ("event.", "agent.", "host.", "system.audit.")
+
+
+def is_common_field(name: str) -> bool:
+    """True for a dotted field name every event has (or may have) whatever its dataset: event.*, host.* ..."""
+    return name in COMMON_FIELDS or name.startswith(COMMON_FIELD_PREFIXES)
+
+
+def dataset_fields(name: str) -> frozenset[str]:
+    """The dotted ECS field names the events of dataset `name` can carry besides the common ones (its
+    module's `FIELDS`). KeyError for a dataset that is not built."""
+    module = importlib.import_module(BUILT_DATASETS[name])
+    return frozenset(module.FIELDS)
+
+
+def dataset_sets_field(name: str, field: str) -> bool:
+    """True when some event of dataset `name` can have `field` (a common field, one of its FIELDS, or an
+    object holding one of them, e.g. `process` or `user.group`)."""
+    if is_common_field(field) or any(field + "." == prefix for prefix in COMMON_FIELD_PREFIXES):
+        return True
+    fields = dataset_fields(name)
+    return field in fields or any(known.startswith(field + ".") for known in fields)
+
+
 def load_dataset(name: str, context: DatasetContext) -> Dataset:
     """Import and construct the dataset called `name`."""
     module = importlib.import_module(BUILT_DATASETS[name])

@@ -22,6 +22,9 @@ from actors.datasets import DatasetContext
 from actors.event import CHANGE, STATE, Event, iso_millis
 
 DATASET = "host"
+# Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field): none, the
+# host dataset's fields are all under host.* and system.audit.host.*.
+FIELDS: frozenset[str] = frozenset()
 LOG = logging.getLogger("hostaudit.host")
 
 OWN_ROOT = Path("/")

@@ -23,6 +23,15 @@ from actors.exe_hash import ECS_HASH_TYPES, ExecutableHasher, FileId, HashOption
 from actors.proc_connector import ConnectorUnavailable, ProcConnector, ProcessExec, ProcessExit, pickled_as_tuple
 
 DATASET = "process"
+# Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field).
+FIELDS: frozenset[str] = frozenset({
+    "process.pid", "process.name", "process.working_directory", "process.executable", "process.start",
+    "process.entity_id", "process.args", "process.parent.pid", "process.exit_code", "process.end",
+    *(f"process.hash.{name}" for name in ECS_HASH_TYPES),
+    "process.thread.capabilities.effective", "process.thread.capabilities.permitted",
+    "user.id", "user.name", "user.group.id", "user.group.name", "user.effective.id", "user.effective.group.id",
+    "container.id", "error.message",
+})
 LOG = logging.getLogger("hostaudit.process")
 
 EXISTING = "existing_process"

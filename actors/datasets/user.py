@@ -20,6 +20,8 @@ from actors.etc_files import FileSignature, GroupEntry, LoadedFile, Parsed, Pass
 from actors.event import CHANGE, STATE, Event, iso_millis
 
 DATASET = "user"
+# Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field).
+FIELDS: frozenset[str] = frozenset({"user.id", "user.name", "user.group.id", "user.group.name", "related.user"})
 LOG = logging.getLogger("hostaudit.user")
 
 SNAPSHOT_FORMAT = 1

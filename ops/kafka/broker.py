@@ -7,6 +7,7 @@ import base64
 import ctypes
 import dataclasses
 import fcntl
+import importlib.util
 import json
 import os
 import secrets
@@ -404,6 +405,9 @@ class KafkaBroker:
         """Fetch jars if needed, format storage (first start only), launch the broker, wait until it serves metadata."""
         if self.running:
             raise BrokerError(f"broker already running (pid {self.pid})")
+        if importlib.util.find_spec("kafka") is None:  # fail now, not after the timeout of the readiness check
+            raise BrokerError(f"kafka-python is needed for the readiness check and {sys.executable} lacks it: "
+                              "run with the repo's .venv/bin/python (ops/kafka/start.sh creates .venv)")
         t0 = time.monotonic()
         deadline = t0 + timeout
         lib = fetch_jars()

@@ -3,8 +3,11 @@
 # Prints the bootstrap address (127.0.0.1:PORT) once the broker answers a metadata request.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# The readiness check needs kafka-python: without $PYTHON, the repo's .venv is used, created first by
+# ops/venv.sh when missing (a fresh clone) or older than pyproject.toml; it prints its progress on stderr.
 py="${PYTHON:-}"
 if [[ -z "$py" ]]; then
-  if [[ -x "$here/../../.venv/bin/python" ]]; then py="$here/../../.venv/bin/python"; else py=python3; fi
+  (source "$here/../venv.sh") >&2
+  py="$here/../../.venv/bin/python"
 fi
 exec "$py" "$here/broker.py" start "$@"

@@ -80,3 +80,62 @@ def test_overrides_from_e_and_environment(tmp_path: Path) -> None:
     result = hostaudit("export", "config", "-E", f"path.data={tmp_path}", "-E", "supervisor.max_restarts=9",
                        env={"HOSTAUDIT_HTTP__PORT": "5099"})
     assert "max_restarts: 9" in result.stdout and "port: 5099" in result.stdout
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("period: 1ns", "hostaudit.modules[0].period: '1ns' is shorter than 10ms"),
+    ("period: 100000000000000000000000h", "hostaudit.modules[0].period: '100000000000000000000000h' is longer "
+                                          "than 1 year"),
+    ("period: 1.0e+26", "hostaudit.modules[0].period: 1e+26 is longer than 1 year"),
+    ("state.period: 1ns", "hostaudit.modules[0].state.period: '1ns' is shorter than 10ms"),
+    ("period: .nan", "hostaudit.modules[0].period: nan is not a duration"),
+])
+def test_an_extreme_period_is_refused_by_test_config(tmp_path: Path, line: str, expected: str) -> None:
+    path = tmp_path / "hostaudit.yml"
+    path.write_text(f"hostaudit.modules:\n- module: system\n  datasets: [host]\n  {line}\n")
+    result = hostaudit("test", "config", "-c", str(path), "-E", f"path.data={tmp_path}")
+    lines = result.stderr.splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result
+    assert lines[0].startswith(f"hostaudit: configuration error: {expected}"), lines
+
+
+def test_an_absurd_supervisor_duration_is_refused_by_test_config(tmp_path: Path) -> None:
+    result = hostaudit("test", "config", "-E", f"path.data={tmp_path}", "-E", "supervisor.hang_timeout=9000h")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and "supervisor.hang_timeout: '9000h' is longer than" in lines[0]
+
+
+def test_a_yaml_alias_bomb_is_refused_by_test_config_in_well_under_a_second(tmp_path: Path) -> None:
+    import time
+
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 9)}]" for level in range(1, 8)]
+    path = tmp_path / "bomb.yml"
+    path.write_text("\n".join(lines) + "\n")  # 9**7 values once expanded: 30 s of CPU without the limit
+    baseline = time.monotonic()
+    hostaudit("version")
+    startup = time.monotonic() - baseline
+    started = time.monotonic()
+    result = hostaudit("test", "config", "-c", str(path), "-E", f"path.data={tmp_path}")
+    elapsed = time.monotonic() - started
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result
+    assert lines[0] == (f"hostaudit: configuration error: {path}: line 6: YAML aliases expand to more than 100000 "
+                        "values (an alias bomb?): refused")
+    assert elapsed - startup < 0.5, (elapsed, startup)
+
+
+def test_test_config_warns_of_a_kafka_topic_field_an_enabled_dataset_never_sets(tmp_path: Path) -> None:
+    path = tmp_path / "hostaudit.yml"
+    path.write_text("hostaudit.modules:\n- module: system\n  datasets: [host, process]\n"
+                    "output.kafka:\n  hosts: ['127.0.0.1:9092']\n  topic: 'x-%{[process.name]}'\n")
+    result = hostaudit("test", "config", "-c", str(path), "-E", f"path.data={tmp_path}")
+    assert (result.returncode, result.stdout.strip()) == (0, "Config OK"), result
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: output.kafka.topic: %{[process.name]} has no default and dataset host never sets "
+                        "process.name: the Kafka output will refuse those events (give a default, e.g. "
+                        "%{[process.name]:none})"], result.stderr
+    path.write_text("hostaudit.modules:\n- module: system\n  datasets: [process, socket]\n"
+                    "output.kafka:\n  hosts: ['127.0.0.1:9092']\n  topic: 'x-%{[process.name]}'\n")
+    result = hostaudit("test", "config", "-c", str(path), "-E", f"path.data={tmp_path}")
+    assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "Config OK", ""), result

@@ -763,3 +763,144 @@ def test_a_secret_prints_redacted_but_reveals_and_compares(tmp_path: Path) -> No
         ("[redacted]", "[redacted]", "[redacted]", "  [redacted]")
     assert secret.reveal() == PASSWORD and secret == Secret(PASSWORD) and secret != Secret("other")
     assert secret != PASSWORD and pickle.loads(pickle.dumps(secret)).reveal() == PASSWORD
+
+
+# --- limits: durations, YAML aliases ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line, key, problem", [
+    ("period: 1ns", "period", "'1ns' is shorter than 10ms"),
+    ("period: 9ms", "period", "'9ms' is shorter than 10ms"),
+    ("period: 0.001", "period", "0.001 is shorter than 10ms"),
+    ("period: 100000000000000000000000h", "period", "'100000000000000000000000h' is longer than 1 year"),
+    ("period: 1.0e+26", "period", "1e+26 is longer than 1 year"),
+    ("period: 8761h", "period", "'8761h' is longer than 1 year"),
+    ("period: .nan", "period", "nan is not a duration"),
+    ("period: .inf", "period", "inf is not a duration"),
+    ("state.period: 1ns", "state.period", "'1ns' is shorter than 10ms"),
+    ("state.period: 9000h", "state.period", "'9000h' is longer than 1 year"),
+    ("host.state.period: 5ms", "host.state.period", "'5ms' is shorter than 10ms"),
+])
+def test_an_extreme_period_is_an_error_naming_the_key(tmp_path: Path, line: str, key: str, problem: str) -> None:
+    assert error(tmp_path, modules("host", extra=f"  {line}\n")).startswith(f"hostaudit.modules[0].{key}: {problem}")
+
+
+def test_periods_from_10ms_to_a_year_are_accepted(tmp_path: Path) -> None:
+    settings = load(tmp_path, modules("host", extra="  period: 10ms\n  state.period: 8760h\n"))
+    assert (settings.datasets["host"].period, settings.datasets["host"].state_period) == (0.01, 365 * 86400.0)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("hostaudit.module_defaults.period=1ns", "hostaudit.module_defaults.period: '1ns' is shorter than 10ms"),
+    ("hostaudit.module_defaults.state.period=1us", "hostaudit.module_defaults.state.period: '1us' is shorter"),
+    ("supervisor.hang_timeout=1e30h", "supervisor.hang_timeout: '1e30h' is not a duration"),
+    ("supervisor.hang_timeout=100000000000000000000h", "supervisor.hang_timeout: '100000000000000000000h' is "
+                                                      "longer than 1 year"),
+    ("supervisor.hang_timeout=.inf", "supervisor.hang_timeout: inf is not a duration"),
+    ("supervisor.max_restarts_window=.nan", "supervisor.max_restarts_window: nan is not a duration"),
+    ("supervisor.backoff.max=9000h", "supervisor.backoff.max: '9000h' is longer than 1 year"),
+    ("supervisor.backoff.initial=1.0e+300", "supervisor.backoff.initial: 1e+300 is longer than 1 year"),
+    ("output.kafka.timeout=9000h", "output.kafka.timeout: '9000h' is longer than 1 year"),
+    ("output.kafka.broker_timeout=.inf", "output.kafka.broker_timeout: inf is not a duration"),
+    ("output.kafka.keep_alive=1.0e+20", "output.kafka.keep_alive: 1e+20 is longer than 1 year"),
+    ("output.kafka.bulk_flush_frequency=.nan", "output.kafka.bulk_flush_frequency: nan is not a duration"),
+    ("output.kafka.backoff.max=1000000h", "output.kafka.backoff.max: '1000000h' is longer than 1 year"),
+])
+def test_absurd_or_non_finite_durations_are_errors_naming_the_key(tmp_path: Path, override: str,
+                                                                  message: str) -> None:
+    hosts = ["output.kafka.hosts=['localhost:9092']"] if override.startswith("output.kafka.") else []
+    assert error(tmp_path, overrides=[override, *hosts]).startswith(message)
+
+
+@pytest.mark.parametrize("value", ["8761h", 1e26, "100000000000000000000000h", float("nan"), "-9000h"])
+def test_parse_duration_rejects_more_than_a_year(value: Any) -> None:
+    with pytest.raises(ConfigError, match="is longer than 1 year|is not a duration"):
+        parse_duration(value)
+
+
+def alias_bomb(levels: int, width: int = 9) -> str:
+    lines = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    lines += [f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * width)}]" for level in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    import time
+
+    started = time.process_time()
+    message = error(tmp_path, alias_bomb(6))  # 9**6 values: 3.6 s of CPU before the limit, 9 levels: hours
+    assert time.process_time() - started < 0.5
+    assert message == f"{tmp_path / 'hostaudit.yml'}: line 6: YAML aliases expand to more than 100000 values " \
+                      "(an alias bomb?): refused"
+    assert "refused" in error(tmp_path, alias_bomb(9))
+
+
+def test_more_than_100_yaml_aliases_are_refused(tmp_path: Path) -> None:
+    text = "base: &b {x: 1}\nmany: [" + ", ".join(["*b"] * 101) + "]\n"
+    assert error(tmp_path, text).endswith(": more than 100 YAML aliases: refused")
+    text = "base: &b {x: 1}\nmany: [" + ", ".join(["*b"] * 100) + "]\n"
+    assert len(load(tmp_path, text).tree["many"]) == 100
+
+
+def test_a_recursive_yaml_alias_is_refused(tmp_path: Path) -> None:
+    assert error(tmp_path, "a: &a [1, *a]\n").endswith("a YAML alias refers to a node that contains it: refused")
+    assert error(tmp_path, "a: &a {b: {c: *a}}\n").endswith("a YAML alias refers to a node that contains it: refused")
+
+
+def test_ordinary_yaml_aliases_and_merge_keys_still_work(tmp_path: Path) -> None:
+    text = ("common: &common {period: 3s}\nhostaudit.modules:\n- <<: *common\n  module: system\n"
+            "  datasets: [host]\n")
+    assert load(tmp_path, text).datasets["host"].period == 3.0
+
+
+def test_an_alias_bomb_in_an_override_is_refused(tmp_path: Path) -> None:
+    bomb = "[" + ", ".join(["&a [x, x, x, x, x, x, x, x, x]"] + ["*a"] * 101) + "]"
+    assert error(tmp_path, overrides=[f"my.list={bomb}"]) == "-E my.list: more than 100 YAML aliases: refused"
+
+
+# --- Kafka topic and key against the datasets' fields -------------------------------------------------------
+
+
+@pytest.mark.parametrize("template, fields", [
+    ("hostaudit", []),
+    ("x-%{[process.name]}", ["process.name"]),
+    ("%{[event.dataset]}-%{[user.name]:nobody}-%{[host.id]}", ["event.dataset", "host.id"]),
+    ("%{[process]}-%{[process.name]}", ["process", "process.name"]),
+    ("%{[process.name]}-%{[process]}", ["process.name"]),
+])
+def test_format_string_fields_are_those_without_a_default(template: str, fields: list[str]) -> None:
+    assert config.format_string_fields(template) == fields
+
+
+def kafka_routing_log(tmp_path: Path, caplog: pytest.LogCaptureFixture, extra: str, datasets: str) -> list[str]:
+    caplog.clear()
+    load(tmp_path, kafka_file(tmp_path, extra) + modules(*datasets.split()))
+    return [record.getMessage() for record in caplog.records if record.getMessage().startswith("warning:")]
+
+
+def test_a_kafka_topic_or_key_naming_a_field_a_dataset_never_sets_is_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    warnings = kafka_routing_log(tmp_path, caplog, "  topic: 'x-%{[process.name]}'\n", "host user process")
+    assert warnings == ["warning: output.kafka.topic: %{[process.name]} has no default and datasets host, user "
+                        "never set process.name: the Kafka output will refuse those events (give a default, e.g. "
+                        "%{[process.name]:none})"]
+    warnings = kafka_routing_log(tmp_path, caplog, "  key: '%{[user.name]}'\n", "host process")
+    assert len(warnings) == 1 and warnings[0].startswith("warning: output.kafka.key: %{[user.name]} has no "
+                                                         "default and dataset host never sets user.name")
+
+
+@pytest.mark.parametrize("extra, datasets", [
+    ("", "host user process socket"),  # the defaults: topic hostaudit, key %{[host.id]}
+    ("  topic: 'x-%{[process.name]}'\n", "process socket"),
+    ("  topic: 'x-%{[process.name]:none}'\n", "host user"),
+    ("  topic: '%{[event.dataset]}'\n  key: '%{[agent.id]}-%{[user.name]}'\n", "user process socket"),
+    ("  topic: '%{[user]}'\n", "user process"),
+])
+def test_kafka_format_strings_every_enabled_dataset_can_fill_are_not_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, extra: str, datasets: str) -> None:
+    assert kafka_routing_log(tmp_path, caplog, extra, datasets) == []
+
+
+def test_no_routing_warning_when_kafka_is_not_the_output(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    load(tmp_path, "output.kafka:\n  enabled: false\n  topic: 'x-%{[process.name]}'\n" + modules("host"))
+    assert "warning:" not in caplog.text
