@@ -67,13 +67,21 @@ def _run(settings: "Settings") -> int:
     import setproctitle
 
     from actors.agent import load_agent_identity, load_digest_key
+    from actors.data_lock import DataDirectoryLocked, lock_data_directory
     from actors.logs import configure_logging
+    from actors.state import StateStore
     from actors.supervisor import run
 
     setproctitle.setproctitle("hostaudit: supervisor")
     configure_logging(settings.logging_level, "supervisor")
-    from actors.state import StateStore
-
+    try:
+        lock_data_directory(settings.path_data)  # before anything else touches path.data; held until exit
+    except DataDirectoryLocked as error:
+        print(f"hostaudit: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"hostaudit: path.data: cannot use {settings.path_data}: {error.strerror}", file=sys.stderr)
+        return 1
     try:
         agent = load_agent_identity(settings.path_data)
         load_digest_key(settings.path_data)  # created here, once, before the collectors read it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -14,13 +15,14 @@ from typing import Any, Callable, Mapping, Sequence
 import pykka
 
 from actors.event import Event, deep_merge
-from actors.spool import SpoolWriter, spool_size
+from actors.spool import SpoolWriter, unacknowledged_bytes
 from actors.state import CommittedState, StateStore
 
 log = logging.getLogger("hostaudit.collector")
 
-BACKPRESSURE_LOG_INTERVAL = 60.0
+PROBLEM_LOG_INTERVAL = 60.0  # a lasting problem (spool full, disk full) is logged once a minute, with numbers
 STREAM_PERSIST_INTERVAL = 1.0
+MAX_TIMER_SECONDS = 366 * 86400.0
 
 
 def encode_document(document: Mapping[str, Any]) -> bytes:
@@ -69,7 +71,8 @@ class DatasetRunner:
         self.events_dropped = 0  # events that could not be kept (spool write failed on kernel notifications)
         self._persisted_at = 0.0
         self._unpersisted = False
-        self._last_backpressure_log = 0.0
+        self._problem_logged_at: dict[str, float] = {}
+        self._held = 0  # change events held back by the last failed spool write (derived again by diff)
 
     def state_report_due(self, now: float) -> bool:
         last = self.committed.last_state_report
@@ -78,8 +81,7 @@ class DatasetRunner:
     def cycle(self) -> CycleResult:
         started = time.monotonic()
         now = time.time()
-        if spool_size(self.spool_root) >= self.spool_max_bytes:
-            self._log_backpressure()
+        if self._spool_full():
             return CycleResult(blocked=True, duration=time.monotonic() - started)
         current = self.dataset.observe()
         events: list[Event] = []
@@ -98,9 +100,15 @@ class DatasetRunner:
             self._spool_and_commit(events, current, now if report_due else self.committed.last_state_report,
                                    persist=bool(events) or report_due or first_commit)
         except OSError as error:  # e.g. the disk is full: nothing committed, the next cycle diffs again
-            log.error("dataset %s: cannot write the spool (%s); %d events held until it can", self.name, error,
-                      len(events))
+            self._resync_sequence()
+            self._held = len(events)
+            self._warn("spool", "dataset %s: cannot write the spool (%s); %d events held until it can (they are "
+                       "derived again by diff, nothing is lost)", self.name, error.strerror or error, len(events))
             return CycleResult(blocked=True, duration=time.monotonic() - started)
+        if self._held:
+            log.info("dataset %s: the spool is writable again; the %d held events are spooled", self.name,
+                     self._held)
+            self._held = 0
         self.restored = False
         return CycleResult(events=len(events), duration=time.monotonic() - started)
 
@@ -109,8 +117,7 @@ class DatasetRunner:
 
         Returns False (nothing done) while the spool is full: the caller keeps the items and offers them again.
         """
-        if spool_size(self.spool_root) >= self.spool_max_bytes:
-            self._log_backpressure()
+        if self._spool_full():
             return False
         snapshot, events = self.dataset.apply_stream(self.committed.snapshot, items)
         # During an exec storm the snapshot is persisted at most once a second (a crash in between can only
@@ -119,11 +126,18 @@ class DatasetRunner:
         try:
             self._spool_and_commit(list(events), snapshot, self.committed.last_state_report, persist=persist)
         except OSError as error:
-            # Kernel notifications cannot be derived again later: these events are lost, counted and logged.
-            # The next poll still reconciles what is alive against the committed snapshot.
-            self.events_dropped += len(events)
-            log.error("dataset %s: cannot write the spool (%s); %d events from kernel notifications dropped "
-                      "(%d in all)", self.name, error, len(events), self.events_dropped)
+            # Kernel notifications cannot be derived again later: the events not stored are lost. Their
+            # sequence numbers are used up all the same, so `event.sequence` shows a gap where they were, and
+            # they are counted (`events_dropped`). The next poll still reconciles what is alive.
+            first = self.committed.sequence + 1
+            stored = max(0, self.spool.last_sequence - self.committed.sequence)
+            dropped = len(events) - stored
+            self.committed = replace(self.committed, sequence=max(self.spool.last_sequence, first + len(events) - 1))
+            self.events_dropped += dropped
+            self.events_emitted += stored
+            self._warn("dropped", "dataset %s: cannot write the spool (%s); %d events from kernel notifications "
+                       "dropped (%d in all), leaving a gap in event.sequence", self.name, error.strerror or error,
+                       dropped, self.events_dropped)
         return True
 
     def _spool_and_commit(self, events: Sequence[Event], snapshot: Any, last_state_report: float | None,
@@ -137,9 +151,37 @@ class DatasetRunner:
         self.events_emitted += len(events)
 
     def _persist(self) -> None:
-        self.store.commit(self.name, self.committed)
+        """Commit the state to the store; if the store cannot be written (disk full) keep it in memory and try
+        again at the next commit (the events are spooled already: a crash before then only repeats them)."""
+        try:
+            self.store.commit(self.name, self.committed)
+        except sqlite3.Error as error:
+            self._warn("state", "dataset %s: cannot commit its state to %s (%s); kept in memory and retried",
+                       self.name, self.store.path, error)
+            return
         self._persisted_at = time.monotonic()
         self._unpersisted = False
+
+    def _resync_sequence(self) -> None:
+        """After a failed spool write, continue numbering after what the spool really stored."""
+        self.committed = replace(self.committed, sequence=max(self.committed.sequence, self.spool.last_sequence))
+
+    def _spool_full(self) -> bool:
+        """True when the unacknowledged bytes of every spool reach `queue.disk.max_size` (logged once a minute)."""
+        pending = unacknowledged_bytes(self.spool_root)
+        if pending < self.spool_max_bytes:
+            return False
+        self._warn("full", "dataset %s: %d unacknowledged bytes under %s reach queue.disk.max_size (%d bytes); "
+                   "holding changes until the output catches up", self.name, pending, self.spool_root,
+                   self.spool_max_bytes)
+        return True
+
+    def _warn(self, problem: str, message: str, *args: Any) -> None:
+        """Log a lasting problem once a minute, not once a cycle."""
+        now = time.monotonic()
+        if now - self._problem_logged_at.get(problem, -PROBLEM_LOG_INTERVAL) >= PROBLEM_LOG_INTERVAL:
+            self._problem_logged_at[problem] = now
+            log.warning(message, *args)
 
     def _spool(self, events: Sequence[Event]) -> int:
         """Stamp, encode and durably append `events`; return the last sequence used."""
@@ -155,18 +197,35 @@ class DatasetRunner:
         self.on_spooled()
         return sequence
 
-    def _log_backpressure(self) -> None:
-        now = time.monotonic()
-        if now - self._last_backpressure_log >= BACKPRESSURE_LOG_INTERVAL:
-            self._last_backpressure_log = now
-            log.warning("dataset %s: spool under %s is full (queue.disk.max_size = %d bytes); holding changes "
-                        "until the output catches up", self.name, self.spool_root, self.spool_max_bytes)
-
     def close(self) -> None:
         if self._unpersisted and self.committed.snapshot is not None:
             self._persist()
         self.spool.close()
         self.store.close()
+
+
+class _CrashingTimer(threading.Thread):
+    """Calls `action(message)` after `delay` seconds unless cancelled; if the timer itself fails, the process
+    is told to crash (`on_crash`) rather than the dataset silently never ticking again."""
+
+    def __init__(self, delay: float, action: Callable[[Any], Any], message: Any,
+                 on_crash: Callable[[BaseException], None]) -> None:
+        super().__init__(name="tick", daemon=True)
+        self.delay, self.action, self.message, self.on_crash = delay, action, message, on_crash
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def run(self) -> None:
+        try:
+            if not self.cancelled.wait(self.delay):
+                self.action(self.message)
+        except pykka.ActorDeadError:
+            pass  # the actor stopped while the timer was pending: nothing to tick
+        except BaseException as error:  # noqa: BLE001 - a timer that dies must not go unnoticed
+            log.exception("collection timer failed")
+            self.on_crash(error)
 
 
 class Progress:
@@ -233,7 +292,7 @@ class CollectorActor(pykka.ThreadingActor):
         self.progress = progress
         self.hang_file = hang_file
         self.on_crash = on_crash
-        self._timer: threading.Timer | None = None
+        self._timer: _CrashingTimer | None = None
         self._next_due = time.monotonic()
 
     def on_start(self) -> None:
@@ -267,8 +326,8 @@ class CollectorActor(pykka.ThreadingActor):
         self.progress.last = result
         self.progress.count += 1
         self._next_due = max(self._next_due + self.period, time.monotonic())
-        self._timer = threading.Timer(self._next_due - time.monotonic(), self.actor_ref.tell, (Tick(),))
-        self._timer.daemon = True
+        self._timer = _CrashingTimer(min(MAX_TIMER_SECONDS, self._next_due - time.monotonic()),
+                                     self.actor_ref.tell, Tick(), self.on_crash)
         self._timer.start()
 
     def _wedge_if_asked(self) -> None:

@@ -20,6 +20,7 @@ def build_stats(children: Mapping[str, Mapping[str, Any]], spool_root: Path) -> 
     """One JSON-able document of the agent's counters from the supervisor's view of its children."""
     producer = children.get(PRODUCER, {})
     acknowledged = producer.get("acknowledged", {}) or {}
+    dead_lettered = producer.get("dead_lettered", {}) or {}
     datasets = {}
     for name, child in children.items():
         if name == PRODUCER:
@@ -30,6 +31,7 @@ def build_stats(children: Mapping[str, Mapping[str, Any]], spool_root: Path) -> 
             "restarts": int(child.get("restarts", 0)),
             "events_emitted": int(child.get("events", 0)),  # every emitted event is spooled first
             "events_acknowledged": int(acknowledged.get(name, 0)),
+            "events_dead_lettered": int(dead_lettered.get(name, 0)),
             "last_scan_seconds": float(child.get("scan_seconds", 0.0)),
             "spool_full": bool(child.get("blocked", False)),
             "kernel_events": int(child.get("items", 0)),
@@ -42,6 +44,7 @@ def build_stats(children: Mapping[str, Mapping[str, Any]], spool_root: Path) -> 
             "up": bool(producer.get("alive")),
             "restarts": int(producer.get("restarts", 0)),
             "events_acknowledged": sum(int(v) for v in acknowledged.values()),
+            "events_dead_lettered": sum(int(v) for v in dead_lettered.values()),
             "failed_batches": int(producer.get("failed_batches", 0)),
             "events_truncated": int(producer.get("truncated", 0)),
             "events_dropped": sum(d["events_dropped"] for d in datasets.values()),  # never after spooling
@@ -70,6 +73,8 @@ def prometheus_text(stats: Mapping[str, Any]) -> str:
     metric("events_emitted_total", "counter", "Events a dataset emitted and spooled", per_dataset("events_emitted"))
     metric("events_acknowledged_total", "counter", "Events the output acknowledged",
            per_dataset("events_acknowledged"))
+    metric("events_dead_lettered_total", "counter", "Events the output refused for good, kept in path.data/dead-letter",
+           per_dataset("events_dead_lettered"))
     metric("collector_restarts_total", "counter", "Restarts of a dataset's process", per_dataset("restarts"))
     metric("last_scan_duration_seconds", "gauge", "Duration of the dataset's last collection cycle",
            per_dataset("last_scan_seconds"))

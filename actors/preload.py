@@ -13,6 +13,7 @@ import actors.datasets.host  # noqa: F401
 import actors.datasets.process  # noqa: F401
 import actors.datasets.socket  # noqa: F401
 import actors.datasets.user  # noqa: F401
+import actors.doorbell  # noqa: F401
 import actors.outputs.console  # noqa: F401
 import actors.outputs.file  # noqa: F401
 import actors.producer  # noqa: F401

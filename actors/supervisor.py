@@ -19,6 +19,7 @@ import pykka
 
 from actors.agent import AgentIdentity
 from actors.config import Settings
+from actors.doorbell import doorbell_name
 from actors.monitoring import build_stats, log_stats, serve
 from actors.worker import CollectorSpec, ProducerSpec, collector_main, producer_main
 
@@ -30,6 +31,8 @@ WATCH_INTERVAL = 0.25
 COLLECTOR_STOP_SECONDS = 3.0
 PRODUCER_STOP_SECONDS = 6.0
 STATS_LOG_INTERVAL = 30.0
+FAILED_RETRY_MAX = 3600.0
+DUPLICATE_SIGNAL_SECONDS = 1.0  # GNU timeout signals the process and then its group: one request, not two
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -61,6 +64,7 @@ class Child:
     restarts: int = 0
     attempt: int = 0
     failed: bool = False
+    failed_retries: int = 0  # retries after being marked failed, for the doubling cool-down
     hang_killed: bool = False
     exit_pending: bool = False  # started, and its exit not yet handled by the supervisor
 
@@ -76,6 +80,13 @@ class Watch:
 
 @dataclass(frozen=True)
 class Restart:
+    name: str
+
+
+@dataclass(frozen=True)
+class RetryFailed:
+    """Message: a failed child's cool-down is over: start it again with a fresh restart budget."""
+
     name: str
 
 
@@ -103,19 +114,20 @@ class SupervisorActor(pykka.ThreadingActor):
         self.settings = settings
         self.stop_requested = stop_requested or threading.Event()  # set by the signal handler, at once
         self.context = context
-        self.wake = context.Event()
         self.children: dict[str, Child] = {}
         self.stopping = False
         self._timers: list[threading.Timer] = []
+        doorbell = doorbell_name(settings.path_data)
         producer_spec = ProducerSpec(settings.path_data, settings.output.type, dict(settings.output.options),
-                                     settings.logging_level)
-        self.children[PRODUCER] = Child(PRODUCER, producer_main, producer_spec, PRODUCER_HANG_TIMEOUT)
+                                     settings.logging_level, doorbell)
+        self.children[PRODUCER] = Child(PRODUCER, producer_main, producer_spec,
+                                        settings.supervisor.hang_timeout or PRODUCER_HANG_TIMEOUT)
         for name, dataset in settings.datasets.items():
             spec = CollectorSpec(
                 dataset=name, period=dataset.period, state_period=dataset.state_period,
                 options=dict(dataset.options), hostfs=settings.hostfs, path_data=settings.path_data,
                 agent=agent, spool_max_bytes=settings.queue_disk_max_size,
-                hang_file=settings.debug_hang_file, log_level=settings.logging_level,
+                hang_file=settings.debug_hang_file, log_level=settings.logging_level, doorbell=doorbell,
             )
             self.children[name] = Child(name, collector_main, spec, settings.hang_timeout_for(name))
 
@@ -134,6 +146,14 @@ class SupervisorActor(pykka.ThreadingActor):
             child = self.children[message.name]
             if not self.stopping and not child.failed and not child.alive:
                 self._start(child)
+        elif isinstance(message, RetryFailed):
+            child = self.children[message.name]
+            if not self.stopping and child.failed and not child.alive:
+                child.failed, child.attempt = False, 0
+                child.restart_times.clear()
+                log.warning("%s: retrying after its cool-down (retry %d after being marked failed)", child.name,
+                            child.failed_retries)
+                self._start(child)
         elif isinstance(message, Shutdown):
             self._shutdown()
         elif isinstance(message, Status):
@@ -144,7 +164,7 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _start(self, child: Child) -> None:
         receiver, sender = self.context.Pipe(duplex=False)
-        process = self.context.Process(target=child.target, args=(child.spec, sender, self.wake),
+        process = self.context.Process(target=child.target, args=(child.spec, sender),
                                        name=f"hostaudit-{child.name}")
         process.start()
         sender.close()  # only the child holds the sending end: its death closes the pipe
@@ -196,6 +216,7 @@ class SupervisorActor(pykka.ThreadingActor):
             if child.attempt and child.restart_times and now - child.restart_times[-1] > \
                     self.settings.supervisor.max_restarts_window and child.alive:
                 child.attempt = 0  # healthy for a whole window: the next failure starts the backoff over
+                child.failed_retries = 0
 
     def _exited(self, child: Child) -> None:
         assert child.process is not None
@@ -215,20 +236,26 @@ class SupervisorActor(pykka.ThreadingActor):
             child.restart_times.popleft()
         if len(child.restart_times) >= supervisor.max_restarts:
             child.failed = True
+            cooldown = min(FAILED_RETRY_MAX, supervisor.failed_retry * 2 ** child.failed_retries)
+            child.failed_retries += 1
             log.error("%s failed: %d restarts within %.0f s (supervisor.max_restarts); last exit: %s; "
-                      "not restarting it, the other datasets keep running", child.name,
-                      len(child.restart_times), supervisor.max_restarts_window, reason)
+                      "the other datasets keep running; trying it again in %.0f s (supervisor.failed_retry)",
+                      child.name, len(child.restart_times), supervisor.max_restarts_window, reason, cooldown)
+            self._after(cooldown, RetryFailed(child.name))
             return
         child.restart_times.append(now)
         child.attempt += 1
         child.restarts += 1
         delay = min(supervisor.backoff_max, supervisor.backoff_initial * 2 ** (child.attempt - 1))
         log.warning("%s exited (%s); restart attempt %d in %.1f s", child.name, reason, child.attempt, delay)
-        timer = threading.Timer(delay, self.actor_ref.tell, (Restart(child.name),))
+        self._after(delay, Restart(child.name))
+
+    def _after(self, delay: float, message: Any) -> None:
+        """Send `message` to this actor after `delay` seconds (cancelled by a shutdown)."""
+        timer = threading.Timer(delay, self.actor_ref.tell, (message,))
         timer.daemon = True
         timer.start()
-        self._timers.append(timer)
-        self._timers = [t for t in self._timers if t.is_alive()]
+        self._timers = [t for t in self._timers if t.is_alive()] + [timer]
 
     # --- stopping --------------------------------------------------------------------------------------
     def _shutdown(self) -> None:
@@ -261,40 +288,59 @@ class SupervisorActor(pykka.ThreadingActor):
 
 
 def run(settings: Settings, agent: AgentIdentity) -> int:
-    """Run the agent in the foreground until SIGTERM or SIGINT; return the exit code."""
+    """Run the agent in the foreground until SIGTERM or SIGINT; return the exit code.
+
+    Whatever happens here, the children are stopped before this returns: no collector is left running
+    without its supervisor (a failed HTTP bind exits 1 with one line, after stopping them).
+    """
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["actors.preload"])
     stop_requested = threading.Event()
     known_pids: list[int] = []
+    first_signal: list[tuple[int, float]] = []
 
     def on_signal(signum: int, frame: Any) -> None:
-        if stop_requested.is_set():  # a second signal: leave at once
-            for pid in known_pids:
+        if first_signal:
+            first_signum, first_at = first_signal[0]
+            if signum == first_signum and time.monotonic() - first_at < DUPLICATE_SIGNAL_SECONDS:
+                return  # the same request delivered twice (to the process and to its group)
+            for pid in known_pids:  # a second signal: leave at once
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass  # already gone
             os._exit(128 + signum)
+        first_signal.append((signum, time.monotonic()))
         log.info("received %s; stopping (send it again to exit at once)", signal.Signals(signum).name)
         stop_requested.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     supervisor = SupervisorActor.start(settings, context, agent, stop_requested)
+    server = None
+    try:
+        def current_stats() -> dict[str, Any]:
+            return build_stats(supervisor.ask(Status(), timeout=5), settings.path_data / "spool")
 
-    def current_stats() -> dict[str, Any]:
-        return build_stats(supervisor.ask(Status(), timeout=5), settings.path_data / "spool")
-
-    server = serve(settings.http_host, settings.http_port, current_stats) if settings.http_enabled else None
-    next_stats_log = time.monotonic() + STATS_LOG_INTERVAL
-    while not stop_requested.wait(1.0):
-        known_pids[:] = supervisor.proxy().child_pids().get(timeout=5)
-        if time.monotonic() >= next_stats_log:
-            next_stats_log += STATS_LOG_INTERVAL
-            log_stats(current_stats())
-    if server is not None:
-        server.shutdown()
-    known_pids[:] = supervisor.proxy().child_pids().get(timeout=5)
-    supervisor.ask(Shutdown(), timeout=10)
-    supervisor.stop()
-    return 0
+        if settings.http_enabled:
+            try:
+                server = serve(settings.http_host, settings.http_port, current_stats)
+            except OSError as error:
+                log.error("http: cannot serve %s:%d (%s); stopping", settings.http_host, settings.http_port,
+                          error.strerror or error)
+                return 1
+        next_stats_log = time.monotonic() + STATS_LOG_INTERVAL
+        while not stop_requested.wait(1.0):
+            known_pids[:] = supervisor.proxy().child_pids().get(timeout=5)
+            if time.monotonic() >= next_stats_log:
+                next_stats_log += STATS_LOG_INTERVAL
+                log_stats(current_stats())
+        return 0
+    finally:
+        if server is not None:
+            server.shutdown()
+        try:
+            known_pids[:] = supervisor.proxy().child_pids().get(timeout=5)
+            supervisor.ask(Shutdown(), timeout=15)
+        finally:
+            supervisor.stop()

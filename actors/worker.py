@@ -10,7 +10,6 @@ import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Event as WakeEvent
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -23,6 +22,13 @@ log = logging.getLogger("hostaudit.worker")
 
 HEARTBEAT_INTERVAL = 1.0
 STOP_TIMEOUT = 4.0
+IDLE_POLL_SECONDS = 0.5  # the producer re-reads the spools at least this often, rung or not
+
+
+def segment_size_for(spool_max_bytes: int) -> int:
+    """Spool segment size: small enough that acknowledged segments are reclaimed well before
+    `queue.disk.max_size` is reached (a sixteenth of it), between 64 KiB and 64 MiB."""
+    return max(64 * 1024, min(64 * 1024 * 1024, spool_max_bytes // 16))
 
 
 def set_role(role: str) -> None:
@@ -44,6 +50,7 @@ class CollectorSpec:
     spool_max_bytes: int
     hang_file: str
     log_level: str
+    doorbell: str
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class ProducerSpec:
     output_type: str
     output_options: Mapping[str, Any]
     log_level: str
+    doorbell: str
     drain_timeout: float = 5.0
 
 
@@ -86,13 +94,31 @@ def _start_heartbeats(conn: Connection, stats: Callable[[], dict[str, Any]], lif
     threading.Thread(target=_heartbeats, args=(conn, stats, lifecycle), name="heartbeat", daemon=True).start()
 
 
-def collector_main(spec: CollectorSpec, heartbeat: Connection, wake: WakeEvent) -> None:
-    """Run one dataset's collector actor until SIGTERM."""
+def collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
+    """Run one dataset's collector actor until SIGTERM; any error exits non-zero for the supervisor to see."""
+    _exit_loudly_on_error(_collector_main, spec, heartbeat, role=spec.dataset)
+
+
+def _exit_loudly_on_error(main: Callable[..., None], *args: Any, role: str) -> None:
+    """Run `main`; an exception that escapes it is logged and the process exits 1 at once (no live but idle
+    process left behind: the supervisor restarts it)."""
+    try:
+        main(*args)
+    except SystemExit:
+        raise
+    except BaseException:  # noqa: BLE001 - anything at all: the supervisor must see this process die
+        log.exception("%s: unexpected error; exiting for the supervisor to restart it", role)
+        logging.shutdown()
+        os._exit(1)
+
+
+def _collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
     from actors.agent import load_digest_key
     from actors.collector import CollectorActor, DatasetRunner, Progress, pump_stream
+    from actors.doorbell import Bell
     from actors.datasets import DatasetContext, load_dataset
     from actors.datasets.host import describe_host
-    from actors.spool import SpoolWriter
+    from actors.spool import CORRUPT_DIR, SpoolWriter
     from actors.state import StateStore
 
     set_role(spec.dataset)
@@ -109,11 +135,12 @@ def collector_main(spec: CollectorSpec, heartbeat: Connection, wake: WakeEvent) 
         dataset=dataset,
         state_period=spec.state_period,
         store=StateStore(spec.path_data / "state.db"),
-        spool=SpoolWriter(spool_root / spec.dataset),
+        spool=SpoolWriter(spool_root / spec.dataset, segment_bytes=segment_size_for(spec.spool_max_bytes),
+                          corrupt_dir=spec.path_data / CORRUPT_DIR),
         spool_root=spool_root,
         spool_max_bytes=spec.spool_max_bytes,
         common=_HostFieldsCache(spec.agent, spec.hostfs, describe_host, host),
-        on_spooled=wake.set,
+        on_spooled=Bell(spec.doorbell).ring,
     )
     progress = Progress()
 
@@ -158,8 +185,13 @@ class _HostFieldsCache:
         return self.fields
 
 
-def producer_main(spec: ProducerSpec, heartbeat: Connection, wake: WakeEvent) -> None:
+def producer_main(spec: ProducerSpec, heartbeat: Connection) -> None:
     """Run the producer actor: deliver spooled events to the output until SIGTERM, then drain and exit."""
+    _exit_loudly_on_error(_producer_main, spec, heartbeat, role="producer")
+
+
+def _producer_main(spec: ProducerSpec, heartbeat: Connection) -> None:
+    from actors.doorbell import Doorbell
     from actors.outputs import create_output
     from actors.producer import DeliveryStats, ProducerActor
 
@@ -168,8 +200,9 @@ def producer_main(spec: ProducerSpec, heartbeat: Connection, wake: WakeEvent) ->
     configure_logging(spec.log_level, "producer")
     output = create_output(spec.output_type, spec.output_options)
     stats = DeliveryStats()
+    doorbell = Doorbell(spec.doorbell)
     actor = ProducerActor.start(
-        spec.path_data / "spool", output,
+        spec.path_data, output,
         bulk_max_size=int(spec.output_options.get("bulk_max_size", 2048) or 2048),
         backoff_initial=float(spec.output_options.get("backoff", {}).get("init", 1.0)),
         backoff_max=float(spec.output_options.get("backoff", {}).get("max", 60.0)),
@@ -177,18 +210,13 @@ def producer_main(spec: ProducerSpec, heartbeat: Connection, wake: WakeEvent) ->
     ).proxy()
     pumps = [0]
     _start_heartbeats(heartbeat, lambda: {"progress": pumps[0], **stats.as_dict()}, lifecycle)
-    retry_at = 0.0
     while not lifecycle.stopping.is_set():
         pumps[0] += 1
-        if time.monotonic() < retry_at:
-            lifecycle.stopping.wait(min(0.5, retry_at - time.monotonic()))
-            continue
-        wake.clear()  # cleared before reading, so an append after this moment wakes the next wait
+        doorbell.drain()  # before reading, so an append after this moment wakes the next wait
         result = actor.pump().get()
-        if result.retry_after:
-            retry_at = time.monotonic() + result.retry_after
-        elif not result.more:
-            wake.wait(0.5)
+        if not result.more:
+            # Nothing delivered: sleep until rung, or until the first dataset held back by a failure is due.
+            doorbell.wait(min(IDLE_POLL_SECONDS, result.retry_after or IDLE_POLL_SECONDS))
     deadline = time.monotonic() + spec.drain_timeout
     while time.monotonic() < deadline:  # flush: deliver what the stopped collectors spooled last
         result = actor.pump().get()

@@ -112,8 +112,11 @@ class Agent:
         """The last event.sequence the dataset spooled and committed (0 before its first commit)."""
         if not (self.data / "state.db").exists():
             return 0
-        with sqlite3.connect(self.data / "state.db") as db:
-            row = db.execute("SELECT sequence FROM dataset_state WHERE dataset = ?", (dataset,)).fetchone()
+        try:
+            with sqlite3.connect(self.data / "state.db") as db:
+                row = db.execute("SELECT sequence FROM dataset_state WHERE dataset = ?", (dataset,)).fetchone()
+        except sqlite3.OperationalError:  # created but its table not yet (the agent is starting)
+            return 0
         return int(row[0]) if row else 0
 
     def wait_for_role(self, role: str, timeout: float, not_pid: int | None = None) -> int:

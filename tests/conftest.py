@@ -51,3 +51,13 @@ def own_broker(tmp_path: Path) -> Iterator["KafkaBroker"]:
                                                                "broker.heartbeat.interval.ms": "500"})
     yield broker
     broker.stop()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", default=False,
+                     help="fault-injection soak: 100 rounds of random kills (tests/faults), not the default 12")
+
+
+@pytest.fixture
+def long_run(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--long"))

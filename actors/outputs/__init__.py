@@ -9,14 +9,19 @@ class OutputError(Exception):
     """The output could not take the batch now; the producer keeps it spooled and retries."""
 
 
+Rejection = tuple[int, str]  # (index of an event in the batch, why the output refuses it for good)
+
+
 class Output(Protocol):
     """Writes encoded ECS events somewhere. Knows nothing of datasets.
 
     `publish` returns only when every event of the batch is durably accepted (written and flushed, or
-    acknowledged by the broker); otherwise it raises OutputError and the whole batch is sent again later.
+    acknowledged by the broker) or refused for good: it returns the refused ones (an event that can never
+    be routed, a topic the broker rejects), which the producer keeps in the dead-letter file. On a failure
+    that may pass (the broker is down, a timeout) it raises OutputError and the whole batch is sent again.
     """
 
-    def publish(self, batch: Sequence[bytes]) -> None: ...
+    def publish(self, batch: Sequence[bytes]) -> Sequence[Rejection]: ...
 
     def close(self) -> None: ...
 

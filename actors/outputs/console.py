@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any, BinaryIO, Mapping, Sequence
 
-from actors.outputs import OutputError
+from actors.outputs import OutputError, Rejection
 
 
 class ConsoleOutput:
@@ -16,7 +16,7 @@ class ConsoleOutput:
         self.pretty = bool(options.get("pretty", False))
         self.stream = stream if stream is not None else sys.stdout.buffer
 
-    def publish(self, batch: Sequence[bytes]) -> None:
+    def publish(self, batch: Sequence[bytes]) -> Sequence[Rejection]:
         if self.pretty:
             batch = [json.dumps(json.loads(line), indent=2, ensure_ascii=False).encode() for line in batch]
         try:
@@ -24,6 +24,7 @@ class ConsoleOutput:
             self.stream.flush()
         except OSError as error:
             raise OutputError(f"console output: cannot write to stdout: {error}") from error
+        return ()
 
     def close(self) -> None:
         try:

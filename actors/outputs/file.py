@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from actors.outputs import OutputError
+from actors.outputs import OutputError, Rejection
 
 
 class FileOutput:
@@ -44,7 +44,7 @@ class FileOutput:
             if newer.exists():
                 os.replace(newer, older)
 
-    def publish(self, batch: Sequence[bytes]) -> None:
+    def publish(self, batch: Sequence[bytes]) -> Sequence[Rejection]:
         data = b"".join(line + b"\n" for line in batch)
         fd = self._open()
         if self._size and self._size + len(data) > self.rotate_bytes:
@@ -57,10 +57,15 @@ class FileOutput:
                 view = view[written:]
             os.fsync(fd)
         except OSError as error:
+            try:
+                os.ftruncate(fd, self._size)  # no torn line: the retry appends the whole batch again
+            except OSError:
+                pass  # reopened below; the size is measured again then
             os.close(fd)
             self._fd = None
             raise OutputError(f"output.file: cannot write {self.path}: {error.strerror}") from error
         self._size += len(data)
+        return ()
 
     def close(self) -> None:
         if self._fd is not None:

@@ -16,11 +16,11 @@ from json.decoder import WHITESPACE, scanstring
 from typing import Any, Mapping, Sequence
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaConfigurationError, KafkaError
+from kafka.errors import KafkaConfigurationError, KafkaError, KafkaTimeoutError
 from kafka.partitioner.abc import Partitioner
 from kafka.partitioner.default import murmur2
 
-from actors.outputs import OutputError
+from actors.outputs import OutputError, Rejection
 
 log = logging.getLogger("hostaudit.kafka")
 
@@ -418,14 +418,11 @@ class KafkaOutput:
 
     def _record(self, payload: bytes) -> tuple[str, bytes | None, bytes]:
         """Topic, key and value of one encoded event. Only the top-level members the format strings name
-        are parsed (`host` for the default key): the rest of the event is never decoded."""
+        are parsed (`host` for the default key): the rest of the event is never decoded. KeyError(field)
+        when the event lacks a field the topic or key needs."""
         document = self._members(payload) if self._members is not None else {}
-        try:
-            topic = self._topic.render(document)
-            key = self._key.render(document).encode() if self._key is not None else None
-        except KeyError as missing:
-            raise OutputError(f"output.kafka: event {_event_id(payload)} has no field "
-                              f"{missing} for the topic or key format string") from None
+        topic = self._topic.render(document)
+        key = self._key.render(document).encode() if self._key is not None else None
         if len(payload) > self.limit:
             fitted = fit_to_size(payload, self.limit)
             self.truncated += 1
@@ -434,26 +431,48 @@ class KafkaOutput:
             return topic, key, fitted
         return topic, key, payload
 
-    def publish(self, batch: Sequence[bytes]) -> None:
+    def publish(self, batch: Sequence[bytes]) -> Sequence[Rejection]:
+        """Send the batch; return the events refused for good (no field to route by, a topic the broker
+        rejects for good) so one poison event never holds back the others."""
         producer = self._client()
         send, record, headers = producer.send, self._record, self.headers or None
+        rejections: list[Rejection] = []
         try:
             futures = []
-            for payload in batch:
-                topic, key, value = record(payload)
-                futures.append(send(topic, value=value, key=key, headers=headers))
+            for index, payload in enumerate(batch):
+                try:
+                    topic, key, value = record(payload)
+                except KeyError as missing:
+                    rejections.append((index, f"no field {missing} for the output.kafka topic or key format string"))
+                    continue
+                try:
+                    futures.append((index, send(topic, value=value, key=key, headers=headers)))
+                except ValueError as error:  # the client refuses the topic name itself (illegal characters)
+                    rejections.append((index, f"topic {topic!r} refused: {error}"))
+                except KafkaError as error:
+                    if error.retriable or isinstance(error, KafkaTimeoutError):
+                        raise
+                    rejections.append((index, f"Kafka refused the event for topic {topic!r}: "
+                                              f"{describe_error(error)}"))
             producer.flush(timeout=self.timeout)
-            for future in futures:
+            for index, future in futures:
                 if not future.is_done:
                     raise OutputError("Kafka did not acknowledge the batch in output.kafka.timeout")
                 if future.failed():
-                    raise OutputError(f"Kafka refused an event: {describe_error(future.exception)}")
+                    error = future.exception
+                    if isinstance(error, KafkaError) and not error.retriable and \
+                            not isinstance(error, KafkaTimeoutError):
+                        rejections.append((index, f"Kafka refused the event: {describe_error(error)}"))
+                        continue
+                    raise OutputError(f"Kafka refused an event: {describe_error(error)}")
         except (KafkaError, OSError, ssl.SSLError) as error:
             self._reset()
             raise OutputError(describe_error(error)) from error
         except OutputError:
             self._reset()
             raise
+        rejections.sort()
+        return rejections
 
     def _reset(self) -> None:
         if self._producer is not None:

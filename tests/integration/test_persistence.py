@@ -16,6 +16,15 @@ def actions(agent: Agent, action: str) -> list[dict]:
     return [e for e in agent.events() if e["event"]["action"] == action]
 
 
+def wait_for_committed(agent: Agent, datasets: tuple[str, ...]) -> None:
+    """Wait until each dataset committed the state behind every event delivered so far: a kill between a spool
+    append and its state commit would (rightly) repeat those events after the restart."""
+    for dataset in datasets:
+        delivered = max(e["event"]["sequence"] for e in agent.events() if e["event"]["dataset"] == dataset)
+        wait_for(lambda d=dataset, n=delivered: agent.committed_sequence(d) >= n, 5,
+                 f"{dataset} state committed up to sequence {delivered}")
+
+
 def kill_whole_agent(agent: Agent) -> None:
     os.killpg(agent.pid, signal.SIGKILL)
     agent.process.wait(10)
@@ -28,6 +37,7 @@ def test_downtime_changes_are_reported_once_marked_at_startup(agent_factory, tmp
     first.wait_for_event(lambda e: e["event"]["action"] == "existing_user", 10, "the user state report")
     first.wait_for_event(lambda e: e["event"]["action"] == "host", 10, "the host state report")
     wait_for(lambda: len(actions(first, "existing_user")) == 2, 5, "both users in the state report")
+    wait_for_committed(first, ("host", "user"))
     kill_whole_agent(first)
 
     set_hostname(hostfs, "after")

@@ -1,0 +1,47 @@
+"""Errors that must end a child process loudly (for the supervisor to restart it), never leave it idle."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+from actors.collector import _CrashingTimer
+from tests.agent_harness import REPO
+
+
+def test_a_timer_that_cannot_wait_its_delay_crashes_the_process_instead_of_dying_silently() -> None:
+    crashed = threading.Event()
+    errors: list[BaseException] = []
+
+    def on_crash(error: BaseException) -> None:
+        errors.append(error)
+        crashed.set()
+
+    timer = _CrashingTimer(1e30, lambda message: None, "tick", on_crash)  # threading.Timer dies: OverflowError
+    timer.start()
+    assert crashed.wait(5), "the dead timer was reported"
+    assert isinstance(errors[0], OverflowError)
+
+
+def test_a_timer_fires_its_message_and_a_cancelled_one_does_not() -> None:
+    fired: list[str] = []
+    done = threading.Event()
+    _CrashingTimer(0.01, lambda message: (fired.append(message), done.set()), "tick", lambda error: None).start()
+    assert done.wait(5) and fired == ["tick"]
+    cancelled = _CrashingTimer(0.05, fired.append, "late", lambda error: None)
+    cancelled.start()
+    cancelled.cancel()
+    cancelled.join(5)
+    assert fired == ["tick"]
+
+
+def test_an_exception_escaping_a_child_main_exits_1_with_one_logged_error() -> None:
+    code = ("import logging, sys; logging.basicConfig(stream=sys.stderr);"
+            "from actors.worker import _exit_loudly_on_error;"
+            "import threading; threading.Thread(target=threading.Event().wait, daemon=False).start();"  # a live thread
+            "_exit_loudly_on_error(lambda: 1 / 0, role='producer')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "producer: unexpected error; exiting for the supervisor to restart it" in result.stderr
+    assert "ZeroDivisionError" in result.stderr
