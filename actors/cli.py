@@ -66,11 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(settings: "Settings") -> int:
     import setproctitle
 
-    from actors.agent import load_agent_identity, load_digest_key
-    from actors.data_lock import DataDirectoryLocked, lock_data_directory
-    from actors.logs import configure_logging
-    from actors.state import StateStore
-    from actors.supervisor import run
+    from actors.runtime.agent import load_agent_identity, load_digest_key
+    from actors.runtime.data_lock import DataDirectoryLocked, lock_data_directory
+    from actors.runtime.logs import configure_logging
+    from actors.runtime.state import StateStore
+    from actors.runtime.supervisor import run
 
     setproctitle.setproctitle("hostaudit: supervisor")
     configure_logging(settings.logging_level, "supervisor")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from dynaconf.loaders.base import SourceMetadata
 from dynaconf.utils.parse_conf import boolean_fix, parse_conf_data
 
 from actors.datasets import BUILT_DATASETS, PLANNED_DATASETS
+from actors.options import DURATION_HINT, MIN_PERIOD, ConfigError, duration_seconds, show_duration, parse_size
 
 log = logging.getLogger("hostaudit.config")
 
@@ -44,10 +44,6 @@ PARTITIONER_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 VERIFICATION_MODES = ("full", "strict", "certificate", "none")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-
-
-class ConfigError(Exception):
-    """A configuration the user can fix. str() is one line naming the setting (or file) and the problem."""
 
 
 # --- values that must not leak, and read-only containers ---------------------------------------------------
@@ -211,93 +207,6 @@ class Settings:
         if self.supervisor.hang_timeout is not None:
             return self.supervisor.hang_timeout
         return max(3 * self.datasets[dataset].period, AUTOMATIC_HANG_TIMEOUT_FLOOR)
-
-
-# --- durations and sizes ------------------------------------------------------------------------------------
-
-_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(rf"({_NUMBER})(ns|us|µs|μs|ms|s|m|h)")
-_DURATION = re.compile(rf"(?:{_NUMBER}(?:ns|us|µs|μs|ms|s|m|h))+")
-_DURATION_HINT = "use e.g. 500ms, 1s, 1m, 12h"
-# No duration may be longer than a year: a longer one is a typo (1e26h), and timers given it fail (the
-# collector's timer thread died on OverflowError). A dataset's period and state.period must also be at least
-# 10 ms: `period: 1ns` kept a collector polling flat out.
-MAX_DURATION = 365 * 24 * 3600.0  # seconds
-MIN_PERIOD = 0.01  # seconds
-
-
-def _show_duration(seconds: float) -> str:
-    return "10ms" if seconds == MIN_PERIOD else "1 year (8760h)" if seconds == MAX_DURATION else f"{seconds:g}s"
-
-
-def _duration_seconds(value: str | int | float) -> float:
-    """Seconds of a Go duration ("1h30m", "1.5s") or a bare number of seconds; may be zero or negative."""
-    problem = ConfigError(f"{value!r} is not a duration ({_DURATION_HINT})")
-    if isinstance(value, bool):
-        raise problem
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        sign = -1.0 if text.startswith("-") else 1.0
-        body = text[1:] if text[:1] in "+-" else text
-        if re.fullmatch(_NUMBER, body):
-            seconds = sign * float(body)
-        elif _DURATION.fullmatch(body):
-            seconds = sign * sum(float(number) * _DURATION_UNITS[unit]
-                                 for number, unit in _DURATION_PART.findall(body))
-        else:
-            raise problem
-    else:
-        raise problem
-    if not math.isfinite(seconds):
-        raise problem
-    if abs(seconds) > MAX_DURATION:
-        raise ConfigError(f"{value!r} is longer than {_show_duration(MAX_DURATION)}, the longest duration accepted")
-    return seconds
-
-
-def parse_duration(value: str | int | float) -> float:
-    """Seconds of a duration: 500ms, 1s, 1m, 12h, 1h30m, 1.5s, or a bare number of seconds (90).
-
-    Raises ConfigError for anything else and for zero or negative durations.
-    """
-    seconds = _duration_seconds(value)
-    if seconds <= 0:
-        raise ConfigError(f"{value!r} is not a duration greater than 0 ({_DURATION_HINT})")
-    return seconds
-
-
-_SIZE = re.compile(r"([0-9][0-9,]*(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)")
-_SIZE_UNITS = {"": 1, "b": 1}
-for _power, _letter in enumerate("kmgtpe", start=1):
-    _SIZE_UNITS.update({_letter: 1000**_power, f"{_letter}b": 1000**_power,
-                        f"{_letter}i": 1024**_power, f"{_letter}ib": 1024**_power})
-
-
-def parse_size(value: str | int) -> int:
-    """Bytes of a size, go-humanize style: 1GiB, 100 MiB, 50MB, 1kb (1000), 1kib (1024), 1024 (bytes)."""
-    problem = ConfigError(f"{value!r} is not a size (use e.g. 1GiB, 100 MiB, 50MB, 1024)")
-    if isinstance(value, bool):
-        raise problem
-    if isinstance(value, int):
-        if value < 0:
-            raise problem
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value) or value < 0:
-            raise problem
-        return int(value)
-    if not isinstance(value, str):
-        raise problem
-    match = _SIZE.fullmatch(value.strip())
-    if match is None or match.group(2).lower() not in _SIZE_UNITS:
-        raise problem
-    number, multiplier = match.group(1).replace(",", ""), _SIZE_UNITS[match.group(2).lower()]
-    if "." in number:
-        return int(float(number) * multiplier)
-    return int(number) * multiplier
 
 
 # --- reading the layers -------------------------------------------------------------------------------------
@@ -704,13 +613,13 @@ def _str_list(key: str, value: Any) -> list[str]:
 def _duration(key: str, value: Any, allow_zero: bool = False, minimum: float | None = None) -> float:
     """Seconds of a duration setting: finite, at most MAX_DURATION, > 0 (or >= 0), and at least `minimum`."""
     try:
-        seconds = _duration_seconds(value)
+        seconds = duration_seconds(value)
     except ConfigError as error:
         _fail(key, str(error))
     if seconds < 0 or seconds == 0 and not allow_zero:
-        _fail(key, f"{value!r} must be {'0 or more' if allow_zero else 'greater than 0'} ({_DURATION_HINT})")
+        _fail(key, f"{value!r} must be {'0 or more' if allow_zero else 'greater than 0'} ({DURATION_HINT})")
     if minimum is not None and seconds < minimum:
-        _fail(key, f"{value!r} is shorter than {_show_duration(minimum)}, the shortest accepted here")
+        _fail(key, f"{value!r} is shorter than {show_duration(minimum)}, the shortest accepted here")
     return seconds
 
 

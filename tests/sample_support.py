@@ -1,10 +1,19 @@
-"""The fields every sample document in tests/samples/ shares (agent, ecs, service), so samples stay comparable."""
+"""The fields every dataset's sample document (actors/datasets/<name>/sample.json) shares, and where it lives."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 from actors.event import ECS_VERSION
+
+DATASETS_DIR = Path(__file__).resolve().parent.parent / "actors" / "datasets"
+
+
+def sample_path(dataset: str) -> Path:
+    """The sample document of `dataset`, kept beside its code."""
+    return DATASETS_DIR / dataset / "sample.json"
+
 
 SAMPLE_AGENT = {"type": "hostaudit", "name": "ubuntu-jammy", "version": "0.1.0",
                 "id": "0b0d5b5e-7a1c-4f6e-9d8a-3f2e1c0b9a87", "ephemeral_id": "5f3c2a1b-8d7e-4c6b-a9f0-1e2d3c4b5a69"}

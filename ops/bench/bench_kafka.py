@@ -29,12 +29,12 @@ sys.path.insert(0, str(REPO / "ops" / "kafka"))
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
 
-from actors.collector import encode_document  # noqa: E402
+from actors.runtime.collector import encode_document  # noqa: E402
 from actors.config import load_settings  # noqa: E402
 from actors.ecs import assert_ecs  # noqa: E402
 from actors.outputs.kafka import KafkaOutput  # noqa: E402
-from actors.producer import DeliveryStats, ProducerActor, Pump  # noqa: E402
-from actors.spool import SpoolWriter  # noqa: E402
+from actors.runtime.producer import DeliveryStats, ProducerActor, Pump  # noqa: E402
+from actors.runtime.spool import SpoolWriter  # noqa: E402
 from broker import BrokerError, KafkaBroker  # noqa: E402
 from cpu import cpu_children, cpu_self  # noqa: E402  (ops/bench/cpu.py)
 
@@ -201,9 +201,9 @@ def start_broker(workdir: Path) -> KafkaBroker:
 
 
 def load_revision(revision: str, directory: Path) -> tuple[ModuleType, ModuleType]:
-    """actors/outputs/kafka.py and actors/producer.py as they were at git `revision`, imported under other names."""
+    """actors/outputs/kafka.py and actors/runtime/producer.py as they were at git `revision`, imported under other names."""
     modules = []
-    for name, path in (("before_kafka", "actors/outputs/kafka.py"), ("before_producer", "actors/producer.py")):
+    for name, path in (("before_kafka", "actors/outputs/kafka.py"), ("before_producer", "actors/runtime/producer.py")):
         source = subprocess.run(["git", "-C", str(REPO), "show", f"{revision}:{path}"], capture_output=True,
                                 text=True, check=True).stdout
         file = directory / f"{name}.py"
@@ -292,7 +292,7 @@ def deliver_all(pump: Callable[[], Any], acknowledged: Callable[[], int], count:
 def run_hostaudit(bootstrap: str, topic: str, spool_root: Path, count: int,
                   kafka_module: Any = None, producer_module: Any = None) -> Run:
     """ProducerActor (its own thread, as in the agent) + KafkaOutput from the spooled events to the last ack.
-    `kafka_module`/`producer_module` replace actors.outputs.kafka/actors.producer (an older revision)."""
+    `kafka_module`/`producer_module` replace actors.outputs.kafka/actors.runtime.producer (an older revision)."""
     output_class = kafka_module.KafkaOutput if kafka_module else KafkaOutput
     actor_class, stats_class, pump_class = ((producer_module.ProducerActor, producer_module.DeliveryStats,
                                              producer_module.Pump) if producer_module
@@ -389,7 +389,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000, help="events per measured run")
     parser.add_argument("--runs", type=int, default=3, help="measured runs of each path")
     parser.add_argument("--before", metavar="GIT_REV", default=None,
-                        help="also run (c) with actors/outputs/kafka.py and actors/producer.py from this revision")
+                        help="also run (c) with actors/outputs/kafka.py and actors/runtime/producer.py from this revision")
     parser.add_argument("--profile-events", type=int, default=60_000, help="events in the cProfile run (0 = none)")
     parser.add_argument("--top", type=int, default=15, help="functions listed per profiled thread")
     parser.add_argument("--workdir", type=Path, default=None, help="parent of the temp dir (broker, spools)")

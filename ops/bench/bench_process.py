@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from actors.datasets import DatasetContext  # noqa: E402
-from actors.datasets.process import STARTED, STOPPED, ProcessDataset, create  # noqa: E402
-from actors.proc_connector import ProcessExec, ProcessExit  # noqa: E402
+from actors.datasets.process.dataset import STARTED, STOPPED, ProcessDataset, create  # noqa: E402
+from actors.datasets.process.proc_connector import ProcessExec, ProcessExit  # noqa: E402
 
 PS_COMMAND = ["ps", "-e", "-o", "pid,ppid,user,lstart,args"]
 TRUE = os.path.realpath("/bin/true")

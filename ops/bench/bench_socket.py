@@ -19,8 +19,8 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from actors.datasets import DatasetContext  # noqa: E402
-from actors.datasets.socket import SOCKET_CLOSED, SocketDataset  # noqa: E402
-from actors.sock_diag import Destroyed  # noqa: E402
+from actors.datasets.socket.dataset import SOCKET_CLOSED, SocketDataset  # noqa: E402
+from actors.datasets.socket.sock_diag import Destroyed  # noqa: E402
 from cpu import cpu_children, cpu_self  # noqa: E402  (ops/bench/cpu.py)
 
 LOOPBACK = "127.0.0.1"

@@ -111,7 +111,7 @@ def test_sigterm_flushes_every_event_and_exits_zero(agent_factory, tmp_path: Pat
     sequences = sorted(e["event"]["sequence"] for e in events)
     assert sequences == list(range(1, len(sequences) + 1)), "every spooled event reached the file, in order"
     spool = agent.data / "spool" / "host"
-    from actors.spool import SpoolReader
+    from actors.runtime.spool import SpoolReader
     assert not SpoolReader(spool).has_pending(), "nothing left unacknowledged in the spool"
 
 

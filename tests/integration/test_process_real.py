@@ -18,11 +18,11 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from actors.datasets import DatasetContext
-from actors.datasets import process as process_dataset
-from actors.datasets.process import ERROR, STARTED, STOPPED, ProcessDataset
+from actors.datasets.process import dataset as process_dataset
+from actors.datasets.process.dataset import ERROR, STARTED, STOPPED, ProcessDataset
 from actors.ecs import assert_ecs
 from actors.event import Event
-from actors.proc_connector import ProcConnector, ProcessExec, ProcessExit
+from actors.datasets.process.proc_connector import ProcConnector, ProcessExec, ProcessExit
 from tests.agent_harness import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -184,7 +184,7 @@ def test_a_process_we_may_not_inspect_is_reported_without_exe_and_cwd(spawn, tmp
         pytest.skip("needs setpriv(1)")
     child = spawn(["sleep", "600"], user=65534, group=65534, extra_groups=[], cwd=tmp_path)
     wait_for(lambda: os.readlink(f"/proc/{child.pid}/exe") == SLEEP, 5, "the exec")
-    code = (f"import json; from actors.datasets.process import create; from actors.datasets import DatasetContext;"
+    code = (f"import json; from actors.datasets.process.dataset import create; from actors.datasets import DatasetContext;"
             f"from pathlib import Path; ds = create(DatasetContext(hostfs=Path('/'), options={{'backend': 'procfs'}}));"
             f"print(json.dumps(ds.observe()['processes'].get('{child.pid}')))")
     # Root without CAP_SYS_PTRACE may not follow another user's /proc/PID/exe and cwd links.
@@ -336,8 +336,8 @@ import logging, sys
 logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(message)s")
 from pathlib import Path
 from actors.datasets import DatasetContext
-from actors.datasets.process import create
-from actors.proc_connector import ConnectorUnavailable
+from actors.datasets.process.dataset import create
+from actors.datasets.process.proc_connector import ConnectorUnavailable
 print("auto:", create(DatasetContext(hostfs=Path("/"), options={"backend": "auto"})).open_stream())
 try:
     create(DatasetContext(hostfs=Path("/"), options={"backend": "netlink"})).open_stream()

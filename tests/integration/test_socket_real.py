@@ -18,14 +18,14 @@ from typing import Any, Callable, Iterator, Sequence
 import pytest
 
 from actors.datasets import DatasetContext
-from actors.datasets.socket import (
+from actors.datasets.socket.dataset import (
     DEFAULT_STREAM_BUFFER, R_INODE, R_LOCAL_PORT, R_PROCESS, R_REMOTE_PORT, R_STATE, R_TRANSPORT, R_UID,
     SocketDataset,
 )
 from actors.ecs import assert_ecs
-from actors.entity import process_entity_id
+from actors.hostfs.entity import process_entity_id
 from actors.event import Event
-from actors.sock_diag import (
+from actors.datasets.socket.sock_diag import (
     NETLINK_ADD_MEMBERSHIP, NETLINK_SOCK_DIAG, SKNLGRP_INET_TCP_DESTROY, SOCK_DIAG_BY_FAMILY, SOL_NETLINK,
     TCP_FIN_WAIT2, DestroyListener, Destroyed, decode_sockid, destroy_groups,
 )
@@ -584,7 +584,7 @@ def test_a_refused_stream_is_none_after_one_warning() -> None:
         import logging, os, resource, sys
         from pathlib import Path
         from actors.datasets import DatasetContext
-        from actors.datasets.socket import SocketDataset
+        from actors.datasets.socket.dataset import SocketDataset
         logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
         dataset = SocketDataset(DatasetContext(hostfs=Path("/")))
         snapshot = dataset.observe()  # opens the dump socket while descriptors are left
@@ -610,7 +610,7 @@ def test_an_unprivileged_user_may_join_the_destroy_groups(cleanup: contextlib.Ex
     child = spawn(cleanup, f"""
         import os, sys
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
-        from actors.sock_diag import DestroyListener, destroy_groups
+        from actors.datasets.socket.sock_diag import DestroyListener, destroy_groups
         {DROP_TO_NOBODY}
         stream = DestroyListener(destroy_groups(False), 1 << 20)
         print("subscribed", flush=True)

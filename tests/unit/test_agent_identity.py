@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.agent import load_agent_identity, load_digest_key
+from actors.runtime.agent import load_agent_identity, load_digest_key
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from actors.collector import DatasetRunner
+from actors.runtime.collector import DatasetRunner
 from actors.datasets import DatasetContext
-from actors.datasets.host import create
-from actors.spool import SpoolReader, SpoolWriter
-from actors.state import StateStore
+from actors.datasets.host.dataset import create
+from actors.runtime.spool import SpoolReader, SpoolWriter
+from actors.runtime.state import StateStore
 from tests.hostfs import make_hostfs, set_hostname
 
 

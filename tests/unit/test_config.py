@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from actors import config
-from actors.config import (ConfigError, Secret, Settings, export_yaml, load_settings, parse_duration,
-                           parse_size)
+from actors.config import Secret, Settings, export_yaml, load_settings
+from actors.options import ConfigError, parse_duration, parse_size
 from actors.datasets import BUILT_DATASETS, PLANNED_DATASETS
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -78,7 +78,7 @@ def test_default_module_list_is_filtered_to_the_built_datasets(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     listed = yaml.safe_load(config.DEFAULTS_FILE.read_text())["hostaudit"]["modules"]
     assert {name for entry in listed for name in entry["datasets"]} >= set(PLANNED_DATASETS) | set(BUILT_DATASETS)
-    monkeypatch.setattr(config, "BUILT_DATASETS", {**BUILT_DATASETS, "user": "actors.datasets.user"})
+    monkeypatch.setattr(config, "BUILT_DATASETS", {**BUILT_DATASETS, "user": "actors.datasets.user.dataset"})
     assert set(load(tmp_path).datasets) == set(BUILT_DATASETS) | {"user"}
 
 

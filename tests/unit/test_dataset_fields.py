@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from actors.datasets import BUILT_DATASETS, dataset_fields, dataset_sets_field, is_common_field
-from tests.sample_support import flat_field_names
+from tests.sample_support import flat_field_names, sample_path
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
 @pytest.mark.parametrize("name", list(BUILT_DATASETS))
 def test_every_field_of_the_sample_document_is_common_or_in_fields(name: str) -> None:
-    document = json.loads((SAMPLES / f"{name}.json").read_text())
+    document = json.loads(sample_path(name).read_text())
     undeclared = sorted(field for field in flat_field_names(document)
                         if not is_common_field(field) and field not in dataset_fields(name))
     assert undeclared == [], f"actors/datasets/{name}.py FIELDS lacks {undeclared}"

@@ -7,7 +7,7 @@ import signal
 import time
 import uuid
 
-from actors.doorbell import Bell, Doorbell
+from actors.runtime.doorbell import Bell, Doorbell
 
 
 def test_a_ring_wakes_the_waiter_and_drain_forgets_it() -> None:

@@ -1,4 +1,4 @@
-"""Property-based tests of the passwd, group and shadow parsers (actors/etc_files.py), and their file cache."""
+"""Property-based tests of the passwd, group and shadow parsers (actors/hostfs/etc_files.py), and their file cache."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors import etc_files
-from actors.etc_files import GroupEntry, MalformedLine, Parsed, PasswdEntry, ShadowEntry
+from actors.hostfs import etc_files
+from actors.hostfs.etc_files import GroupEntry, MalformedLine, Parsed, PasswdEntry, ShadowEntry
 
 FILE_PARSERS: dict[str, Callable[[bytes], Parsed[Any]]] = {
     "passwd": etc_files.parse_passwd,

@@ -1,4 +1,4 @@
-"""Tests of the host dataset (actors/datasets/host.py) and the hostfs file helper (actors/procfs.py)."""
+"""Tests of the host dataset (actors/datasets/host/dataset.py) and the hostfs file helper (actors/hostfs/procfs.py)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ from typing import Any
 import psutil
 import pytest
 
-from actors import procfs
+from actors.hostfs import host_facts, procfs
 from actors.datasets import DatasetContext, load_dataset
-from actors.datasets import host as host_dataset
-from actors.datasets.host import describe_host, format_mac, format_uptime
+from actors.datasets.host import dataset as host_dataset
+from actors.datasets.host.dataset import format_uptime
+from actors.hostfs.host_facts import describe_host, format_mac
 from actors.event import CHANGE, ECS_VERSION, STATE, Event
-from tests.sample_support import flat_field_names, sample_common
+from tests.sample_support import flat_field_names, sample_common, sample_path
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "host.json"
+SAMPLE = sample_path("host")
 
 MACHINE_ID = "4d8e7f5b0a2c4e1f9b3a6c5d7e8f9a0b"
 NEW_MACHINE_ID = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -108,7 +109,7 @@ def build_hostfs(
 def network(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     """Replace the live interfaces with fixed ones; tests change `network["ip"]` / `["mac"]` in place."""
     addresses = {"ip": list(SAMPLE_IPS), "mac": list(SAMPLE_MACS)}
-    monkeypatch.setattr(host_dataset, "read_network", lambda: (list(addresses["ip"]), list(addresses["mac"])))
+    monkeypatch.setattr(host_facts, "read_network", lambda: (list(addresses["ip"]), list(addresses["mac"])))
     return addresses
 
 
@@ -534,18 +535,18 @@ def test_network_skips_loopback_orders_by_interface_index_and_drops_duplicate_ma
     stats = {name: SimpleNamespace(flags="up,loopback,running" if name == "lo" else "up,broadcast,running")
              for name in interfaces}
     indexes = [(1, "lo"), (2, "eth0"), (3, "sit0"), (4, "tun0"), (5, "bond0.10")]
-    monkeypatch.setattr(host_dataset.psutil, "net_if_addrs", lambda: interfaces)
-    monkeypatch.setattr(host_dataset.psutil, "net_if_stats", lambda: stats)
-    monkeypatch.setattr(host_dataset.socket, "if_nameindex", lambda: indexes)
+    monkeypatch.setattr(host_facts.psutil, "net_if_addrs", lambda: interfaces)
+    monkeypatch.setattr(host_facts.psutil, "net_if_stats", lambda: stats)
+    monkeypatch.setattr(host_facts.socket, "if_nameindex", lambda: indexes)
 
-    ips, macs = host_dataset.read_network()
+    ips, macs = host_facts.read_network()
 
     assert ips == ["10.0.2.15", "192.0.2.9", "10.10.0.5", "fe80::2d:fdff:fe81:e747", "fd00::1"]
     assert macs == ["02-2D-FD-81-E7-47"]
 
 
 def test_live_network_has_no_loopback_and_puts_ipv4_first() -> None:
-    ips, macs = host_dataset.read_network()
+    ips, macs = host_facts.read_network()
 
     assert not any(ip.startswith("127.") or ip == "::1" for ip in ips)
     assert all("%" not in ip for ip in ips)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.collector import encode_document
+from actors.runtime.collector import encode_document
 from actors.outputs.kafka import FormatString, HashPartitioner, KafkaOutput, TopLevelMembers, lookup
 from kafka.partitioner.default import murmur2
 

@@ -1,5 +1,5 @@
-"""Tests of the process dataset (actors/datasets/process.py), its hasher (actors/exe_hash.py) and the connector's
-message decoding (actors/proc_connector.py), on synthetic host trees and the real /proc."""
+"""Tests of the process dataset (actors/datasets/process/dataset.py), its hasher (actors/datasets/process/exe_hash.py) and the connector's
+message decoding (actors/datasets/process/proc_connector.py), on synthetic host trees and the real /proc."""
 
 from __future__ import annotations
 
@@ -16,22 +16,22 @@ from typing import Any, Iterable
 
 import pytest
 
-from actors.config import ConfigError
+from actors.options import ConfigError
 from actors.datasets import DatasetContext
-from actors.datasets import process as process_dataset
-from actors.datasets.process import (CHANGED_IMAGE, ERROR, EXISTING, STARTED, STOPPED, ProcessDataset,
+from actors.datasets.process import dataset as process_dataset
+from actors.datasets.process.dataset import (CHANGED_IMAGE, ERROR, EXISTING, STARTED, STOPPED, ProcessDataset,
                                      capability_names, container_id, parse_stat, process_options, read_details)
 from actors.ecs import assert_ecs
 from actors.event import CHANGE, ECS_VERSION, STATE, Event
-from actors.exe_hash import (HASH_TYPES, ExecutableHasher, HashOptions, TokenBucket, Xxh64, hash_options,
+from actors.datasets.process.exe_hash import (HASH_TYPES, ExecutableHasher, HashOptions, TokenBucket, Xxh64, hash_options,
                              new_digest)
-from actors.proc_connector import (PROC_EVENT_EXEC, PROC_EVENT_EXIT, PROC_EVENT_FORK, PROC_EVENT_NONE,
+from actors.datasets.process.proc_connector import (PROC_EVENT_EXEC, PROC_EVENT_EXIT, PROC_EVENT_FORK, PROC_EVENT_NONE,
                                    ProcessExec, ProcessExit, decode_datagram, exit_status_code,
                                    subscribe_message)
 from tests.hostfs import make_hostfs
-from tests.sample_support import flat_field_names, sample_common
+from tests.sample_support import flat_field_names, sample_common, sample_path
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "process.json"
+SAMPLE = sample_path("process")
 
 HOST_ID = "4d8e7f5b0a2c4e1f9b3a6c5d7e8f9a0b"
 BOOT_TIME = 1_700_000_000
@@ -743,7 +743,7 @@ def test_exit_status_becomes_exit_code_or_minus_signal(status: int, code: int) -
 
 
 def test_cmdline_padding_left_by_a_rewritten_title_is_not_arguments() -> None:
-    from actors.datasets.process import parse_cmdline
+    from actors.datasets.process.dataset import parse_cmdline
 
     assert parse_cmdline(b"hostaudit: supervisor" + b"\0" * 40) == ("hostaudit: supervisor",)
     assert parse_cmdline(b"ls\0-l\0\0x\0") == ("ls", "-l", "", "x")

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Sequence
 
 from actors.outputs import OutputError, Rejection
-from actors.producer import ProducerActor
-from actors.spool import SpoolWriter
+from actors.runtime.producer import ProducerActor
+from actors.runtime.spool import SpoolWriter
 
 
 class FlakyForOneDataset:

@@ -16,22 +16,22 @@ import pytest
 from hypothesis import given, strategies as st
 
 from actors.datasets import DatasetContext
-from actors.datasets import socket as socket_dataset
-from actors.datasets.socket import (
+from actors.datasets.socket import dataset as socket_dataset
+from actors.datasets.socket.dataset import (
     INBOUND, LISTENING, OUTBOUND, R_PROCESS, SOCKET_CLOSED, SOCKET_OPENED, TCP, UDP, ListenerTable, ScannedProcess,
     SocketDataset, SocketObserver, SocketOptions, community_id, new_record, new_snapshot, parse_stat, socket_message,
 )
 from actors.ecs import assert_ecs
-from actors.entity import process_entity_id, socket_entity_id
+from actors.hostfs.entity import process_entity_id, socket_entity_id
 from actors.event import CHANGE, STATE, Event
-from actors.sock_diag import (
+from actors.datasets.socket.sock_diag import (
     NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, TCP_CLOSE, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN, DiagEntry,
     Destroyed, DumpError, decode_sockid, dump_request, parse_destroyed, parse_dump, parse_tcp_info,
 )
-from actors.etc_files import AccountNames
-from tests.sample_support import flat_field_names, sample_common
+from actors.hostfs.etc_files import AccountNames
+from tests.sample_support import flat_field_names, sample_common, sample_path
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "socket.json"
+SAMPLE = sample_path("socket")
 HOST_ID = "4d8e7f5b0a2c4e1f9b3a6c5d7e8f9a0b"
 BOOT_ID = "6a2f4c1e-3b5d-4e7f-8a9b-0c1d2e3f4a5b"
 OBSERVED_AT = 1_700_018_680.123

@@ -18,7 +18,7 @@ from crc32c import crc32c
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.spool import (
+from actors.runtime.spool import (
     ACK_FILE,
     HEADER,
     HEADER_SIZE,

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from actors.spool import (
+from actors.runtime.spool import (
     ACK_FILE,
     HEADER,
     HEADER_SIZE,
@@ -446,7 +446,7 @@ def test_append_on_a_full_disk_raises_keeps_last_sequence_exact_and_works_once_s
 
 def test_a_failed_fsync_does_not_leave_the_writer_unusable(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # An fsync error cannot be provoked on a real file system here (it needs a failing device): inject it.
-    import actors.spool as spool
+    import actors.runtime.spool as spool
 
     real = spool._fdatasync
     failures = [OSError(errno.EIO, "Input/output error")]

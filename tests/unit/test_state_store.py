@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.state import CommittedState, StateStore
+from actors.runtime.state import CommittedState, StateStore
 
 
 def test_commit_survives_reopening(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests of the user dataset (actors/datasets/user.py) on synthetic host trees and on the real host."""
+"""Tests of the user dataset (actors/datasets/user/dataset.py) on synthetic host trees and on the real host."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ from typing import Any, Iterator, Sequence
 
 import pytest
 
-from actors import etc_files
+from actors.hostfs import etc_files
 from actors.datasets import DatasetContext
-from actors.datasets import user as user_dataset
+from actors.datasets.user import dataset as user_dataset
 from actors.ecs import assert_ecs
-from actors.entity import user_entity_id
+from actors.hostfs.entity import user_entity_id
 from actors.event import CHANGE, ECS_VERSION, STATE, Event
-from tests.sample_support import flat_field_names, sample_common
+from tests.sample_support import flat_field_names, sample_common, sample_path
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "user.json"
+SAMPLE = sample_path("user")
 
 HOST_ID = "4d8e7f5b0a2c4e1f9b3a6c5d7e8f9a0b"
 DIGEST_KEY = bytes(range(32))

@@ -15,8 +15,8 @@ from typing import Any, Callable, Mapping, Sequence
 import pykka
 
 from actors.event import Event, deep_merge
-from actors.spool import SpoolWriter, unacknowledged_bytes
-from actors.state import CommittedState, StateStore
+from actors.runtime.spool import SpoolWriter, unacknowledged_bytes
+from actors.runtime.state import CommittedState, StateStore
 
 log = logging.getLogger("hostaudit.collector")
 

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
-from actors.config import ConfigError, parse_size
+from actors.options import ConfigError, parse_size
 
 # Auditbeat's hasher (auditbeat/helper/hasher/hasher.go), in its order.
 HASH_TYPES: tuple[str, ...] = (

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import pykka
 
 from actors.outputs import Output, OutputError, Rejection
-from actors.spool import CORRUPT_DIR, SpoolReader, SpooledRecord
+from actors.runtime.spool import CORRUPT_DIR, SpoolReader, SpooledRecord
 
 log = logging.getLogger("hostaudit.producer")
 

@@ -1,80 +1,7 @@
 """The socket dataset: TCP/UDP sockets from sock_diag, their direction, process and user, and their events."""
 
-# How this dataset differs from Auditbeat v1, and why
-# ---------------------------------------------------------------------------------------------------------
-# Auditbeat v1 (`x-pack/auditbeat/module/system/socket`, netlink polling) is the model; where this module differs,
-# the difference is deliberate and listed here.
-#
-# Collection. Every poll dumps the kernel's socket tables with sock_diag (one SOCK_DIAG_BY_FAMILY dump per
-# family and protocol) and parses the replies with `struct` (actors/sock_diag.py). Netlink shows the network
-# namespace the agent runs in, /proc comes from hostfs: a containerised agent needs the host's network and pid
-# namespaces (--network=host --pid=host). Each dumped socket is
-# identified by its kernel cookie (stable for the life of a struct sock, unique per boot), not by Auditbeat's
-# hash of (addresses, ports, inode): a socket whose process closes it keeps its cookie while its inode drops to 0,
-# so it stays the same socket instead of becoming "closed" plus a new "opened" orphan.
-#
-# What counts as a socket. TIME_WAIT and SYN_RECV entries are not asked for: they are what remains of a
-# connection (or a half-open one), no process can hold them, and Auditbeat's reporting of each as an extra
-# "opened ... process has exited (inode=0)" socket doubled every connection. A TCP socket with inode 0 in
-# ESTABLISHED or CLOSE_WAIT is in a listener's accept queue: it is reported once a process accepts it. Orphans
-# (FIN_WAIT1/2, CLOSING, LAST_ACK with inode 0) are kept. One seen while a process still held it keeps that
-# process and uid; one first seen orphaned carries "process has exited (inode=0)" and no user: the kernel reports
-# uid 0 for every socket without an inode (sock_i_uid), which Auditbeat turned into "user root (UID: 0)".
-#
-# Direction is Auditbeat's ListenerTable rule: listeners are the sockets with remote port 0 (listening); a socket
-# is inbound when a listener of the same transport has its local port and either its local IP or the unspecified
-# address of its family (0.0.0.0 for AF_INET, :: for AF_INET6); otherwise outbound. It is fixed when the socket
-# is first seen. An IPv4-mapped IPv6 address is written as IPv4 (as Go's net.IP prints it), and `network.type`
-# follows the address actually on the wire (an AF_INET6 socket carrying ::ffff:a.b.c.d is "ipv4", as Auditbeat's
-# newer socket dataset reports it); community ids hash such addresses as IPv4, as Beats' flowhash does.
-#
-# Attribution (inode -> process) keeps a cache of what each process holds instead of rescanning every /proc/*/fd
-# each poll: an unknown inode is looked for first in processes never scanned, then in processes whose number of
-# open files changed (the st_size of /proc/PID/fd, Linux >= 6.2; on older kernels: the processes already owning
-# sockets), and only then, at most every `full_scan_interval` seconds, in all the others. An inode a full scan
-# missed is looked for only in new processes and at the next full scan, and given up after two ("process not
-# found (inode=N)": a kernel socket, another pid namespace, a descriptor in flight). The process is the one that
-# held the socket when it was first attributed; it is kept after that process closes the socket or exits. The
-# last attribution of each inode is also remembered apart from the record (at most ATTRIBUTION_MEMORY inodes,
-# dropped once no dumped socket has the inode): a socket that comes back as a new record while its inode lives
-# (a UDP socket connected, a bound TCP socket connecting: new endpoints) keeps its process even if that process
-# exited before the new record could be attributed.
-#
-# User. `user.id` is the socket's uid as the kernel reports it, a string (ECS keyword); `user.name` comes from
-# <hostfs>/etc/passwd (not NSS). An unknown uid leaves the name out instead of failing the whole report. The
-# user is reported whether or not the process is known: the uid comes from the dump, not from the process.
-#
-# Events. `existing_socket` (state), `socket_opened`, `socket_closed`; event.category ["network"], event.type
-# ["connection", "info" | "start" | "end"]; Auditbeat's v1 message ("Inbound socket (10.0.2.2:55270 ->
-# 10.0.2.15:22) CLOSED by process sshd (PID: 22799) and user root (UID: 0)"), with IPv6 addresses in brackets.
-# An unknown process or user is left out of the fields and of the message, as Auditbeat's process dataset leaves
-# out a missing user (" by user X" only when there is one), instead of v1's "process  (PID: -1)" or
-# "user  (UID: -1)": "... CLOSED by user root (UID: 0)", "... CLOSED" when neither is known; an unknown name is
-# left out too ("user (UID: 4242)").
-# `socket.entity_id` is not an ECS field: it is emitted as `system.audit.socket.entity_id` (Auditbeat's
-# algorithm, actors/entity.py, hashed with the inode the socket had when first seen), next to
-# `system.audit.socket.cookie` (the kernel's socket cookie) and `system.audit.socket.state` (TCP state name).
-#
-# Stream (beyond Auditbeat). open_stream() joins the sock_diag destroy multicast groups, so every TCP (and with
-# include_udp, UDP) socket the kernel frees is reported as `socket_closed`, even one that opened and closed
-# between two polls, with the kernel's tcp_info counters (source/destination.bytes from tcpi_bytes_acked and
-# tcpi_bytes_received, .packets from tcpi_segs_out/in, by direction; the kernel counts SYN and FIN in these byte
-# counters, so an empty connection shows 1-2 bytes) and event.duration when the opening was seen. The kernel
-# gives neither uid nor inode at destruction (inet_diag_handler_get_info zeroes the inet_diag_msg and fills
-# only the sockid and state: idiag_uid is 0 whoever owned the socket, so it is not read as root): the process
-# and user come from the snapshot when the socket was seen by a poll. A socket never seen gets a synthesized
-# `socket_opened` followed by its `socket_closed`, both marked `system.audit.socket.short_lived: true` (the
-# opened one also `synthesized: true`) and timestamped at the close, with no process and no user (left out of
-# the message too): nothing is left to attribute them from. `event.start` and
-# `event.duration` use the time the socket was first seen by a poll, within one period after it opened; they
-# are left out for sockets already there at the agent's first poll.
-#
-# Stream and poll report each close once: apply_stream lists the cookies it closed in the snapshot's "closed"
-# (the next diff and state report skip them), and the dataset remembers the last 65,536 cookies reported closed
-# by either, so a destroy notification read just after the poll that saw the socket gone is dropped. The stream
-# does not need CAP_NET_ADMIN on Linux 6.x (sock_diag lets any user join its groups, and then hear of every
-# socket of the network namespace). Notifications the kernel drops (receive buffer full) are counted by
-# lost(); the next poll still reports the closes of the sockets it had seen.
+# How this dataset collects, what it reports, how it differs from Auditbeat v1 and why, and its limits:
+# see README.md in this folder.
 
 from __future__ import annotations
 
@@ -92,13 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from actors import procfs
-from actors.etc_files import AccountNames
-from actors.config import parse_duration, parse_size
+from actors.hostfs import procfs
+from actors.hostfs.etc_files import AccountNames
+from actors.options import parse_duration, parse_size
 from actors.datasets import DatasetContext
-from actors.entity import process_entity_id, socket_entity_id
+from actors.hostfs.host_facts import read_boot_id
+from actors.hostfs.entity import process_entity_id, socket_entity_id
 from actors.event import CHANGE, STATE, Event, iso_millis
-from actors.sock_diag import (
+from actors.datasets.socket.sock_diag import (
     ALL_STATES, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_NEW_SYN_RECV, TCP_STATE_NAMES, TCP_SYN_RECV, TCP_TIME_WAIT,
     DestroyListener, Destroyed, DiagEntry, DiagSocket, DumpError, decode_sockid, destroy_groups,
 )
@@ -229,59 +157,6 @@ class ListenerTable:
 
 
 # ---------------------------------------------------------------------------------------------------------
-
-def parse_passwd(content: str) -> dict[int, str]:
-    """Return uid -> name from an /etc/passwd text; the first entry of a uid wins, as getpwuid's does."""
-    names: dict[int, str] = {}
-    for line in content.splitlines():
-        fields = line.split(":")
-        if len(fields) >= 3 and fields[0] and not fields[0].startswith(("#", "+", "-")) and fields[2].isdigit():
-            names.setdefault(int(fields[2]), fields[0])
-    return names
-
-
-class UserNames:
-    """uid -> user name from <hostfs>/etc/passwd, re-read only when the file changes (inode, size, mtime)."""
-
-    RECHECK_SECONDS = 1.0  # how often a stream of events looks whether the file changed
-
-    def __init__(self, hostfs: Path) -> None:
-        self.path = procfs.host_path(hostfs, "/etc/passwd")
-        self._signature: tuple[int, int, int] | None = None
-        self._names: dict[int, str] = {}
-        self._warned = False
-        self._checked_at = float("-inf")
-
-    def name(self, uid: int) -> str:
-        now = time.monotonic()
-        if now - self._checked_at >= self.RECHECK_SECONDS:
-            self._checked_at = now
-            self._refresh()
-        return self._names.get(uid, "")
-
-    def _refresh(self) -> None:
-        try:
-            status = os.stat(self.path)
-        except OSError as error:
-            self._forget(f"cannot read {self.path}: {error.strerror}")
-            return
-        signature = (status.st_ino, status.st_size, status.st_mtime_ns)
-        if signature == self._signature:
-            return
-        try:
-            content = procfs.read_text(self.path)
-        except procfs.Unreadable as error:
-            self._forget(str(error))
-            return
-        self._names = parse_passwd(content or "")
-        self._signature = signature
-
-    def _forget(self, reason: str) -> None:
-        if not self._warned:
-            LOG.warning("%s: user.name is left out of socket events", reason)
-            self._warned = True
-        self._names, self._signature = {}, None
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Attribution: which process holds a socket inode
@@ -667,14 +542,6 @@ def _direction_inputs(record: Sequence[Any]) -> tuple[str, int, str, int, int]:
             record[R_REMOTE_PORT])
 
 
-def read_boot_id(hostfs: Path) -> str:
-    """The kernel's boot id ("" when unknown): socket cookies are unique only within one boot."""
-    try:
-        return (procfs.read_text(procfs.host_path(hostfs, "/proc/sys/kernel/random/boot_id")) or "").strip()
-    except procfs.Unreadable:
-        return ""
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Events
 # ---------------------------------------------------------------------------------------------------------
@@ -719,7 +586,7 @@ class EventContext:
     processes: Mapping[str, Sequence[Any]]
 
 
-# A socket's opened and closed events share its id; actors.entity parses addresses with ipaddress (slow).
+# A socket's opened and closed events share its id; actors.hostfs.entity parses addresses with ipaddress (slow).
 _socket_entity_id = functools.lru_cache(maxsize=16384)(socket_entity_id)
 
 

@@ -8,16 +8,16 @@ import psutil  # noqa: F401
 import pykka  # noqa: F401
 import setproctitle  # noqa: F401
 
-import actors.collector  # noqa: F401
-import actors.datasets.host  # noqa: F401
-import actors.datasets.process  # noqa: F401
-import actors.datasets.socket  # noqa: F401
-import actors.datasets.user  # noqa: F401
-import actors.doorbell  # noqa: F401
+import actors.runtime.collector  # noqa: F401
+import actors.datasets.host.dataset  # noqa: F401
+import actors.datasets.process.dataset  # noqa: F401
+import actors.datasets.socket.dataset  # noqa: F401
+import actors.datasets.user.dataset  # noqa: F401
+import actors.runtime.doorbell  # noqa: F401
 import actors.outputs.console  # noqa: F401
 import actors.outputs.file  # noqa: F401
-import actors.producer  # noqa: F401
-import actors.worker  # noqa: F401
+import actors.runtime.producer  # noqa: F401
+import actors.runtime.worker  # noqa: F401
 
 setproctitle.setproctitle("hostaudit: forkserver")
 # A service manager stops the whole process group at once (systemd's default KillMode). The forkserver must

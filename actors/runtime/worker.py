@@ -15,8 +15,8 @@ from typing import Any, Callable, Mapping
 
 import setproctitle
 
-from actors.agent import AgentIdentity, common_fields
-from actors.logs import configure_logging
+from actors.runtime.agent import AgentIdentity, common_fields
+from actors.runtime.logs import configure_logging
 
 log = logging.getLogger("hostaudit.worker")
 
@@ -82,7 +82,12 @@ def _heartbeats(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle
     """Send `stats()` (with the progress counter) to the supervisor every second; stop if it is gone."""
     while not lifecycle.stopping.is_set():
         try:
-            conn.send(stats())
+            beat = stats()
+        except Exception:  # noqa: BLE001 - a broken figure must not end the heartbeats (a false hang)
+            log.exception("heartbeat figures could not be read; sending progress only")
+            beat = {}
+        try:
+            conn.send(beat)
         except (OSError, EOFError):
             log.warning("supervisor is gone; stopping")
             lifecycle.stopping.set()
@@ -113,13 +118,13 @@ def _exit_loudly_on_error(main: Callable[..., None], *args: Any, role: str) -> N
 
 
 def _collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
-    from actors.agent import load_digest_key
-    from actors.collector import CollectorActor, DatasetRunner, Progress, pump_stream
-    from actors.doorbell import Bell
+    from actors.runtime.agent import load_digest_key
+    from actors.runtime.collector import CollectorActor, DatasetRunner, Progress, pump_stream
+    from actors.runtime.doorbell import Bell
     from actors.datasets import DatasetContext, load_dataset
-    from actors.datasets.host import describe_host
-    from actors.spool import CORRUPT_DIR, SpoolWriter
-    from actors.state import StateStore
+    from actors.hostfs.host_facts import describe_host
+    from actors.runtime.spool import CORRUPT_DIR, SpoolWriter
+    from actors.runtime.state import StateStore
 
     set_role(spec.dataset)
     lifecycle = _Lifecycle()
@@ -191,9 +196,9 @@ def producer_main(spec: ProducerSpec, heartbeat: Connection) -> None:
 
 
 def _producer_main(spec: ProducerSpec, heartbeat: Connection) -> None:
-    from actors.doorbell import Doorbell
+    from actors.runtime.doorbell import Doorbell
     from actors.outputs import create_output
-    from actors.producer import DeliveryStats, ProducerActor
+    from actors.runtime.producer import DeliveryStats, ProducerActor
 
     set_role("producer")
     lifecycle = _Lifecycle()

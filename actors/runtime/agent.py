@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from actors import __version__
 from actors.event import ECS_VERSION
-from actors.state import ensure_private_dir
+from actors.runtime.state import ensure_private_dir
 
 AGENT_TYPE = "hostaudit"
 DIGEST_KEY_BYTES = 32  # a new digest.key

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from actors.spool import spool_size
+from actors.runtime.spool import spool_size
 
 log = logging.getLogger("hostaudit.monitoring")
 

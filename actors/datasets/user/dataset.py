@@ -13,10 +13,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from actors import etc_files, procfs
+from actors.hostfs import etc_files, procfs
 from actors.datasets import DatasetContext
-from actors.entity import user_entity_id
-from actors.etc_files import FileSignature, GroupEntry, LoadedFile, Parsed, PasswdEntry, ShadowEntry
+from actors.hostfs.entity import user_entity_id
+from actors.hostfs.etc_files import FileSignature, GroupEntry, LoadedFile, Parsed, PasswdEntry, ShadowEntry
 from actors.event import CHANGE, STATE, Event, iso_millis
 
 DATASET = "user"

@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence, TypedDict
 
-from actors import procfs
-from actors.etc_files import AccountNames
-from actors.config import ConfigError
+from actors.hostfs import procfs
+from actors.hostfs.etc_files import AccountNames
+from actors.options import ConfigError
 from actors.datasets import DatasetContext
-from actors.datasets.host import read_boot_id, read_boot_time
-from actors.entity import process_entity_id
+from actors.hostfs.host_facts import read_boot_id, read_boot_time
+from actors.hostfs.entity import process_entity_id
 from actors.event import CHANGE, STATE, Event, iso_millis
-from actors.exe_hash import ECS_HASH_TYPES, ExecutableHasher, FileId, HashOptions, HashResult, hash_options
-from actors.proc_connector import ConnectorUnavailable, ProcConnector, ProcessExec, ProcessExit, pickled_as_tuple
+from actors.datasets.process.exe_hash import ECS_HASH_TYPES, ExecutableHasher, FileId, HashOptions, HashResult, hash_options
+from actors.datasets.process.proc_connector import ConnectorUnavailable, ProcConnector, ProcessExec, ProcessExit, pickled_as_tuple
 
 DATASET = "process"
 # Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field).

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Generic, Mapping, Sequence, TypeVar
 
-from actors import procfs
+from actors.hostfs import procfs
 
 LOG = logging.getLogger("hostaudit.etc_files")
 

@@ -17,11 +17,11 @@ from typing import Any, Callable
 
 import pykka
 
-from actors.agent import AgentIdentity
+from actors.runtime.agent import AgentIdentity
 from actors.config import Settings
-from actors.doorbell import doorbell_name
-from actors.monitoring import build_stats, log_stats, serve
-from actors.worker import CollectorSpec, ProducerSpec, collector_main, producer_main
+from actors.runtime.doorbell import doorbell_name
+from actors.runtime.monitoring import build_stats, log_stats, serve
+from actors.runtime.worker import CollectorSpec, ProducerSpec, collector_main, producer_main
 
 log = logging.getLogger("hostaudit.supervisor")
 
@@ -294,7 +294,7 @@ def run(settings: Settings, agent: AgentIdentity) -> int:
     without its supervisor (a failed HTTP bind exits 1 with one line, after stopping them).
     """
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["actors.preload"])
+    context.set_forkserver_preload(["actors.runtime.preload"])
     stop_requested = threading.Event()
     known_pids: list[int] = []
     first_signal: list[tuple[int, float]] = []

@@ -1,0 +1,1 @@
+"""The process dataset: its code (dataset.py), sample event (sample.json) and README.md live here."""

@@ -1,0 +1,1 @@
+"""The runtime: supervisor, child-process entry points, collector, producer, spool, state, monitoring."""
