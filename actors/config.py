@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hmac
 import logging
 import os
@@ -16,7 +17,7 @@ from dynaconf.base import Settings as _DynaconfSettings
 from dynaconf.loaders.base import SourceMetadata
 from dynaconf.utils.parse_conf import boolean_fix, parse_conf_data
 
-from actors.datasets import BUILT_DATASETS, PLANNED_DATASETS
+from actors.datasets import BUILT_DATASETS, PLANNED_DATASETS, check_dataset_options
 from actors.options import DURATION_HINT, MIN_PERIOD, ConfigError, duration_seconds, show_duration, parse_size
 
 log = logging.getLogger("hostaudit.config")
@@ -30,6 +31,7 @@ AUTOMATIC_HANG_TIMEOUT_FLOOR = 30.0  # seconds; supervisor.hang_timeout: null = 
 OUTPUTS = ("console", "file", "kafka")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SECRET_WORDS = ("password", "passphrase", "secret", "token")
+NOT_SECRETS = frozenset({"detect_password_changes"})  # a switch, not a secret
 # Standard Beats module options that hostaudit does not implement: accepted with a warning.
 BEATS_MODULE_OPTIONS = frozenset({"fields", "fields_under_root", "tags", "processors", "index", "keep_null",
                                   "service", "report_changes"})
@@ -121,9 +123,10 @@ def _plain(value: Any, reveal: bool = False) -> Any:
 
 
 def is_secret_key(key: str) -> bool:
-    """True for setting names whose values are secrets (password, key_passphrase, *secret*, *token*)."""
+    """True for setting names whose values are secrets (password, key_passphrase, *secret*, *token*), except the
+    switches that only mention one (`detect_password_changes`)."""
     lowered = str(key).lower()
-    return any(word in lowered for word in SECRET_WORDS)
+    return any(word in lowered for word in SECRET_WORDS) and lowered.rsplit(".", 1)[-1] not in NOT_SECRETS
 
 
 def _protect_secrets(value: Any, secret: bool = False) -> Any:
@@ -728,7 +731,10 @@ def _dataset_settings(tree: dict[str, Any], root: str, user_modules: bool) -> di
             elif name in known and name not in names:
                 log.debug("%s.%s: options of a dataset this module does not run, ignored", where, name)
             elif name not in {"module", "datasets", "period", "state", "enabled", *known}:
-                log.warning("%s.%s: unknown setting, ignored", where, name)
+                nearest = difflib.get_close_matches(str(name), ["module", "datasets", "period", "state",
+                                                                "enabled", *names], n=1)
+                hint = f" (did you mean {nearest[0]}?)" if nearest else ""
+                _fail(f"{where}.{name}", f"unknown setting{hint}")
         period = _period(f"{where}.period", entry["period"] if entry.get("period") is not None
                            else defaults.get("period"))
         entry_state = _map(f"{where}.state", entry.get("state"))
@@ -756,6 +762,8 @@ def _dataset_settings(tree: dict[str, Any], root: str, user_modules: bool) -> di
                     options["state"] = rest
             if name not in BUILT_DATASETS:
                 not_built.add(name)
+            else:
+                check_dataset_options(name, options)  # its options.py: refused here, not in a crashing child
             datasets[name] = DatasetSettings(name, period, state_period, _freeze(options))
     if not_built:
         raise ConfigError(f"{root}: datasets not built yet: {', '.join(sorted(not_built))} "

@@ -97,3 +97,37 @@ def parse_size(value: str | int) -> int:
     if "." in number:
         return int(float(number) * multiplier)
     return int(number) * multiplier
+
+
+# --- checking a dataset's options ------------------------------------------------------------------------------
+
+
+def check_known(where: str, raw: object, known: tuple[str, ...] | frozenset[str]) -> dict:
+    """`raw` as a dict whose keys are all `known`; else ConfigError naming the first unknown key and the nearest
+    known one (`process.backnd: unknown option (did you mean process.backend?)`)."""
+    import difflib
+
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of {', '.join(sorted(known))}, got {raw!r}")
+    for key in raw:
+        if key not in known:
+            nearest = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"did you mean {where}.{nearest[0]}?" if nearest else f"known: {', '.join(sorted(known))}"
+            raise ConfigError(f"{where}.{key}: unknown option ({hint})")
+    return dict(raw)
+
+
+def boolean(where: str, value: object) -> bool:
+    """A YAML boolean, nothing else (a quoted "false" would be true in Python)."""
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{where}: {value!r} is not true or false")
+
+
+def choice(where: str, value: object, choices: tuple[str, ...]) -> str:
+    """One of `choices` (case-insensitive)."""
+    if isinstance(value, str) and value.lower() in choices:
+        return value.lower()
+    raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")

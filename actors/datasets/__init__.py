@@ -112,6 +112,12 @@ def dataset_sets_field(name: str, field: str) -> bool:
     return field in fields or any(known.startswith(field + ".") for known in fields)
 
 
+def check_dataset_options(name: str, raw: Mapping[str, Any]) -> Any:
+    """Parse and check dataset `name`'s own options (`<name>.*`) with the schema its folder declares
+    (`actors/datasets/<name>/options.py`); ConfigError naming the key, the value and what is allowed."""
+    return importlib.import_module(f"actors.datasets.{name}.options").parse_options(raw)
+
+
 def load_dataset(name: str, context: DatasetContext) -> Dataset:
     """Import and construct the dataset called `name`."""
     module = importlib.import_module(BUILT_DATASETS[name])

@@ -63,6 +63,33 @@ def probe(agent: Agent, timeout: float, what: str) -> float:
     return started
 
 
+def output_contains(agent: Agent, marker: str) -> bool:
+    """True once `marker` is in the agent's output files: a byte search, cheap enough to poll on a loaded
+    machine (parsing every event at each poll would measure the test, not the agent)."""
+    needle = marker.encode()
+    for path in agent.output_dir.glob("*.ndjson*"):
+        try:
+            if needle in path.read_bytes():
+                return True
+        except FileNotFoundError:
+            continue  # rotated away meanwhile
+    return False
+
+
+def restart_to_delivery(agent: Agent, victim: int, timeout: float) -> float:
+    """After the producer `victim` was killed: start a marked process at once (spooled while no producer
+    runs), wait for the new producer, and return the seconds from its start until the marked event is in the
+    output."""
+    marker = f"restart-{uuid.uuid4().hex}"
+    marked = subprocess.Popen(["/bin/sh", "-c", "sleep 0.2", marker])
+    agent.wait_for_role("producer", 15, not_pid=victim)
+    restarted = time.monotonic()
+    wait_for(lambda: output_contains(agent, marker), timeout,
+             f"the marked exec delivered after the producer's restart; log:\n{agent.log()[-2000:]}", interval=0.02)
+    marked.wait(10)
+    return time.monotonic() - restarted
+
+
 def delivered_sequences(agent: Agent, dataset: str) -> set[int]:
     return {e["event"]["sequence"] for e in agent.events() if e["event"]["dataset"] == dataset}
 

@@ -139,3 +139,20 @@ def test_test_config_warns_of_a_kafka_topic_field_an_enabled_dataset_never_sets(
                     "output.kafka:\n  hosts: ['127.0.0.1:9092']\n  topic: 'x-%{[process.name]}'\n")
     result = hostaudit("test", "config", "-c", str(path), "-E", f"path.data={tmp_path}")
     assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "Config OK", ""), result
+
+
+@pytest.mark.parametrize("option, expected", [
+    ("process.backend: foo", "process.backend: 'foo' is not one of auto, netlink, procfs"),
+    ('socket.include_localhost: "sometimes"', "socket.include_localhost: 'sometimes' is not true or false"),
+])
+def test_test_config_and_run_refuse_a_bad_dataset_option_before_forking(tmp_path: Path, option: str,
+                                                                        expected: str) -> None:
+    modules = f"hostaudit.modules=[{{module: system, datasets: [process, socket], {option}}}]"
+    checked = hostaudit("test", "config", "-E", modules)
+    assert checked.returncode == 1 and checked.stdout == ""
+    assert checked.stderr == f"hostaudit: configuration error: {expected}\n"
+    data = tmp_path / "data"
+    ran = hostaudit("run", "-E", f"path.data={data}", "-E", modules)
+    assert ran.returncode == 1
+    assert ran.stderr == f"hostaudit: configuration error: {expected}\n", "one line, no traceback, no child logs"
+    assert not data.exists(), "refused before anything was created or forked"

@@ -136,8 +136,8 @@ def test_parse_size_rejects_garbage(value: Any) -> None:
     ("output.file.path: /tmp/o\n", "output:\n  file:\n    path: /tmp/o\n"),
     ("output:\n  file.path: /tmp/o\n", "output:\n  file:\n    path: /tmp/o\n"),
     ("supervisor.backoff.initial: 2s\n", "supervisor:\n  backoff:\n    initial: 2s\n"),
-    (modules("host", extra="  state.period: 5m\n  host.foo.bar: 1\n"),
-     modules("host", extra="  state:\n    period: 5m\n  host:\n    foo:\n      bar: 1\n")),
+    (modules("process", extra="  state.period: 5m\n  process.hash.enabled: false\n"),
+     modules("process", extra="  state:\n    period: 5m\n  process:\n    hash:\n      enabled: false\n")),
     (modules("host", extra="  host.state.period: 2h\n"),
      modules("host", extra="  host:\n    state:\n      period: 2h\n")),
 ])
@@ -149,8 +149,9 @@ def test_dotted_keys_mean_the_same_as_nested_maps(tmp_path: Path, dotted: str, n
 
 
 def test_dataset_options_are_nested_without_the_dataset_prefix(tmp_path: Path) -> None:
-    settings = load(tmp_path, modules("host", extra="  host.hash.max_file_size: 100 MiB\n  host.detect: true\n"))
-    assert settings.datasets["host"].options == {"hash": {"max_file_size": "100 MiB"}, "detect": True}
+    settings = load(tmp_path, modules("process", extra="  process.hash.max_file_size: 100 MiB\n  process.backend: auto\n"))
+    options = settings.datasets["process"].options
+    assert options["hash"]["max_file_size"] == "100 MiB" and options["backend"] == "auto"
 
 
 def test_a_value_and_a_map_for_the_same_key_is_an_error(tmp_path: Path) -> None:
@@ -277,9 +278,8 @@ def test_module_entry_shape_errors(tmp_path: Path) -> None:
 
 def test_beats_module_options_hostaudit_lacks_are_warned_about(tmp_path: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
-    load(tmp_path, modules("host", extra="  tags: [prod]\n  perod: 1s\n"))
+    load(tmp_path, modules("host", extra="  tags: [prod]\n"))
     assert "hostaudit.modules[0].tags: not supported by hostaudit, ignored" in caplog.text
-    assert "hostaudit.modules[0].perod: unknown setting, ignored" in caplog.text
 
 
 def test_a_user_module_list_replaces_the_default_one(tmp_path: Path) -> None:
@@ -732,8 +732,7 @@ def test_a_password_alone_does_not_enable_the_kafka_output(tmp_path: Path) -> No
 
 def test_secrets_never_appear_in_export_repr_or_errors(tmp_path: Path) -> None:
     text = kafka_file(tmp_path, f"  username: agent\n  password: {PASSWORD}\n  ssl.key_passphrase: {PASSWORD}-k\n") \
-        + f"cloud.auth_token: {PASSWORD}-t\nmy_secret: {PASSWORD}-s\n" \
-        + modules("host", extra=f"  host.api_token: {PASSWORD}-h\n")
+        + f"cloud.auth_token: {PASSWORD}-t\nmy_secret: {PASSWORD}-s\n"
     settings = load(tmp_path, text)
     exported = export_yaml(settings)
     for shown in (exported, repr(settings), str(settings), repr(settings.output), repr(settings.datasets),
@@ -743,7 +742,8 @@ def test_secrets_never_appear_in_export_repr_or_errors(tmp_path: Path) -> None:
     assert tree["output"]["kafka"]["password"] == "[redacted]"
     assert tree["output"]["kafka"]["ssl"]["key_passphrase"] == "[redacted]"
     assert tree["cloud"]["auth_token"] == "[redacted]" and tree["my_secret"] == "[redacted]"
-    assert settings.datasets["host"].options["api_token"].reveal() == f"{PASSWORD}-h"
+    assert PASSWORD not in error(tmp_path, modules("host", extra=f"  host.api_token: {PASSWORD}-h\n")), \
+        "an unknown dataset option is refused without its value"
 
     failing = [
         (kafka_file(tmp_path, f"  password: [{PASSWORD}]\n  username: a\n"), ()),
@@ -904,3 +904,41 @@ def test_kafka_format_strings_every_enabled_dataset_can_fill_are_not_warned_abou
 def test_no_routing_warning_when_kafka_is_not_the_output(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     load(tmp_path, "output.kafka:\n  enabled: false\n  topic: 'x-%{[process.name]}'\n" + modules("host"))
     assert "warning:" not in caplog.text
+
+
+# --- every dataset's own options, checked at load by the schema its folder declares ----------------------------
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("  process.backend: foo\n", "process.backend: 'foo' is not one of auto, netlink, procfs"),
+    ('  socket.include_localhost: "sometimes"\n', "socket.include_localhost: 'sometimes' is not true or false"),
+    ("  user.detect_password_changes: 3\n", "user.detect_password_changes: 3 is not true or false"),
+    ("  process.hash.max_file_size: -1\n",
+     "process.hash.max_file_size: -1 is not a size (use e.g. 1GiB, 100 MiB, 50MB, 1024)"),
+    ("  period: 0s\n", "hostaudit.modules[0].period: '0s' must be greater than 0 (use e.g. 500ms, 1s, 1m, 12h)"),
+    ("  period: -1s\n", "hostaudit.modules[0].period: '-1s' must be greater than 0 (use e.g. 500ms, 1s, 1m, 12h)"),
+    ("  state.period: abc\n",
+     "hostaudit.modules[0].state.period: 'abc' is not a duration (use e.g. 500ms, 1s, 1m, 12h)"),
+    ("  perod: 1s\n", "hostaudit.modules[0].perod: unknown setting (did you mean period?)"),
+    ("  process.backnd: auto\n", "process.backnd: unknown option (did you mean process.backend?)"),
+    ("  socket.include_udp: 1\n", "socket.include_udp: 1 is not true or false"),
+    ("  user.source: ldap\n", "user.source: 'ldap' is not one of files, nss"),
+    ("  host.anything: 1\n", "host.anything: unknown option (known: )"),
+])
+def test_bad_dataset_and_module_values_are_one_line_naming_key_value_and_what_is_allowed(
+        tmp_path: Path, extra: str, message: str) -> None:
+    assert error(tmp_path, modules("host", "process", "socket", "user", extra=extra)) == message
+
+
+def test_unknown_dataset_and_two_outputs_are_refused(tmp_path: Path) -> None:
+    assert error(tmp_path, modules("host", "tcp")) == \
+        "hostaudit.modules[0].datasets: unknown dataset 'tcp' (known: host, process, socket, user, login, package)"
+    assert "output" in error(tmp_path, "output.file.enabled: true\noutput.console.enabled: true\n")
+
+
+def test_values_accepted_before_stay_accepted(tmp_path: Path) -> None:
+    settings = load(tmp_path, modules("process", "socket", "user", extra=(
+        "  period: 500ms\n  state.period: 12h\n  process.backend: NETLINK\n  process.hash.max_file_size: 100 MiB\n"
+        "  socket.include_localhost: true\n  socket.full_scan_interval: 1m\n  socket.stream_buffer_bytes: 1GiB\n"
+        "  user.detect_password_changes: false\n")))
+    assert settings.datasets["process"].period == 0.5 and settings.datasets["user"].state_period == 12 * 3600

@@ -20,7 +20,8 @@ from actors.options import ConfigError
 from actors.datasets import DatasetContext
 from actors.datasets.process import dataset as process_dataset
 from actors.datasets.process.dataset import (CHANGED_IMAGE, ERROR, EXISTING, STARTED, STOPPED, ProcessDataset,
-                                     capability_names, container_id, parse_stat, process_options, read_details)
+                                     capability_names, container_id, parse_stat, read_details)
+from actors.datasets.process.options import parse_options as process_options
 from actors.ecs import assert_ecs
 from actors.event import CHANGE, ECS_VERSION, STATE, Event
 from actors.datasets.process.exe_hash import (HASH_TYPES, ExecutableHasher, HashOptions, TokenBucket, Xxh64, hash_options,

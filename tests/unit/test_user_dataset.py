@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 import pytest
 
 from actors.hostfs import etc_files
+from actors.options import ConfigError
 from actors.datasets import DatasetContext
 from actors.datasets.user import dataset as user_dataset
 from actors.ecs import assert_ecs
@@ -230,7 +231,7 @@ def test_nss_source_lists_what_pwd_lists() -> None:
     ({"detect_password_changes": "yes"}, "user.detect_password_changes"),
 ])
 def test_bad_options_are_refused_naming_the_setting(hostfs: Path, options: dict, setting: str) -> None:
-    with pytest.raises(ValueError, match=setting):
+    with pytest.raises(ConfigError, match=setting):
         make_dataset(hostfs, **options)
 
 

@@ -8,18 +8,18 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence, TypedDict
 
 from actors.hostfs import procfs
 from actors.hostfs.etc_files import AccountNames
-from actors.options import ConfigError
 from actors.datasets import DatasetContext
 from actors.hostfs.host_facts import read_boot_id, read_boot_time
 from actors.hostfs.entity import process_entity_id
 from actors.event import CHANGE, STATE, Event, iso_millis
-from actors.datasets.process.exe_hash import ECS_HASH_TYPES, ExecutableHasher, FileId, HashOptions, HashResult, hash_options
+from actors.datasets.process.exe_hash import ECS_HASH_TYPES, ExecutableHasher, FileId, HashResult
+from actors.datasets.process.options import parse_options
 from actors.datasets.process.proc_connector import ConnectorUnavailable, ProcConnector, ProcessExec, ProcessExit, pickled_as_tuple
 
 DATASET = "process"
@@ -40,7 +40,6 @@ STOPPED = "process_stopped"
 ERROR = "process_error"
 CHANGED_IMAGE = "process_changed_image"  # an exec by a process already reported (Auditbeat's kernel_tracing name)
 
-BACKENDS = ("auto", "netlink", "procfs")
 SNAPSHOT_VERSION = 1
 PF_KTHREAD = 0x00200000  # task flag in field 9 of /proc/PID/stat
 KTHREADD_PID = 2
@@ -123,21 +122,7 @@ class ProcessRecord(TypedDict, total=False):
 # Options
 # ---------------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ProcessOptions:
-    """The `process.*` options: where exec notifications come from, and executable hashing."""
-
-    backend: str = "auto"
-    hash: HashOptions = field(default_factory=HashOptions)
-
-
-def process_options(raw: Mapping[str, Any]) -> ProcessOptions:
-    """Read the dataset's options; raise ConfigError naming the setting when one is wrong."""
-    backend = str(raw.get("backend", "auto")).lower()
-    if backend not in BACKENDS:
-        raise ConfigError(f"process.backend: {raw.get('backend')!r} is not one of {', '.join(BACKENDS)} "
-                          "(auto uses the kernel's process connector when it can, else polls /proc)")
-    return ProcessOptions(backend=backend, hash=hash_options(raw.get("hash")))
+# Declared in options.py (ProcessOptions, parse_options), checked by the configuration at load.
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -582,7 +567,7 @@ class ProcessDataset:
         self.hostfs = Path(context.hostfs)
         self.proc = str(procfs.host_path(self.hostfs, "/proc")) + "/"
         self.host_id = context.host_id
-        self.options = process_options(context.options)
+        self.options = parse_options(context.options)
         self.hasher = ExecutableHasher(self.options.hash) if self.options.hash.enabled else None
         self.names = AccountNames(self.hostfs)  # from <hostfs>/etc/passwd and /etc/group, not NSS
         self.boot_id = read_boot_id(self.hostfs)

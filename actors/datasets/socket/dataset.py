@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from actors.hostfs import procfs
 from actors.hostfs.etc_files import AccountNames
-from actors.options import parse_duration, parse_size
+from actors.datasets.socket.options import SocketOptions, parse_options
 from actors.datasets import DatasetContext
 from actors.hostfs.host_facts import read_boot_id
 from actors.hostfs.entity import process_entity_id, socket_entity_id
@@ -43,8 +43,6 @@ FIELDS: frozenset[str] = frozenset({
 LOG = logging.getLogger("hostaudit.socket")
 
 SNAPSHOT_VERSION = 1
-DEFAULT_FULL_SCAN_INTERVAL = 10.0  # seconds between full /proc/*/fd scans for sockets no cheaper step attributed
-DEFAULT_STREAM_BUFFER = 16 << 20  # SO_RCVBUFFORCE for the destroy stream (the kernel doubles it)
 CLOSED_MEMORY = 65_536  # cookies recently reported closed, so a late destroy notification is not reported again
 ATTRIBUTION_MEMORY = 16_384  # live inodes whose last attribution is remembered apart from their record
 
@@ -76,24 +74,7 @@ SECOND_NS = 1_000_000_000
 # Options
 # ---------------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class SocketOptions:
-    """The dataset's options (`socket.*` settings), defaults as Auditbeat's where it has them."""
-
-    include_localhost: bool = False  # Auditbeat: sockets with a loopback local or remote IP are skipped
-    include_udp: bool = False
-    full_scan_interval: float = DEFAULT_FULL_SCAN_INTERVAL
-    stream_buffer_bytes: int = DEFAULT_STREAM_BUFFER
-
-    @classmethod
-    def from_mapping(cls, options: Mapping[str, Any]) -> "SocketOptions":
-        """Read options from the nested `context.options` mapping; unknown keys are ignored."""
-        return cls(
-            include_localhost=bool(options.get("include_localhost", False)),
-            include_udp=bool(options.get("include_udp", False)),
-            full_scan_interval=parse_duration(options.get("full_scan_interval", DEFAULT_FULL_SCAN_INTERVAL)),
-            stream_buffer_bytes=parse_size(options.get("stream_buffer_bytes", DEFAULT_STREAM_BUFFER)),
-        )
+# Declared in options.py (SocketOptions, parse_options), checked by the configuration at load.
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -786,7 +767,7 @@ class SocketDataset:
     def __init__(self, context: DatasetContext) -> None:
         self.hostfs = Path(context.hostfs)
         self.host_id = context.host_id
-        self.options = SocketOptions.from_mapping(context.options)
+        self.options = parse_options(context.options)
         self.observer = SocketObserver(self.hostfs, self.options)
         self.users = AccountNames(self.hostfs)  # from <hostfs>/etc/passwd, not NSS
         self._recently_closed: OrderedDict[str, None] = OrderedDict()

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from actors.hostfs import etc_files, procfs
 from actors.datasets import DatasetContext
+from actors.datasets.user.options import parse_options
 from actors.hostfs.entity import user_entity_id
 from actors.hostfs.etc_files import FileSignature, GroupEntry, LoadedFile, Parsed, PasswdEntry, ShadowEntry
 from actors.event import CHANGE, STATE, Event, iso_millis
@@ -25,7 +26,6 @@ FIELDS: frozenset[str] = frozenset({"user.id", "user.name", "user.group.id", "us
 LOG = logging.getLogger("hostaudit.user")
 
 SNAPSHOT_FORMAT = 1
-SOURCES = ("files", "nss")
 SECONDS_PER_DAY = 86_400
 
 # Auditbeat's passwordType.String() values.
@@ -55,23 +55,7 @@ KEY_ID_LABEL = b"hostaudit user password digest key id"
 # Options
 # ---------------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class UserOptions:
-    """The dataset's options: `detect_password_changes` (default true) and `source` (files or nss)."""
-
-    detect_password_changes: bool = True
-    source: str = "files"
-
-    @classmethod
-    def from_mapping(cls, options: Mapping[str, Any]) -> "UserOptions":
-        """Read and check the options; raise ValueError naming the setting when one is wrong."""
-        detect = options.get("detect_password_changes", True)
-        if not isinstance(detect, bool):
-            raise ValueError(f"user.detect_password_changes: expected true or false, got {detect!r}")
-        source = options.get("source", "files")
-        if source not in SOURCES:
-            raise ValueError(f"user.source: expected one of {', '.join(SOURCES)}, got {source!r}")
-        return cls(detect, source)
+# Declared in options.py (UserOptions, parse_options), checked by the configuration at load.
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -527,7 +511,7 @@ class UserDataset:
 
     def __init__(self, context: DatasetContext) -> None:
         self.hostfs = Path(context.hostfs)
-        self.options = UserOptions.from_mapping(context.options)
+        self.options = parse_options(context.options)
         self.host_id = context.host_id
         self.digests = self._make_digests(context.digest_key) if self.options.detect_password_changes else None
         self._last: LastRead | None = None
