@@ -301,7 +301,9 @@ def run_hostaudit(bootstrap: str, topic: str, spool_root: Path, count: int,
     output = output_class(options)
     stats = stats_class()
     cpu, started = cpu_self(), time.perf_counter()
-    actor = actor_class.start(spool_root, output, bulk_max_size=int(options["bulk_max_size"]), stats=stats)
+    # This revision's producer takes path.data (its spool is path.data/spool); an older revision, the spool root.
+    first = spool_root if producer_module else spool_root.parent
+    actor = actor_class.start(first, output, bulk_max_size=int(options["bulk_max_size"]), stats=stats)
     try:
         deliver_all(lambda: actor.ask(pump_class()), lambda: stats.acknowledged.get(DATASET, 0), count)
         seconds, cpu_used = time.perf_counter() - started, cpu_self() - cpu
@@ -343,7 +345,7 @@ def profile_hostaudit(bootstrap: str, topic: str, spool_root: Path, count: int, 
     Sender.run = profiled_run  # type: ignore[method-assign]
     options = output_options(bootstrap, topic)
     output = KafkaOutput(options)
-    producer = ProducerActor(spool_root, output, bulk_max_size=int(options["bulk_max_size"]))  # not started:
+    producer = ProducerActor(spool_root.parent, output, bulk_max_size=int(options["bulk_max_size"]))  # not started:
     pump_profile = cProfile.Profile()                                                       # pumped here
     started = time.perf_counter()
     try:
@@ -420,10 +422,10 @@ def main() -> None:
             # Warm-up: JIT the broker, create __transaction_state (the first producer id), fill the page cache.
             run_kafka_python(bootstrap, "bench-a-warmup", warm)
             run_kcat(kcat, bootstrap, "bench-b-warmup", warm_lines, len(warm))
-            spool_root = workdir / "spool-warmup"
+            spool_root = workdir / "warmup" / "spool"
             write_spool(spool_root, warm)
             run_hostaudit(bootstrap, "bench-c-warmup", spool_root, len(warm))
-            shutil.rmtree(spool_root)
+            shutil.rmtree(spool_root.parent)
 
             results: dict[str, list[Run]] = {kind: [] for kind in kinds}
             spool_seconds: list[float] = []
@@ -437,11 +439,11 @@ def main() -> None:
                     elif kind == "b":
                         results[kind].append(run_kcat(kcat, bootstrap, topic, lines, args.events))
                     else:
-                        spool_root = workdir / f"spool-{kind}-{tag}"
+                        spool_root = workdir / f"{kind}-{tag}" / "spool"
                         spool_seconds.append(write_spool(spool_root, events))
                         modules = before if kind == "before" and before else (None, None)
                         results[kind].append(run_hostaudit(bootstrap, topic, spool_root, args.events, *modules))
-                        shutil.rmtree(spool_root)
+                        shutil.rmtree(spool_root.parent)
                 print(f"  round {tag}: " + ", ".join(f"({k}) {v[-1].rate:,.0f}/s" for k, v in results.items()),
                       flush=True)
                 for kind in kinds:
@@ -449,7 +451,7 @@ def main() -> None:
 
             profile = ""
             if args.profile_events:
-                spool_root = workdir / "spool-profile"
+                spool_root = workdir / "profile" / "spool"
                 write_spool(spool_root, events[:args.profile_events])
                 profile = profile_hostaudit(bootstrap, "bench-c-profile", spool_root, args.profile_events, args.top)
             broker_rss = broker.rss_kib() or 0

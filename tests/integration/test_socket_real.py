@@ -19,9 +19,9 @@ import pytest
 
 from actors.datasets import DatasetContext
 from actors.datasets.socket.dataset import (
-    DEFAULT_STREAM_BUFFER, R_INODE, R_LOCAL_PORT, R_PROCESS, R_REMOTE_PORT, R_STATE, R_TRANSPORT, R_UID,
-    SocketDataset,
+    R_INODE, R_LOCAL_PORT, R_PROCESS, R_REMOTE_PORT, R_STATE, R_TRANSPORT, R_UID, SocketDataset,
 )
+from actors.datasets.socket.options import DEFAULT_STREAM_BUFFER
 from actors.ecs import assert_ecs
 from actors.hostfs.entity import process_entity_id
 from actors.event import Event
