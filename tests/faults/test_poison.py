@@ -15,15 +15,22 @@ pytestmark = pytest.mark.kafka
 HOST_AND_PROCESS = "hostaudit.modules=[{module: system, datasets: [host, process], period: 1s}]"
 
 
+def start_routed_by_user(agent_factory, bootstrap: str, prefix: str, default: str):
+    """An agent whose Kafka topic is `<prefix>-%{[user.name]<default>}` (host events have no user.name),
+    once root's processes are on `<prefix>-root`."""
+    agent = agent_factory(overrides=(
+        HOST_AND_PROCESS, "output.file.enabled=false", "output.kafka.enabled=true",
+        f"output.kafka.hosts=[{bootstrap}]", f"output.kafka.topic={prefix}-%{{[user.name]{default}}}",
+        "output.kafka.timeout=5s", "output.kafka.backoff.init=200ms", "output.kafka.backoff.max=2s"))
+    wait_for_topic_events(bootstrap, f"{prefix}-root", lambda m: len(m) > 0, 60,
+                          "the process state report (root's processes) on its topic")
+    return agent
+
+
 def test_event_without_the_topic_field_is_dead_lettered_and_the_rest_delivered(agent_factory, kafka_bootstrap,
                                                                                 tmp_path) -> None:
     prefix = f"p{uuid.uuid4().hex[:8]}"
-    agent = agent_factory(overrides=(
-        HOST_AND_PROCESS, "output.file.enabled=false", "output.kafka.enabled=true",
-        f"output.kafka.hosts=[{kafka_bootstrap}]", f"output.kafka.topic={prefix}-%{{[user.name]}}",
-        "output.kafka.timeout=5s", "output.kafka.backoff.init=200ms", "output.kafka.backoff.max=2s"))
-    wait_for_topic_events(kafka_bootstrap, f"{prefix}-root", lambda m: len(m) > 0, 60,
-                          "the process state report (root's processes) on its topic")
+    agent = start_routed_by_user(agent_factory, kafka_bootstrap, prefix, "")
     marker = f"poison-{uuid.uuid4().hex}"
     subprocess.run(["/bin/true", marker], check=True)
     messages = wait_for_topic_events(
@@ -49,12 +56,7 @@ def test_event_without_the_topic_field_is_dead_lettered_and_the_rest_delivered(a
 def test_event_for_a_topic_kafka_refuses_is_dead_lettered_and_the_rest_delivered(agent_factory,
                                                                                    kafka_bootstrap) -> None:
     prefix = f"q{uuid.uuid4().hex[:8]}"
-    agent = agent_factory(overrides=(
-        HOST_AND_PROCESS, "output.file.enabled=false", "output.kafka.enabled=true",
-        f"output.kafka.hosts=[{kafka_bootstrap}]", f"output.kafka.topic={prefix}-%{{[user.name]:not a topic!}}",
-        "output.kafka.timeout=5s", "output.kafka.backoff.init=200ms", "output.kafka.backoff.max=2s"))
-    wait_for_topic_events(kafka_bootstrap, f"{prefix}-root", lambda m: len(m) > 0, 60,
-                          "the process state report (root's processes) on its topic")
+    agent = start_routed_by_user(agent_factory, kafka_bootstrap, prefix, ":not a topic!")
     marker = f"refused-{uuid.uuid4().hex}"
     subprocess.run(["/bin/true", marker], check=True)
     wait_for_topic_events(kafka_bootstrap, f"{prefix}-root",

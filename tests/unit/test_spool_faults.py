@@ -25,7 +25,6 @@ from actors.runtime.spool import (
     MAGIC,
     READER_LOCK,
     WRITER_LOCK,
-    SpooledRecord,
     SpoolLockedError,
     SpoolReader,
     SpoolWriter,
@@ -34,6 +33,7 @@ from actors.runtime.spool import (
     spool_size,
     unacknowledged_bytes,
 )
+from tests.unit.test_spool import read_available, segment_files, sequences
 
 PAYLOAD = 100
 RECORD = HEADER_SIZE + PAYLOAD
@@ -45,21 +45,6 @@ def payload(sequence: int) -> bytes:
 
 def append_range(writer: SpoolWriter, first: int, last: int) -> None:
     writer.append([(sequence, payload(sequence)) for sequence in range(first, last + 1)])
-
-
-def read_available(reader: SpoolReader, max_records: int = 500) -> list[SpooledRecord]:
-    records: list[SpooledRecord] = []
-    while batch := reader.read(max_records, 1 << 20):
-        records.extend(batch)
-    return records
-
-
-def sequences(records: list[SpooledRecord]) -> list[int]:
-    return [record.sequence for record in records]
-
-
-def segment_files(directory: Path) -> list[str]:
-    return sorted(name for name in os.listdir(directory) if name.endswith(".seg"))
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
