@@ -31,19 +31,21 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+def parse_ndjson(data: bytes) -> list[dict[str, Any]]:
+    """Every complete JSON line of `data`, each checked against the ECS field table."""
+    events = []
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break  # a line still being written
+        event = json.loads(line)
+        assert_ecs(event)
+        events.append(event)
+    return events
+
+
 def read_ndjson(paths: Iterable[Path]) -> list[dict[str, Any]]:
     """Every complete JSON line of the files, each checked against the ECS field table."""
-    events = []
-    for path in paths:
-        if not path.exists():
-            continue
-        for line in path.read_bytes().splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break  # a line still being written
-            event = json.loads(line)
-            assert_ecs(event)
-            events.append(event)
-    return events
+    return [event for path in paths if path.exists() for event in parse_ndjson(path.read_bytes())]
 
 
 class Agent:
@@ -64,6 +66,7 @@ class Agent:
                           f"output.file.path={self.output_dir}", *overrides]
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
+        self._parsed: dict[int, tuple[int, list[dict[str, Any]]]] = {}  # inode -> (bytes parsed, their events)
 
     def command(self) -> list[str]:
         command = [sys.executable, "-m", "actors.cli", "run"]
@@ -88,7 +91,30 @@ class Agent:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
     def events(self) -> list[dict[str, Any]]:
-        return read_ndjson(sorted(self.output_dir.glob("*.ndjson*"), reverse=True))
+        """Every event written so far, oldest file first. Each file is parsed (and ECS-checked) once, then only
+        what was appended since: a poll costs what is new, not the whole output (which grows to thousands of
+        events in a soak and took seconds to re-parse on a loaded machine). Rotation renames, so files are
+        followed by inode."""
+        events: list[dict[str, Any]] = []
+        parsed: dict[int, tuple[int, list[dict[str, Any]]]] = {}
+        for path in sorted(self.output_dir.glob("*.ndjson*"), reverse=True):
+            try:
+                with path.open("rb") as handle:
+                    status = os.fstat(handle.fileno())
+                    offset, seen = self._parsed.get(status.st_ino, (0, []))
+                    if status.st_size < offset:  # truncated (a failed write is rolled back): start over
+                        offset, seen = 0, []
+                    handle.seek(offset)
+                    chunk = handle.read()
+            except FileNotFoundError:
+                continue  # rotated out of existence meanwhile
+            complete = chunk[:chunk.rfind(b"\n") + 1]
+            if complete:
+                seen, offset = seen + parse_ndjson(complete), offset + len(complete)
+            parsed[status.st_ino] = (offset, seen)
+            events += seen
+        self._parsed = parsed
+        return events
 
     def wait_for_event(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict:
         return wait_for(lambda: next((e for e in self.events() if predicate(e)), None), timeout,

@@ -58,7 +58,9 @@ def probe(agent: Agent, timeout: float, what: str) -> float:
     # A process that lives 0.2 s: its executable and arguments are read at exec time for certain (a /bin/true
     # that exits within a millisecond may, rarely, be reported without them: a capture limit, not delivery's).
     subprocess.run(["/bin/sh", "-c", "sleep 0.2", marker], check=True)
-    agent.wait_for_event(lambda e: e["event"]["action"] == "process_started"
+    # process_changed_image too: on a loaded machine a poll can catch the forked child before its exec (still the
+    # test's python), report it started, and the exec then changes its image.
+    agent.wait_for_event(lambda e: e["event"]["action"] in ("process_started", "process_changed_image")
                          and marker in e.get("process", {}).get("args", []), timeout, what)
     return started
 

@@ -53,7 +53,9 @@ def test_random_kills_under_load_lose_nothing_that_was_spooled(agent_factory, lo
                 agent.wait_for_role(role, 15, not_pid=victim)
     probe(agent, 15, "an exec after the last round")
     print(f"producer restart -> delivery: {sorted(round(s, 2) for s in latencies)}")
-    assert all(seconds < 2.0 for seconds in latencies), f"delivery within 2 s of each restart: {latencies}"
+    # Here other collectors restart around the producer and redo their scans and state reports on a loaded
+    # machine, so the bound is looser; the 2 s bound is asserted with nothing else restarting, above.
+    assert all(seconds < 5.0 for seconds in latencies), f"delivery within 5 s of each restart: {latencies}"
     assert_no_sequence_missing(agent, ("host", "user", "process", "socket"), 30)
     assert "must be an integer above" not in agent.log()
     assert agent.terminate(15) == 0
