@@ -129,10 +129,9 @@ class DatasetRunner:
             # Kernel notifications cannot be derived again later: the events not stored are lost. Their
             # sequence numbers are used up all the same, so `event.sequence` shows a gap where they were, and
             # they are counted (`events_dropped`). The next poll still reconciles what is alive.
-            first = self.committed.sequence + 1
             stored = max(0, self.spool.last_sequence - self.committed.sequence)
             dropped = len(events) - stored
-            self.committed = replace(self.committed, sequence=max(self.spool.last_sequence, first + len(events) - 1))
+            self.committed = replace(self.committed, sequence=self.committed.sequence + len(events))
             self.events_dropped += dropped
             self.events_emitted += stored
             self._warn("dropped", "dataset %s: cannot write the spool (%s); %d events from kernel notifications "

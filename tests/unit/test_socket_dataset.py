@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given, strategies as st
 
+from actors.datasets.socket.options import parse_options as parse_socket_options
 from actors.datasets import DatasetContext
 from actors.datasets.socket import dataset as socket_dataset
 from actors.datasets.socket.dataset import (
@@ -368,8 +369,8 @@ def test_every_event_kind_is_valid_ecs(hostfs: Path) -> None:
 
 
 def test_options_default_as_auditbeat() -> None:
-    assert SocketOptions.from_mapping({}) == SocketOptions(include_localhost=False, include_udp=False)
-    assert SocketOptions.from_mapping({"include_localhost": True, "include_udp": True}).include_udp
+    assert parse_socket_options({}) == SocketOptions(include_localhost=False, include_udp=False)
+    assert parse_socket_options({"include_localhost": True, "include_udp": True}).include_udp
 
 
 # --------------------------------------------------------------------------------------------------------

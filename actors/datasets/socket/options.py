@@ -21,11 +21,6 @@ class SocketOptions:
     full_scan_interval: float = DEFAULT_FULL_SCAN_INTERVAL
     stream_buffer_bytes: int = DEFAULT_STREAM_BUFFER
 
-    @classmethod
-    def from_mapping(cls, options: Any) -> "SocketOptions":
-        """Read and check `socket.*`; ConfigError naming the key, the value and what is allowed."""
-        return parse_options(options)
-
 
 def parse_options(raw: Any) -> SocketOptions:
     """Read and check `socket.*`; ConfigError naming the key, the value and what is allowed."""
