@@ -559,6 +559,14 @@ def test_an_exec_read_in_time_gives_the_executable_and_args(host: Path) -> None:
     assert document(stopped)["event"]["duration"] == 2_500_000  # from the fork, to the nanosecond
 
 
+def test_a_process_read_as_it_died_keeps_the_parent_the_kernel_reported_at_fork(host: Path) -> None:
+    ds = dataset(host)
+    committed = ds.observe()
+    add_process(host, 2150, comm="true", ppid=0, ticks=55_000)  # /proc/PID/stat of a dying task: ppid 0
+    _, [started] = ds.apply_stream(committed, [exec_item(2150, read_details(ds.proc, 2150), ppid=321)])
+    assert document(started)["process"]["parent"] == {"pid": 321}
+
+
 def test_a_process_reported_from_the_stream_is_not_reported_again_by_the_poll(host: Path) -> None:
     ds = dataset(host)
     committed = ds.observe()

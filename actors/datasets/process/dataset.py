@@ -694,7 +694,10 @@ class ProcessDataset:
         if details is not None and details.stat.flags & PF_KTHREAD:
             return None  # only kernel threads are left out: an exec'd process is real even if already a zombie
         if details is not None:
-            return self._record(details, start_ns=self._fork_time(item, details.stat.ticks))
+            record = self._record(details, start_ns=self._fork_time(item, details.stat.ticks))
+            if record["ppid"] == 0 and item.ppid:  # /proc read as the process died: the kernel then shows 0
+                record["ppid"] = item.ppid
+            return record
         if old is not None and item.fork_boot_ns is None:
             return None  # an exec by a known process that exited before we could read its new image
         start_ns = item.fork_boot_ns if item.fork_boot_ns is not None else item.boot_ns
