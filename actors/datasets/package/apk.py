@@ -38,12 +38,12 @@ def _package(stanza: str) -> tuple[Package | None, str | None]:
 def parse_installed(data: bytes) -> tuple[list[Package], list[str]]:
     """The packages of an apk `installed` file and the problems of the stanzas skipped. Never raises.
 
-    A file that does not end with an empty line (or a newline, for a single package) was cut while being written:
+    A file that does not end with an empty line (apk writes one after every package) was cut while being written:
     its last stanza is skipped.
     """
     text = data.decode("utf-8", "replace")
     stanzas = text.split("\n\n")
-    cut = bool(text.strip()) and not text.endswith("\n")
+    cut = bool(text.strip()) and not text.endswith("\n\n")
     packages: list[Package] = []
     problems: list[str] = []
     line = 1
@@ -67,6 +67,7 @@ class ApkReader:
 
     name = APK
     watched = WATCHED
+    consistent = False  # a file read while it is rewritten in place can be cut anywhere
 
     def __init__(self, hostfs: Path) -> None:
         self.path = procfs.host_path(hostfs, INSTALLED)

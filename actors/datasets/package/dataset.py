@@ -283,10 +283,14 @@ class PackageDataset:
         before = self._signatures(database)
         if last is not None and last.trusted and before == last.signatures:
             return last.entry
-        read = self.readers[database].read()
+        reader = self.readers[database]
+        read = reader.read()
         after = self._signatures(database)
-        settled = before == after and self._settled(after, time.time_ns())
-        entry = self._entry(database, read, last.entry if last is not None else None, settled)
+        # Settled: no file changed during the read, nor shortly before it (within the file system's timestamp
+        # granularity a later change could leave the signatures as they are). An unsettled read is read again at
+        # the next poll; for a text database, whose file may have been half written, it removes nothing yet.
+        settled = (before == after or reader.consistent) and self._settled(after, time.time_ns())
+        entry = self._entry(database, read, last.entry if last is not None else None, settled or reader.consistent)
         if last is not None and entry == last.entry:
             entry = last.entry  # the same packages: keep the snapshot object, so diff is free
         self._last[database] = LastRead(after, settled and read.packages is not None, entry)

@@ -28,6 +28,7 @@ KNOWN_STATES = ABSENT_STATES | {"half-installed", "unpacked", "half-configured",
 _SIZE_MULTIPLIERS = {"": 1, "k": 1, "m": 1024, "g": 1024 * 1024}  # Installed-Size is in KiB; M/G as Auditbeat
 _UPDATE_NAME = re.compile(r"[0-9]+")
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # deb822: printable ASCII but ':'
+_BAD_LINE = re.compile(r"\n[^ \t\n#:][^:\n]*(?:\n|$)")  # not a continuation, a comment, empty or `Field: value`
 _new_package = tuple.__new__
 
 
@@ -67,7 +68,7 @@ def _fast(stanza: str) -> Parsed | None:
     """Parse a stanza as dpkg writes it (canonical field names, in dpkg's order: Package, Status, ...,
     Installed-Size, ..., Architecture, ..., Version, ..., Description, ..., Homepage); None when it is not in that
     form, for `_generic` to look at. Searching forward for each field touches each byte about once."""
-    if not stanza.startswith("Package: "):
+    if not stanza.startswith("Package: ") or _BAD_LINE.search(stanza) is not None:
         return None
     find = stanza.find
     end = find("\n", 9)
@@ -212,6 +213,7 @@ class DpkgReader:
 
     name = DPKG
     watched = WATCHED
+    consistent = False  # a file read while it is rewritten in place can be cut anywhere
 
     def __init__(self, hostfs: Path) -> None:
         self.hostfs = hostfs

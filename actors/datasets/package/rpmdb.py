@@ -111,6 +111,7 @@ class RpmReader:
 
     name = RPM
     watched = WATCHED
+    consistent = True  # one SQLite read transaction: never half of a write (reading creates -shm/-wal, as rpm -q does)
 
     def __init__(self, hostfs: Path) -> None:
         self.hostfs = hostfs
