@@ -28,6 +28,9 @@ FIELDS: frozenset[str] = frozenset({
 LOG = logging.getLogger("hostaudit.package")
 
 SNAPSHOT_FORMAT = 1
+# How long, at most, the changes of a dpkg or apk database that keeps changing (a long upgrade) wait for its
+# files to be still for etc_files.RACY_WINDOW_NS (2 s) before they are reported anyway (removals still wait).
+SETTLE_LIMIT = 10.0  # seconds
 READERS = {"dpkg": DpkgReader, "rpm": RpmReader, "apk": ApkReader}
 
 
@@ -233,6 +236,7 @@ class PackageDataset:
         self._last: dict[str, LastRead] = {}
         self._snapshot: dict[str, Any] | None = None
         self._warnings: dict[str, str] = {}
+        self._unsettled_since: dict[str, float] = {}  # database -> monotonic time its files were first seen changing
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -288,8 +292,16 @@ class PackageDataset:
         after = self._signatures(database)
         # Settled: no file changed during the read, nor shortly before it (within the file system's timestamp
         # granularity a later change could leave the signatures as they are). An unsettled read is read again at
-        # the next poll; for a text database, whose file may have been half written, it removes nothing yet.
+        # the next poll. For a text database (dpkg, apk), whose file may be half written and whose packages pass
+        # through transient states while dpkg works, an unsettled read is not used for up to SETTLE_LIMIT
+        # seconds; after that it is, but it removes nothing until the files are still.
         settled = (before == after or reader.consistent) and self._settled(after, time.time_ns())
+        if settled or reader.consistent:
+            self._unsettled_since.pop(database, None)
+        elif last is not None and (now := time.monotonic()) - self._unsettled_since.setdefault(
+                database, now) < SETTLE_LIMIT:
+            self._last[database] = LastRead(after, False, last.entry)
+            return last.entry
         entry = self._entry(database, read, last.entry if last is not None else None, settled or reader.consistent)
         if last is not None and entry == last.entry:
             entry = last.entry  # the same packages: keep the snapshot object, so diff is free
