@@ -64,36 +64,43 @@ def parse_size(value: str) -> int | None:
 Parsed = tuple[str | None, Package | str, str | None]
 
 
+def _after(stanza: str, key: str, start: int) -> tuple[str, int]:
+    """The first line of field `key` (with its newline and colon), searched from `start`, then from the top;
+    ("", start) when the stanza has none."""
+    at = stanza.find(key, start)
+    if at < 0:
+        at = stanza.find(key)
+        if at < 0:
+            return "", start
+    begin = at + len(key)
+    end = stanza.find("\n", begin)
+    if end < 0:
+        end = len(stanza)
+    return stanza[begin:end], end - 1
+
+
 def _fast(stanza: str) -> Parsed | None:
     """Parse a stanza as dpkg writes it (canonical field names, in dpkg's order: Package, Status, ...,
     Installed-Size, ..., Architecture, ..., Version, ..., Description, ..., Homepage); None when it is not in that
     form, for `_generic` to look at. Searching forward for each field touches each byte about once."""
     if not stanza.startswith("Package: ") or _BAD_LINE.search(stanza) is not None:
         return None
-    find = stanza.find
-    end = find("\n", 9)
-    if end < 0:
+    end = stanza.find("\n", 9)
+    name = stanza[9:end] if end >= 0 else ""
+    if not name or " " in name:
         return None
-    name = stanza[9:end]
-    at = find("\nStatus: ", end - 1)
-    if at < 0:
-        return None
-    end = find("\n", at + 9)
-    status = stanza[at + 9:end if end >= 0 else len(stanza)]
-    values = []
-    for key in ("\nInstalled-Size: ", "\nArchitecture: ", "\nVersion: ", "\nDescription: ", "\nHomepage: "):
-        at = find(key, end - 1) if end >= 0 else -1
-        if at < 0:
-            at = find(key)  # not in dpkg's order (or absent)
-            if at < 0:
-                values.append("")
-                continue
-        start = at + len(key)
-        end = find("\n", start)
-        values.append(stanza[start:end if end >= 0 else len(stanza)])
-    size_text, architecture, version, description, reference = values
-    if "\n" in name or " " in name or not name:
-        return None
+    status, at = _after(stanza, "\nStatus: ", end - 1)
+    size_text, at = _after(stanza, "\nInstalled-Size: ", at)
+    architecture, at = _after(stanza, "\nArchitecture: ", at)
+    version, at = _after(stanza, "\nVersion: ", at)
+    description, at = _after(stanza, "\nDescription: ", at)
+    reference, at = _after(stanza, "\nHomepage: ", at)
+    if status.endswith(" installed") and version and size_text.isdigit() and size_text.isascii() \
+            and status.count(" ") == 2 and not version.endswith(" "):
+        # The common case, already known to be valid: build the record directly.
+        return "installed", _new_package(Package, (DPKG, name, version, "", None, architecture.strip(), None,
+                                                   int(size_text) * 1024, description.strip(), reference.strip(),
+                                                   "")), None
     return _checked(name, status, version, architecture, size_text, description, reference)
 
 
