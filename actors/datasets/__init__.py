@@ -12,12 +12,13 @@ from actors.event import Event
 # Dataset name -> module under actors.datasets. Adding a dataset touches its module and this line.
 BUILT_DATASETS: dict[str, str] = {
     "host": "actors.datasets.host.dataset",
+    "package": "actors.datasets.package.dataset",
     "process": "actors.datasets.process.dataset",
     "socket": "actors.datasets.socket.dataset",
     "user": "actors.datasets.user.dataset",
 }
 # Datasets of the Auditbeat System module that hostaudit knows of but has not built yet.
-PLANNED_DATASETS: tuple[str, ...] = ("login", "package")
+PLANNED_DATASETS: tuple[str, ...] = ("login",)
 
 
 @dataclass(frozen=True)
