@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Generic, Mapping, Sequence, TypeVar
 
 from actors.hostfs import procfs
+from actors.hostfs.outcome import vanished
 
 LOG = logging.getLogger("hostaudit.etc_files")
 
@@ -34,7 +35,6 @@ PASSWD_FIELDS = 7  # name:password:uid:gid:gecos:home:shell
 GROUP_FIELDS = 4  # name:password:gid:member,member
 SHADOW_FIELDS = 9  # name:password:lastchg:min:max:warn:inactive:expire:reserved
 
-_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR})
 _ASCII_WHITESPACE = " \t\r\n\v\f"
 _DECIMAL = re.compile(r"[0-9]{1,10}")
 _SIGNED_DECIMAL = re.compile(r"-?[0-9]{1,20}")
@@ -264,7 +264,7 @@ def read_file(path: Path) -> FileContent | None:
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as error:
-        if error.errno in _ABSENT:
+        if vanished(error):
             return None
         raise procfs.Unreadable(path, error) from error
     try:
@@ -289,7 +289,7 @@ def stat_signature(path: Path) -> FileSignature | None:
     try:
         return FileSignature.of(os.stat(path))
     except OSError as error:
-        if error.errno in _ABSENT:
+        if vanished(error):
             return None
         raise procfs.Unreadable(path, error) from error
 

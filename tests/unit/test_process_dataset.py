@@ -20,7 +20,7 @@ from actors.options import ConfigError
 from actors.datasets import DatasetContext
 from actors.datasets.process import dataset as process_dataset
 from actors.datasets.process.dataset import (CHANGED_IMAGE, ERROR, EXISTING, STARTED, STOPPED, ProcessDataset,
-                                     capability_names, container_id, parse_stat, read_details)
+                                     capability_names, container_id, read_details)
 from actors.datasets.process.options import parse_options as process_options
 from actors.ecs import assert_ecs
 from actors.event import CHANGE, ECS_VERSION, STATE, Event
@@ -251,12 +251,6 @@ def test_token_bucket_waits_for_the_scan_rate() -> None:
 # --------------------------------------------------------------------------------------------------------
 # Parsing /proc files
 # --------------------------------------------------------------------------------------------------------
-
-def test_stat_parsing_survives_parentheses_and_spaces_in_comm() -> None:
-    stat = parse_stat(b"42 (a) b (c)) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987 1 1\n")
-    assert stat == process_dataset.Stat(name="a) b (c)", state="S", ppid=7, flags=4194560, ticks=987)
-    assert parse_stat(b"garbage") is None
-
 
 def test_capability_masks_become_cap_names() -> None:
     assert capability_names(0) == []
@@ -637,7 +631,7 @@ def test_exec_details_are_read_for_several_processes_at_once(host: Path) -> None
     add_process(host, 2561, comm="b", exe="/usr/bin/b", args=("b", "-x"))
     first, gone, second = process_dataset.read_exec_details(str(host / "proc") + "/", [2560, 2562, 2561])
     assert gone is None
-    assert (first.exe, first.args, first.stat.name) == ("/usr/bin/a", ("a",), "a")
+    assert (first.exe, first.args, first.stat.comm) == ("/usr/bin/a", ("a",), "a")
     assert (second.exe, second.args, second.ids) == ("/usr/bin/b", ("b", "-x"), ("0", "0", "0", "0", "0", "0"))
 
 

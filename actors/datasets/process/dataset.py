@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
@@ -10,13 +9,15 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence, TypedDict
+from typing import Any, Mapping, Sequence, TypedDict
 
 from actors.hostfs import procfs
+from actors.hostfs.outcome import Outcome
+from actors.hostfs.procfs import NANOS_PER_TICK, ProcStat, read_stat
 from actors.hostfs.etc_files import AccountNames
 from actors.datasets import DatasetContext
 from actors.hostfs.host_facts import read_boot_id, read_boot_time
-from actors.hostfs.entity import process_entity_id
+from actors.hostfs.entity import process_entity_id, start_offset_ns
 from actors.event import CHANGE, STATE, Event, iso_millis
 from actors.datasets.process.exe_hash import ECS_HASH_TYPES, ExecutableHasher, FileId, HashResult
 from actors.datasets.process.options import parse_options
@@ -45,10 +46,6 @@ PF_KTHREAD = 0x00200000  # task flag in field 9 of /proc/PID/stat
 KTHREADD_PID = 2
 STREAM_EXIT_GRACE = 5.0  # seconds a vanished process waits for the connector's EXIT before a poll stops it
 EXITED_STATES = frozenset({"Z", "X"})  # zombie, dead: the process has exited, only its parent has not reaped it
-TICKS_PER_SECOND = 100  # USER_HZ, as go-sysinfo hard-codes it
-NANOS_PER_TICK = 1_000_000_000 // TICKS_PER_SECOND
-_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ESRCH})
-_DENIED = frozenset({errno.EACCES, errno.EPERM})
 
 # Capability bits 0..40 (linux/capability.h); a newer kernel's extra bits are named CAP_<n>.
 CAPABILITY_NAMES: tuple[str, ...] = (
@@ -129,23 +126,13 @@ class ProcessRecord(TypedDict, total=False):
 # Reading /proc/PID
 # ---------------------------------------------------------------------------------------------------------
 
-class Stat(NamedTuple):
-    """The fields of /proc/PID/stat the dataset uses."""
-
-    name: str  # comm
-    state: str  # R, S, D, Z (zombie: exited, not yet reaped), ...
-    ppid: int
-    flags: int
-    ticks: int
-
-
 @pickled_as_tuple  # the connector's reader process sends these to the collector
 @dataclass(frozen=True, slots=True)
 class ProcessDetails:
     """What was read of one process. Files that were absent or denied leave their fields None."""
 
     pid: int
-    stat: Stat
+    stat: ProcStat
     exe: str | None = None
     exe_id: FileId | None = None  # identity of the executable file, for the hash cache
     args: tuple[str, ...] | None = None
@@ -157,48 +144,6 @@ class ProcessDetails:
     denied: tuple[str, ...] = ()  # files we were not allowed to read (not root)
     error: str = ""  # another read error: the process is reported as process_error
     vanished: bool = False  # the process exited while it was read
-
-
-def read_file(path: str, whole: bool = False) -> bytes | None:
-    """Read a /proc file (one read, or all of it with `whole`); None when absent or the process is gone.
-
-    Raises procfs.Unreadable for any other error (EACCES, EIO, ...).
-    """
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as error:
-        if error.errno in _ABSENT:
-            return None
-        raise procfs.Unreadable(path, error) from error
-    try:
-        data = os.read(descriptor, 16384)
-        if whole and data:
-            chunks = [data]
-            while chunk := os.read(descriptor, 65536):
-                chunks.append(chunk)
-            data = b"".join(chunks)
-        return data
-    except OSError as error:
-        if error.errno in _ABSENT:
-            return None
-        raise procfs.Unreadable(path, error) from error
-    finally:
-        os.close(descriptor)
-
-
-def parse_stat(raw: bytes) -> Stat | None:
-    """Parse /proc/PID/stat ("pid (comm) state ppid ..."); None when it is not in that form."""
-    opening, closing = raw.find(b"("), raw.rfind(b")")
-    if opening < 0 or closing < opening:
-        return None
-    fields = raw[closing + 2:].split()
-    if len(fields) < 20:
-        return None
-    try:
-        return Stat(raw[opening + 1:closing].decode("utf-8", "replace"), fields[0].decode("ascii", "replace"),
-                    int(fields[1]), int(fields[6]), int(fields[19]))
-    except ValueError:
-        return None
 
 
 def _status_line(raw: bytes, key: bytes) -> list[bytes]:
@@ -269,7 +214,7 @@ class _Reader:
 
     def file(self, name: str, whole: bool = False) -> bytes | None:
         try:
-            return read_file(self.base + name, whole)
+            return procfs.read_bytes(self.base + name, whole)
         except procfs.Unreadable as error:
             self._problem(name, error)
             return None
@@ -290,22 +235,13 @@ class _Reader:
 
     def _problem(self, name: str, error: procfs.Unreadable) -> None:
         self.failed.add(name)
-        if error.errno in _DENIED:
+        if error.outcome is Outcome.DENIED:
             self.denied.append(name)
         else:
             self.errors.append(str(error))
 
 
-def read_stat(proc: str, pid: int) -> Stat | None:
-    """Read /proc/PID/stat; None when the process is gone (or the file is unreadable or malformed)."""
-    try:
-        raw = read_file(f"{proc}{pid}/stat")
-    except procfs.Unreadable:
-        return None
-    return None if raw is None else parse_stat(raw)
-
-
-def read_details(proc: str, pid: int, stat: Stat | None = None) -> ProcessDetails | None:
+def read_details(proc: str, pid: int, stat: ProcStat | None = None) -> ProcessDetails | None:
     """Read one process now (`proc` is "<hostfs>/proc/"); None when it is gone before anything is read.
 
     A file absent after another was read means the process exited while we read it (`vanished`); a zombie
@@ -324,10 +260,10 @@ def read_exec_details(proc: str, pids: Sequence[int]) -> list[ProcessDetails | N
 
 
 def _read_rest(reader: _Reader, pid: int, exe: str | None, cmdline: bytes | None,
-               stat: Stat | None) -> ProcessDetails | None:
+               stat: ProcStat | None) -> ProcessDetails | None:
     if stat is None:
         raw = reader.file("stat")
-        stat = None if raw is None else parse_stat(raw)
+        stat = None if raw is None else procfs.parse_stat(raw)
         if stat is None:
             return None
     status = reader.file("status")
@@ -372,7 +308,7 @@ def is_kernel_thread(details: ProcessDetails) -> bool:
 
 def start_iso(boot_time: int, ticks: int) -> str:
     """process.start as go-sysinfo computes it (btime + Duration(float(ticks)/100*1e9)), in ISO UTC millis."""
-    nanos = int(ticks / TICKS_PER_SECOND * 1e9)
+    nanos = start_offset_ns(ticks)
     return iso_millis((boot_time * 1000 + nanos // 1_000_000) / 1000)
 
 
@@ -573,7 +509,7 @@ class ProcessDataset:
         self.boot_id = read_boot_id(self.hostfs)
         self.boot_time = read_boot_time(self.hostfs)
         self._known: dict[str, ProcessRecord] = {}  # the last poll's records, reused while (pid, ticks) holds
-        self._skipped: dict[str, Stat] = {}  # pid -> stat of kernel threads and vanished entries
+        self._skipped: dict[str, ProcStat] = {}  # pid -> stat of kernel threads and vanished entries
         self._streaming = False  # the connector is open: it reports every exit, with its exit code
         self._missing_since: dict[str, float] = {}  # pid -> when a poll first found a known process gone
         self._warned: set[str] = set()
@@ -584,7 +520,7 @@ class ProcessDataset:
         """Scan /proc now: {"version", "boot_id", "processes": {pid: record}}. Never raises for a process."""
         self.names.refresh()
         processes: dict[str, ProcessRecord] = {}
-        skipped: dict[str, Stat] = {}
+        skipped: dict[str, ProcStat] = {}
         try:
             entries = os.listdir(self.proc)
         except OSError as error:
@@ -594,11 +530,11 @@ class ProcessDataset:
         for entry in entries:
             if not entry.isdigit():
                 continue
-            stat = read_stat(self.proc, int(entry))
+            stat = read_stat(self.proc + entry)
             if stat is None or stat.flags & PF_KTHREAD or entry == "2" or stat.state in EXITED_STATES:
                 continue  # gone, a kernel thread, or exited (a zombie's exit is reported as its stop)
             record = self._known.get(entry)
-            if record is not None and record.get("ticks") == stat.ticks and record.get("name") == stat.name:
+            if record is not None and record.get("ticks") == stat.start_ticks and record.get("name") == stat.comm:
                 processes[entry] = record
             elif self._skipped.get(entry) == stat:  # the same kernel thread or zombie as last time
                 skipped[entry] = stat
@@ -694,7 +630,7 @@ class ProcessDataset:
         if details is not None and details.stat.flags & PF_KTHREAD:
             return None  # only kernel threads are left out: an exec'd process is real even if already a zombie
         if details is not None:
-            record = self._record(details, start_ns=self._fork_time(item, details.stat.ticks))
+            record = self._record(details, start_ns=self._fork_time(item, details.stat.start_ticks))
             if record["ppid"] == 0 and item.ppid:  # /proc read as the process died: the kernel then shows 0
                 record["ppid"] = item.ppid
             return record
@@ -731,7 +667,7 @@ class ProcessDataset:
         self._missing_since = {pid: first for pid, first in since.items() if pid in waiting}
         return waiting
 
-    def _read_new(self, pid: int, stat: Stat) -> ProcessRecord | None:
+    def _read_new(self, pid: int, stat: ProcStat) -> ProcessRecord | None:
         """Read a process the poll has not seen; None when it vanished or is a kernel thread."""
         details = read_details(self.proc, pid, stat)
         if details is None or details.vanished or is_kernel_thread(details):
@@ -740,7 +676,7 @@ class ProcessDataset:
 
     def _record(self, details: ProcessDetails, start_ns: int | None = None) -> ProcessRecord:
         stat = details.stat
-        record: ProcessRecord = {"pid": details.pid, "ppid": stat.ppid, "ticks": stat.ticks, "name": stat.name}
+        record: ProcessRecord = {"pid": details.pid, "ppid": stat.ppid, "ticks": stat.start_ticks, "name": stat.comm}
         if start_ns is not None:
             record["start_ns"] = start_ns
         self._add_identity(record)

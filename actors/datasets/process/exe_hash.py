@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import stat
@@ -12,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
+from actors.hostfs.outcome import vanished
 from actors.options import ConfigError, parse_size
 
 # Auditbeat's hasher (auditbeat/helper/hasher/hasher.go), in its order.
@@ -243,10 +243,8 @@ class ExecutableHasher:
         namespace or when deleted). None when it is gone, or is not the file `expected` names."""
         try:
             descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
-        except FileNotFoundError:
-            return None
         except OSError as error:
-            if error.errno == errno.ESRCH:  # the process is gone
+            if vanished(error):  # no such file, or the process is gone
                 return None
             return HashResult(error=f"hasher: {error.strerror or error}")
         with os.fdopen(descriptor, "rb", buffering=0) as handle:
