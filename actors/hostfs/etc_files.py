@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable, Generic, Mapping, Sequence, TypeVar
 
 from actors.hostfs import procfs
-from actors.hostfs.outcome import vanished
 
 LOG = logging.getLogger("hostaudit.etc_files")
 
@@ -264,9 +263,7 @@ def read_file(path: Path) -> FileContent | None:
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as error:
-        if vanished(error):
-            return None
-        raise procfs.Unreadable(path, error) from error
+        return procfs.vanished_or_raise(path, error)
     try:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
@@ -289,9 +286,7 @@ def stat_signature(path: Path) -> FileSignature | None:
     try:
         return FileSignature.of(os.stat(path))
     except OSError as error:
-        if vanished(error):
-            return None
-        raise procfs.Unreadable(path, error) from error
+        return procfs.vanished_or_raise(path, error)
 
 
 def parse_content(content: bytes, parser: Callable[[bytes], Parsed[T]]) -> Parsed[T]:

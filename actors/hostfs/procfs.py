@@ -32,6 +32,14 @@ def host_path(hostfs: Path, absolute: str) -> Path:
     return hostfs / absolute.lstrip("/")
 
 
+def vanished_or_raise(path: Path | str, error: OSError) -> None:
+    """Return None when `error` says the file is not there (vanished: ENOENT, ENOTDIR, ESRCH); else raise
+    Unreadable naming `path`. For `except OSError as error: return vanished_or_raise(path, error)`."""
+    if outcome(error) is not Outcome.VANISHED:
+        raise Unreadable(path, error) from error
+    return None
+
+
 def read_bytes(path: Path | str, whole: bool = True) -> bytes | None:
     """Return the file's bytes (with `whole=False`, only what one read of FIRST_READ_BYTES returns: enough for
     /proc/PID/stat or status, and the cheapest read of /proc), or None when it does not exist (vanished:
@@ -41,24 +49,18 @@ def read_bytes(path: Path | str, whole: bool = True) -> bytes | None:
     """
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(descriptor, FIRST_READ_BYTES)
+            if whole and data:
+                chunks = [data]
+                while chunk := os.read(descriptor, _MORE_BYTES):
+                    chunks.append(chunk)
+                data = b"".join(chunks)
+            return data
+        finally:
+            os.close(descriptor)
     except OSError as error:
-        if outcome(error) is Outcome.VANISHED:
-            return None
-        raise Unreadable(path, error) from error
-    try:
-        data = os.read(descriptor, FIRST_READ_BYTES)
-        if whole and data:
-            chunks = [data]
-            while chunk := os.read(descriptor, _MORE_BYTES):
-                chunks.append(chunk)
-            data = b"".join(chunks)
-        return data
-    except OSError as error:
-        if outcome(error) is Outcome.VANISHED:
-            return None
-        raise Unreadable(path, error) from error
-    finally:
-        os.close(descriptor)
+        return vanished_or_raise(path, error)
 
 
 def read_text(path: Path | str) -> str | None:
@@ -79,9 +81,7 @@ def read_link(path: Path | str) -> str | None:
     try:
         return os.readlink(path)
     except OSError as error:
-        if outcome(error) is Outcome.VANISHED:
-            return None
-        raise Unreadable(path, error) from error
+        return vanished_or_raise(path, error)
 
 
 class ProcStat(NamedTuple):

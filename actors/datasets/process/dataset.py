@@ -19,7 +19,7 @@ from actors.datasets import DatasetContext
 from actors.hostfs.host_facts import read_boot_id, read_boot_time
 from actors.hostfs.entity import process_entity_id, start_offset_ns
 from actors.event import CHANGE, STATE, Event, iso_millis
-from actors.datasets.process.exe_hash import ECS_HASH_TYPES, ExecutableHasher, FileId, HashResult
+from actors.datasets.process.exe_hash import ECS_HASH_TYPES, ExecutableHasher, FileId, HashResult, file_id
 from actors.datasets.process.options import parse_options
 from actors.datasets.process.proc_connector import ConnectorUnavailable, ProcConnector, ProcessExec, ProcessExit, pickled_as_tuple
 
@@ -228,10 +228,9 @@ class _Reader:
 
     def file_id(self, name: str) -> FileId | None:
         try:
-            status = os.stat(self.base + name)
+            return file_id(os.stat(self.base + name))
         except OSError:  # gone, denied, or a dangling link in a synthetic tree: no hash, not an error
             return None
-        return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
     def _problem(self, name: str, error: procfs.Unreadable) -> None:
         self.failed.add(name)
