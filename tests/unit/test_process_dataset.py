@@ -24,7 +24,7 @@ from actors.datasets.process.dataset import (CHANGED_IMAGE, ERROR, EXISTING, STA
 from actors.datasets.process.options import parse_options as process_options
 from actors.ecs import assert_ecs
 from actors.event import CHANGE, ECS_VERSION, STATE, Event
-from actors.datasets.process.exe_hash import (HASH_TYPES, ExecutableHasher, HashOptions, TokenBucket, Xxh64, hash_options,
+from actors.datasets.process.exe_hash import (HASH_TYPES, ExecutableHasher, HashOptions, TokenBucket, hash_options,
                              new_digest)
 from actors.datasets.process.proc_connector import (PROC_EVENT_EXEC, PROC_EVENT_EXIT, PROC_EVENT_FORK, PROC_EVENT_NONE,
                                    ProcessExec, ProcessExit, decode_datagram, exit_status_code,
@@ -185,22 +185,31 @@ def test_every_auditbeat_hash_type_is_supported(tmp_path: Path) -> None:
     assert len(result.digests["xxh64"]) == 16
 
 
-@pytest.mark.parametrize("text, value", [
+@pytest.mark.parametrize("text, value", [  # Go's cespare/xxhash test vectors, and longer inputs (32-byte stripes)
     (b"", 0xEF46DB3751D8E999),
     (b"a", 0xD24EC4F1A98C6E5B),
+    (b"as", 0x1C330FB2D66BE179),
+    (b"asd", 0x631C37CE72A97393),
+    (b"asdf", 0x415872F599CEA71E),
     (b"abc", 0x44BC2CF5AD770999),
     (b"Call me Ishmael.", 0x6D04390FC9D61A90),
     (b"Nobody inspects the spammish repetition", 0xFBCEA83C8A378BF1),
     (b"Some years ago--never mind how long precisely-", 0x8F26F2B986AFDC52),
+    (b"Call me Ishmael. Some years ago--never mind how long precisely-", 0x02A2E85470D6FD96),
+    (bytes(range(256)) * 4099, 0x080EDD5FEEE4274D),  # 1 MiB + 1 KiB: crosses CHUNK_BYTES
 ])
-def test_xxh64_matches_the_reference_vectors_in_any_chunking(text: bytes, value: int) -> None:
-    whole = Xxh64()
+def test_xxh64_matches_the_reference_vectors_in_any_chunking(text: bytes, value: int, tmp_path: Path) -> None:
+    whole = new_digest("xxh64")
     whole.update(text)
     pieces = new_digest("xxh64")
-    for start in range(0, len(text), 7):
-        pieces.update(text[start:start + 7])
-    assert whole.intdigest() == value
-    assert pieces.hexdigest() == f"{value:016x}"
+    step = 7 if len(text) < 1000 else 65_521  # chunks that never align with the 32-byte stripes
+    for start in range(0, len(text), step):
+        pieces.update(text[start:start + step])
+    assert whole.hexdigest() == pieces.hexdigest() == f"{value:016x}"  # big-endian hex, as Go's Sum
+    path = tmp_path / "exe"
+    path.write_bytes(text)
+    result = ExecutableHasher(hash_options({"hash_types": ["xxh64"]})).hash_path(str(path))
+    assert result is not None and result.digests == {"xxh64": f"{value:016x}"}
 
 
 def test_hasher_hashes_each_distinct_file_once(tmp_path: Path) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
+
+import xxhash
 
 from actors.hostfs.outcome import vanished
 from actors.options import ConfigError, parse_size
@@ -38,92 +39,13 @@ class Digest(Protocol):
     def hexdigest(self) -> str: ...
 
 
-# ---------------------------------------------------------------------------------------------------------
-# xxh64, in pure Python (no new dependency). Slow (a few MB/s): fine for an opt-in type with a file cache.
-# ---------------------------------------------------------------------------------------------------------
-
-_MASK64 = (1 << 64) - 1
-_P1, _P2, _P3, _P4, _P5 = (0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x85EBCA77C2B2AE63,
-                           0x27D4EB2F165667C5)
-_STRIPES = struct.Struct("<4Q")
-
-
-def _rotl(value: int, bits: int) -> int:
-    return ((value << bits) | (value >> (64 - bits))) & _MASK64
-
-
-def _round(acc: int, lane: int) -> int:
-    acc = (acc + lane * _P2) & _MASK64
-    return (_rotl(acc, 31) * _P1) & _MASK64
-
-
-def _merge(acc: int, value: int) -> int:
-    acc ^= _round(0, value)
-    return (acc * _P1 + _P4) & _MASK64
-
-
-class Xxh64:
-    """Streaming XXH64 (seed 0 by default); `hexdigest()` is the big-endian hex Go's cespare/xxhash `Sum` gives."""
-
-    def __init__(self, seed: int = 0) -> None:
-        self._seed = seed
-        self._acc = [(seed + _P1 + _P2) & _MASK64, (seed + _P2) & _MASK64, seed & _MASK64, (seed - _P1) & _MASK64]
-        self._buffer = b""
-        self._length = 0
-
-    def update(self, data: bytes, /) -> None:
-        self._length += len(data)
-        data = self._buffer + bytes(data)
-        whole = len(data) - len(data) % 32
-        v1, v2, v3, v4 = self._acc
-        for l1, l2, l3, l4 in _STRIPES.iter_unpack(data[:whole]):
-            v1 = (_rotl((v1 + l1 * _P2) & _MASK64, 31) * _P1) & _MASK64
-            v2 = (_rotl((v2 + l2 * _P2) & _MASK64, 31) * _P1) & _MASK64
-            v3 = (_rotl((v3 + l3 * _P2) & _MASK64, 31) * _P1) & _MASK64
-            v4 = (_rotl((v4 + l4 * _P2) & _MASK64, 31) * _P1) & _MASK64
-        self._acc = [v1, v2, v3, v4]
-        self._buffer = data[whole:]
-
-    def intdigest(self) -> int:
-        v1, v2, v3, v4 = self._acc
-        if self._length >= 32:
-            acc = (_rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)) & _MASK64
-            for value in (v1, v2, v3, v4):
-                acc = _merge(acc, value)
-        else:
-            acc = (self._seed + _P5) & _MASK64
-        acc = (acc + self._length) & _MASK64
-        tail, offset = self._buffer, 0
-        while offset + 8 <= len(tail):
-            (lane,) = struct.unpack_from("<Q", tail, offset)
-            acc ^= _round(0, lane)
-            acc = (_rotl(acc, 27) * _P1 + _P4) & _MASK64
-            offset += 8
-        if offset + 4 <= len(tail):
-            (lane,) = struct.unpack_from("<I", tail, offset)
-            acc ^= (lane * _P1) & _MASK64
-            acc = (_rotl(acc, 23) * _P2 + _P3) & _MASK64
-            offset += 4
-        for byte in tail[offset:]:
-            acc ^= (byte * _P5) & _MASK64
-            acc = (_rotl(acc, 11) * _P1) & _MASK64
-        acc ^= acc >> 33
-        acc = (acc * _P2) & _MASK64
-        acc ^= acc >> 29
-        acc = (acc * _P3) & _MASK64
-        acc ^= acc >> 32
-        return acc
-
-    def hexdigest(self) -> str:
-        return f"{self.intdigest():016x}"
-
-
 def new_digest(hash_type: str) -> Digest:
-    """Return a fresh digest object for one of HASH_TYPES."""
+    """Return a fresh digest object for one of HASH_TYPES. xxh64 (seed 0) is the xxhash package's: its
+    `hexdigest()` is the big-endian hex Go's cespare/xxhash `Sum` gives, as Auditbeat reports it."""
     if hash_type.startswith("blake2b_"):
         return hashlib.blake2b(digest_size=int(hash_type.split("_")[1]) // 8)
     if hash_type == "xxh64":
-        return Xxh64()
+        return xxhash.xxh64()
     return hashlib.new(hash_type)
 
 
