@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import struct
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,11 +25,12 @@ from actors.datasets.process.dataset import (CHANGED_IMAGE, ERROR, EXISTING, STA
 from actors.datasets.process.options import parse_options as process_options
 from actors.ecs import assert_ecs
 from actors.event import CHANGE, ECS_VERSION, STATE, Event
-from actors.datasets.process.exe_hash import (HASH_TYPES, ExecutableHasher, HashOptions, TokenBucket, hash_options,
-                             new_digest)
+from actors.datasets.process.exe_hash import (HASH_TYPES, BackgroundHasher, ExecutableHasher, HashOptions, HashResult,
+                                              TokenBucket, file_id, hash_options, new_digest)
 from actors.datasets.process.proc_connector import (PROC_EVENT_EXEC, PROC_EVENT_EXIT, PROC_EVENT_FORK, PROC_EVENT_NONE,
                                    ProcessExec, ProcessExit, decode_datagram, exit_status_code,
                                    subscribe_message)
+from tests.agent_harness import wait_for
 from tests.hostfs import make_hostfs
 from tests.sample_support import flat_field_names, sample_common, sample_path
 
@@ -255,6 +257,158 @@ def test_token_bucket_waits_for_the_scan_rate() -> None:
     assert slept == [pytest.approx(0.5), pytest.approx(1.0)]
     with pytest.raises(ValueError):
         bucket.take(201)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Hashing off the dataset's thread
+# --------------------------------------------------------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def slow_hasher(options: HashOptions, rate: int) -> ExecutableHasher:
+    """A hasher whose scan rate is `rate` bytes/s from the start (a bucket of one chunk: no initial burst)."""
+    return ExecutableHasher(options, bucket=TokenBucket(rate=rate, burst=MIB))
+
+
+def new_digest_hex(hash_type: str, content: bytes) -> str:
+    digest = new_digest(hash_type)
+    digest.update(content)
+    return digest.hexdigest()
+
+
+def identity(path: Path) -> tuple[int, int, int, int]:
+    return file_id(os.stat(path))
+
+
+def test_background_hasher_gives_the_same_digests_and_shares_a_job_per_file(tmp_path: Path) -> None:
+    binary = tmp_path / "tool"
+    binary.write_bytes(os.urandom(3 * MIB + 17))
+    hashing = BackgroundHasher(ExecutableHasher(hash_options({"hash_types": ["sha256", "xxh64"]})))
+    try:
+        job = hashing.request(identity(binary), [str(tmp_path / "gone"), str(binary)])  # the first path is gone
+        assert job is not None and hashing.request(identity(binary), [str(binary)]) is job
+        assert hashing.wait([job], 30), "the hash within 30 s"
+        content = binary.read_bytes()
+        assert job.result == HashResult({"sha256": hashlib.sha256(content).hexdigest(),
+                                         "xxh64": new_digest_hex("xxh64", content)})
+        again = hashing.request(identity(binary), [str(binary)])  # from the cache, finished at once
+        assert again is not job and again.done and again.result == job.result
+        assert hashing.hasher.files_hashed == 1 and hashing.pending() == 0
+    finally:
+        hashing.close()
+
+
+def test_background_hasher_reports_files_it_cannot_hash(tmp_path: Path) -> None:
+    big, changed = tmp_path / "big", tmp_path / "changed"
+    big.write_bytes(b"x" * 2048)
+    changed.write_bytes(b"before")
+    was = identity(changed)
+    changed.write_bytes(b"after, longer")
+    hashing = BackgroundHasher(ExecutableHasher(hash_options({"max_file_size": "1 KiB"})))
+    try:
+        too_big = hashing.request(identity(big), [str(big)])
+        not_the_same = hashing.request(was, [str(changed)])
+        directory = hashing.request(identity(tmp_path), [str(tmp_path)])
+        assert hashing.wait([too_big, not_the_same, directory], 30)
+        assert too_big.result == HashResult(error="hasher: file size 2048 exceeds max file size")
+        assert not_the_same.result is None  # no longer that file: no hash, no error
+        assert directory.result == HashResult(error="hasher: not a regular file")
+    finally:
+        hashing.close()
+
+
+def test_a_small_file_is_hashed_while_a_large_one_is_under_way(tmp_path: Path) -> None:
+    large, small = tmp_path / "large", tmp_path / "small"
+    large.write_bytes(b"\0" * (48 * MIB))  # at 12 MiB/s: 4 s at least, whatever the machine
+    small.write_bytes(b"small")
+    hashing = BackgroundHasher(slow_hasher(HashOptions(max_file_size=64 * MIB), rate=12 * MIB))
+    try:
+        slow = hashing.request(identity(large), [str(large)])
+        wait_for(lambda: hashing.bytes_hashed > 0, 10, "the large file under way")
+        started = time.monotonic()
+        quick = hashing.request(identity(small), [str(small)])
+        assert hashing.wait([quick], 3), "the small file is not held up behind the large one"
+        assert quick.result.digests["sha1"] == hashlib.sha1(b"small").hexdigest()
+        assert not slow.done and time.monotonic() - started < 3
+        assert not hashing.wait([slow], 0.1)
+    finally:
+        hashing.close()
+    unasked = tmp_path / "unasked"
+    unasked.write_bytes(b"unasked")
+    assert hashing.request(identity(unasked), [str(unasked)]) is None, "closed: no new work"
+    assert not slow.done, "left unhashed"
+
+
+def test_too_many_waiting_files_are_refused_not_queued_without_bound(tmp_path: Path) -> None:
+    files = []
+    for index in range(3):
+        files.append(tmp_path / f"f{index}")
+        files[-1].write_bytes(b"\0" * (2 * MIB + index))
+    hashing = BackgroundHasher(slow_hasher(HashOptions(), rate=MIB), max_jobs=2)
+    try:
+        first, second = (hashing.request(identity(path), [str(path)]) for path in files[:2])
+        assert first is not None and second is not None
+        assert hashing.request(identity(files[2]), [str(files[2])]) is None
+        assert hashing.request(identity(files[0]), [str(files[0])]) is first  # asked for already: not refused
+    finally:
+        hashing.close()
+
+
+def test_a_large_executable_does_not_hold_up_the_stream_and_its_hash_follows(host: Path, tmp_path: Path) -> None:
+    large, small = tmp_path / "large-binary", tmp_path / "small-binary"
+    large.write_bytes(b"\x7fELF" + b"\0" * (24 * MIB))  # at 8 MiB/s: 3 s at least
+    small.write_bytes(b"\x7fELF small")
+    add_process(host, 3000, comm="large", exe=str(large), ticks=50_000)
+    ds = dataset(host, hash={"max_file_size": "64 MiB"})
+    ds.hasher.bucket = TokenBucket(rate=8 * MIB, burst=MIB)
+    committed = ds.observe()
+    try:
+        add_process(host, 3001, comm="large", exe=str(large), ticks=60_000)
+        add_process(host, 3002, comm="small", exe=str(small), ticks=60_001)
+        started = time.monotonic()
+        committed, events = ds.apply_stream(committed, [exec_item(3001, read_details(ds.proc, 3001)),
+                                                        exec_item(3002, read_details(ds.proc, 3002))])
+        assert time.monotonic() - started < 1.5, "the batch waits at most STREAM_HASH_WAIT for hashes"
+        large_started, small_started = (document(event) for event in events)
+        assert large_started["process"]["pid"] == 3001 and "hash" not in large_started["process"]
+        assert "error" not in large_started  # not an error: the hash is on its way
+        assert small_started["process"]["hash"] == {"sha1": hashlib.sha1(small.read_bytes()).hexdigest()}
+
+        started = time.monotonic()
+        committed, events = ds.apply_stream(committed, [exec_item(3003, None, fork_boot_ns=600_000_000_000)])
+        assert time.monotonic() - started < 0.5, "a job that outlasted one budget is not waited for again"
+
+        expected = hashlib.sha1(large.read_bytes()).hexdigest()
+        wait_for(lambda: ds.hashing.pending() == 0, 60, "the large executable hashed")
+        committed = ds.observe()  # the poll puts the finished hash into both processes of that file
+        for pid in ("3000", "3001"):
+            assert committed["processes"][pid]["hash"] == {"sha1": expected}
+        assert all(document(event)["process"]["hash"] == {"sha1": expected}
+                   for event in ds.state_report(committed) if event.fields["process"]["pid"] in (3000, 3001))
+        _, events = ds.apply_stream(committed, [exit_item(3001)])
+        [stopped] = events
+        assert stopped.action == STOPPED and document(stopped)["process"]["hash"] == {"sha1": expected}
+    finally:
+        ds.close()
+
+
+def test_a_hash_that_finishes_between_polls_is_on_the_stop_from_the_connector(host: Path, tmp_path: Path) -> None:
+    large = tmp_path / "large-binary"
+    large.write_bytes(b"\x7fELF" + b"\0" * (20 * MIB))
+    ds = dataset(host, hash={"max_file_size": "64 MiB"})
+    ds.hasher.bucket = TokenBucket(rate=8 * MIB, burst=MIB)
+    committed = ds.observe()
+    try:
+        add_process(host, 3100, comm="large", exe=str(large), ticks=70_000)
+        committed, [started] = ds.apply_stream(committed, [exec_item(3100, read_details(ds.proc, 3100))])
+        assert "hash" not in document(started)["process"]
+        wait_for(lambda: ds.hashing.pending() == 0, 60, "the large executable hashed")
+        _, [stopped] = ds.apply_stream(committed, [exit_item(3100)])  # no poll in between
+        assert document(stopped)["process"]["hash"] == {"sha1": hashlib.sha1(large.read_bytes()).hexdigest()}
+        assert "hash" not in committed["processes"]["3100"], "the committed record was replaced, not changed"
+    finally:
+        ds.close()
 
 
 # --------------------------------------------------------------------------------------------------------

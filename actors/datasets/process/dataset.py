@@ -19,7 +19,8 @@ from actors.datasets import DatasetContext
 from actors.hostfs.host_facts import read_boot_id, read_boot_time
 from actors.hostfs.entity import process_entity_id, start_offset_ns
 from actors.event import CHANGE, STATE, Event, iso_millis
-from actors.datasets.process.exe_hash import ECS_HASH_TYPES, ExecutableHasher, FileId, HashResult, file_id
+from actors.datasets.process.exe_hash import (ECS_HASH_TYPES, BackgroundHasher, ExecutableHasher, FileId, HashJob,
+                                              HashResult, file_id)
 from actors.datasets.process.options import parse_options
 from actors.datasets.process.proc_connector import ConnectorUnavailable, ProcConnector, ProcessExec, ProcessExit, pickled_as_tuple
 
@@ -45,6 +46,11 @@ SNAPSHOT_VERSION = 1
 PF_KTHREAD = 0x00200000  # task flag in field 9 of /proc/PID/stat
 KTHREADD_PID = 2
 STREAM_EXIT_GRACE = 5.0  # seconds a vanished process waits for the connector's EXIT before a poll stops it
+# The most a poll, and a batch of connector notifications, waits in all for the hashes of the executables it
+# found (they are hashed in a background thread). A hash not ready by then is added to the process when it is:
+# its event goes out without it, later state reports and its stop carry it.
+POLL_HASH_WAIT = 2.0
+STREAM_HASH_WAIT = 0.25
 EXITED_STATES = frozenset({"Z", "X"})  # zombie, dead: the process has exited, only its parent has not reaped it
 
 # Capability bits 0..40 (linux/capability.h); a newer kernel's extra bits are named CAP_<n>.
@@ -311,6 +317,18 @@ def start_iso(boot_time: int, ticks: int) -> str:
     return iso_millis((boot_time * 1000 + nanos // 1_000_000) / 1000)
 
 
+def put_hash(record: ProcessRecord, result: HashResult | None) -> None:
+    """Record an executable's digests, or why it has none (reported as error.message); nothing for None (the file
+    was gone before it could be hashed)."""
+    if result is None:
+        return
+    if result.error:
+        record["hash_error"] = (f"failed to hash executable {record.get('exe', '')} for PID {record['pid']}: "
+                                f"{result.error}")
+    else:
+        record["hash"] = dict(result.digests)
+
+
 def process_fields(record: Mapping[str, Any]) -> dict[str, Any]:
     """The ECS fields of a process record (user.*, container.id and error.message included)."""
     process: dict[str, Any] = {"pid": record["pid"]}
@@ -494,6 +512,11 @@ class ProcessDataset:
     Hashing: an executable over hash.max_file_size (or unreadable) is reported on the normal started /
     existing event, without hash and with error.message; Auditbeat makes that a process_error, and then
     never reports the process's stop. process_error stays for processes whose /proc files cannot be read.
+    Executables are hashed in a background thread (BackgroundHasher): a poll waits at most POLL_HASH_WAIT s,
+    a batch of connector items STREAM_HASH_WAIT s, for the hashes it asked for; a process whose hash is not
+    ready then is reported without it, and the hash is put into its record when ready (_attach_hashes), so
+    later state reports and its stop carry it. A large executable never holds up the actor (nor, behind it,
+    the kernel stream and the heartbeats) for longer than those waits.
     """
 
     name = DATASET
@@ -504,6 +527,9 @@ class ProcessDataset:
         self.host_id = context.host_id
         self.options = parse_options(context.options)
         self.hasher = ExecutableHasher(self.options.hash) if self.options.hash.enabled else None
+        self.hashing = BackgroundHasher(self.hasher) if self.hasher is not None else None
+        self._hash_jobs: dict[str, tuple[int, str, HashJob]] = {}  # pid -> (ticks, exe, job) of records awaiting it
+        self._asked: list[HashJob] = []  # hash jobs this observe / apply_stream asked for and has not waited for
         self.names = AccountNames(self.hostfs)  # from <hostfs>/etc/passwd and /etc/group, not NSS
         self.boot_id = read_boot_id(self.hostfs)
         self.boot_time = read_boot_time(self.hostfs)
@@ -543,6 +569,8 @@ class ProcessDataset:
                 skipped[entry] = stat
         if self._streaming:
             processes.update(self._awaiting_exit(processes))
+        self._await_hashes(POLL_HASH_WAIT)
+        self._attach_hashes(processes)
         self._known, self._skipped = dict(processes), skipped
         return {"version": SNAPSHOT_VERSION, "boot_id": self.boot_id, "processes": processes}
 
@@ -588,12 +616,21 @@ class ProcessDataset:
         processes = dict(processes)
         events: list[Event] = []
         self.names.refresh()
+        self._prefetch_hashes(items)
+        self._attach_hashes(processes)  # before the stops: a hash finished since is on the stop event
         for item in items:
             if isinstance(item, ProcessExec):
                 events += self._apply_exec(processes, item)
             elif isinstance(item, ProcessExit):
                 events += self._apply_exit(processes, item)
+        self._asked.clear()  # waited for in _prefetch_hashes
+        self._attach_hashes(processes)
         return {**snapshot, "processes": processes}, events
+
+    def close(self) -> None:
+        """Stop the hashing thread."""
+        if self.hashing is not None:
+            self.hashing.close()
 
     # -- internals ------------------------------------------------------------------------------------------
 
@@ -726,27 +763,74 @@ class ProcessDataset:
             record["group"] = group
 
     def _add_hash(self, record: ProcessRecord, details: ProcessDetails) -> None:
-        if self.hasher is None or not details.exe or details.exe_id is None:
+        """Put the executable's hash (or why it has none) into a new record when it is known already; else ask the
+        hashing thread for it, and the record waits for it (see _attach_hashes)."""
+        key = str(details.pid)
+        self._hash_jobs.pop(key, None)  # a new record of this pid: what an older one waited for is not its hash
+        job = self._request_hash(details)
+        if job is None:
             return
-        result = self._hash(details)
-        if result is None:
+        if job.done:
+            put_hash(record, job.result)
             return
-        if result.error:
-            record["hash_error"] = (f"failed to hash executable {details.exe} for PID {details.pid}: "
-                                    f"{result.error}")
-        else:
-            record["hash"] = dict(result.digests)
+        self._hash_jobs[key] = (record["ticks"], details.exe or "", job)
+        self._asked.append(job)
 
-    def _hash(self, details: ProcessDetails) -> HashResult | None:
-        """Hash through /proc/PID/exe (the very file, in any mount namespace, even deleted); if the process is
-        gone, through the path on the host when it is still the same file. None when neither works."""
-        assert self.hasher is not None and details.exe_id is not None and details.exe is not None
-        if (cached := self.hasher.cached(details.exe_id)) is not None:
-            return cached
-        result = self.hasher.hash_path(f"{self.proc}{details.pid}/exe", expected=details.exe_id)
-        if result is None and not details.exe.endswith(" (deleted)"):
-            result = self.hasher.hash_path(str(procfs.host_path(self.hostfs, details.exe)), expected=details.exe_id)
-        return result
+    def _request_hash(self, details: ProcessDetails) -> HashJob | None:
+        """Ask the hashing thread for the executable of a process just read: through /proc/PID/exe (the very file,
+        in any mount namespace, even deleted), else the path on the host when it is still the same file. None
+        when hashing is off, there is no executable, or too many files wait already."""
+        if self.hashing is None or not details.exe or details.exe_id is None:
+            return None
+        paths = [f"{self.proc}{details.pid}/exe"]
+        if not details.exe.endswith(" (deleted)"):
+            paths.append(str(procfs.host_path(self.hostfs, details.exe)))
+        job = self.hashing.request(details.exe_id, paths)
+        if job is None:
+            self._warn_once("hash-queue", "process: %d executables wait to be hashed already; new ones are reported "
+                            "without hash until the queue shortens", self.hashing.max_jobs)
+        return job
+
+    def _prefetch_hashes(self, items: Sequence[Any]) -> None:
+        """Ask for the hashes of every executable a batch of connector items exec'd, and wait for them (bounded),
+        before any of their events is made."""
+        if self.hashing is None:
+            return
+        for item in items:
+            if isinstance(item, ProcessExec) and item.details is not None:
+                job = self._request_hash(item.details)
+                if job is not None and not job.done:
+                    self._asked.append(job)
+        self._await_hashes(STREAM_HASH_WAIT)
+
+    def _await_hashes(self, budget: float) -> None:
+        """Wait up to `budget` seconds in all for the hash jobs asked for since the last wait. A job that outlasts
+        a whole budget (a large file) is not waited for again: its records get their hash when it is ready."""
+        asked = [job for job in dict.fromkeys(self._asked) if not job.waited_out]
+        self._asked.clear()
+        if self.hashing is None or not asked or self.hashing.wait(asked, budget):
+            return
+        for job in asked:
+            if not job.done:
+                job.waited_out = True
+
+    def _attach_hashes(self, processes: dict[str, Any]) -> None:
+        """Put the hashes finished since into the records that wait for them, in `processes` and in the records
+        the poll reuses. Records may be shared with the committed snapshot: each is replaced, never changed."""
+        for key, (ticks, exe, job) in list(self._hash_jobs.items()):
+            if not job.done:
+                continue
+            del self._hash_jobs[key]
+            filled: dict[int, ProcessRecord] = {}  # id(record) -> its copy with the hash
+            for records in (processes, self._known):
+                record = records.get(key)
+                if record is None or record.get("ticks") != ticks or record.get("exe", "") != exe:
+                    continue  # gone, or another process (or image) by now
+                if id(record) not in filled:
+                    copy: ProcessRecord = {**record}  # type: ignore[typeddict-item]
+                    put_hash(copy, job.result)
+                    filled[id(record)] = copy
+                records[key] = filled[id(record)]
 
     def _warn_once(self, topic: str, message: str, *args: Any) -> None:
         if topic not in self._warned:
