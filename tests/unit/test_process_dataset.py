@@ -259,6 +259,16 @@ def test_token_bucket_waits_for_the_scan_rate() -> None:
         bucket.take(201)
 
 
+def test_token_bucket_says_how_long_until_tokens_are_there_without_spending_them() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate=100, burst=200, clock=lambda: now[0], sleep=lambda seconds: None)
+    assert bucket.delay(200) == 0.0 and bucket.delay(200) == 0.0  # nothing spent
+    bucket.take(200)
+    assert bucket.delay(50) == pytest.approx(0.5) and bucket.delay(1) == pytest.approx(0.01)
+    now[0] += 0.5
+    assert bucket.delay(50) == 0.0 and bucket.take(50) == 0.0
+
+
 # --------------------------------------------------------------------------------------------------------
 # Hashing off the dataset's thread
 # --------------------------------------------------------------------------------------------------------

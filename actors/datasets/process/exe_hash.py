@@ -137,6 +137,12 @@ class TokenBucket:
         self._sleep(wait)
         return wait
 
+    def delay(self, amount: int) -> float:
+        """Seconds until `amount` tokens are there (0 when they are now); spends nothing, so a caller can wait
+        for them while still free to serve a smaller demand first."""
+        tokens = min(self.burst, self._tokens + (self._clock() - self._updated) * self.rate)
+        return 0.0 if tokens >= amount else (amount - tokens) / self.rate
+
 
 @dataclass(frozen=True)
 class HashResult:
@@ -282,8 +288,9 @@ class BackgroundHasher:
     """Hashes executables in one background thread, so that a large file never holds up the dataset's actor.
 
     Requests for the same file share one job; finished results go to the ExecutableHasher's cache. The thread
-    works a chunk at a time on the job with the fewest bytes left, so small executables are hashed at once
-    even while a large one is under way. At most `max_jobs` files wait; a request beyond that is refused.
+    works a chunk at a time on the job with the fewest bytes left, and waits for the scan rate's tokens of a
+    chunk before taking them, so small executables are hashed at once even while a large one is under way or
+    throttled. At most `max_jobs` files wait; a request beyond that is refused.
     The thread starts with the first request (not at import: the collector is forked from a forkserver)."""
 
     def __init__(self, hasher: ExecutableHasher, max_jobs: int = DEFAULT_MAX_JOBS) -> None:
@@ -346,6 +353,12 @@ class BackgroundHasher:
                         hashing.close()
                     self._working.clear()
                     return
+                remaining = self._ready[0][0]
+                bucket = self.hasher.bucket
+                wait = bucket.delay(min(max(remaining, 1), CHUNK_BYTES, int(bucket.burst)))
+                if wait > 0:  # the scan rate: wait for the tokens of its next chunk, or for a smaller file
+                    self._condition.wait(wait)
+                    continue
                 _, _, job = heapq.heappop(self._ready)
                 hashing = self._working.pop(id(job), None)
             try:
