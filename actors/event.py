@@ -1,13 +1,15 @@
-"""The one Event type that flows from a dataset to every output, and the ECS document it becomes."""
+"""The one Event type that flows from a dataset to every output, the ECS document it becomes, and its change
+descriptions (`system.audit.changes`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 ECS_VERSION = "9.4.0"
@@ -43,11 +45,41 @@ def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
 
 
 def put_dotted(target: dict[str, Any], dotted_name: str, value: Any) -> None:
-    """Set `value` at a dotted field name in a nested document: put_dotted(d, "package.version", "1.0")."""
+    """Set `value` at a dotted field name ("user.group.id") in a nested mapping, creating the parents."""
     *parents, leaf = dotted_name.split(".")
     for key in parents:
         target = target.setdefault(key, {})
     target[leaf] = value
+
+
+def same_value(before: Any, after: Any) -> bool:
+    """Compare two values of a field; lists compare as multisets (a reordered /etc/group or list of interfaces is
+    no change), their items by canonical JSON."""
+    if isinstance(before, list) and isinstance(after, list):
+        def canonical(values: list[Any]) -> list[str]:
+            return sorted(json.dumps(value, sort_keys=True, default=str) for value in values)
+        return canonical(before) == canonical(after)
+    return before == after
+
+
+def changed_fields(before: Mapping[str, Any], after: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """The dotted names, of `names`, whose values differ between two flat {dotted name: value} mappings."""
+    return [name for name in names if not same_value(before.get(name), after.get(name))]
+
+
+def describe_changes(previous: Mapping[str, Any], changed: Sequence[str], withheld: Collection[str] = ()
+                     ) -> dict[str, Any]:
+    """Return `system.audit.changes`: the changed field names and, nested, their previous values.
+
+    `previous` maps dotted names to old values; a name without a value before (None, "", []) is listed but
+    has no previous value, and a `withheld` name (a secret, e.g. a password hash) is named, never given.
+    """
+    old_values: dict[str, Any] = {}
+    for name in changed:
+        value = previous.get(name)
+        if name not in withheld and value not in (None, "", []):
+            put_dotted(old_values, name, value)
+    return {"fields": list(changed), "previous": old_values}
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ import hashlib
 import ipaddress
 import struct
 
-USER_HZ = 100  # go-sysinfo hard-codes the clock tick rate
+from actors.hostfs.procfs import USER_HZ
 
 
 def _entity_id(*parts: bytes) -> str:
@@ -19,13 +19,16 @@ def _int64le(value: int) -> bytes:
     return struct.pack("<q", value)
 
 
-def start_time_nanosecond(start_ticks: int) -> int:
-    """The sub-second part of go-sysinfo's start time, as Go's `StartTime.Nanosecond()` returns it.
+def start_offset_ns(start_ticks: int) -> int:
+    """A process's start after boot in ns, as go-sysinfo computes it: `Duration(int64(float64(ticks) / 100 *
+    1e9))` (the same IEEE double arithmetic as Go, truncated); its start time is `time.Unix(btime, 0)` plus this."""
+    return int(start_ticks / USER_HZ * 1e9)
 
-    go-sysinfo computes `time.Unix(btime, 0) + Duration(int64(float64(ticks) / 100 * 1e9))`; btime is whole
-    seconds, so only the ticks decide the fraction (same IEEE double arithmetic as Go, truncated).
-    """
-    return int(start_ticks / USER_HZ * 1e9) % 1_000_000_000
+
+def start_time_nanosecond(start_ticks: int) -> int:
+    """The sub-second part of go-sysinfo's start time, as Go's `StartTime.Nanosecond()` returns it (btime is
+    whole seconds, so only the ticks decide the fraction)."""
+    return start_offset_ns(start_ticks) % 1_000_000_000
 
 
 def process_entity_id(host_id: str, pid: int, start_ticks: int) -> str:

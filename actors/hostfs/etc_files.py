@@ -34,7 +34,6 @@ PASSWD_FIELDS = 7  # name:password:uid:gid:gecos:home:shell
 GROUP_FIELDS = 4  # name:password:gid:member,member
 SHADOW_FIELDS = 9  # name:password:lastchg:min:max:warn:inactive:expire:reserved
 
-_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR})
 _ASCII_WHITESPACE = " \t\r\n\v\f"
 _DECIMAL = re.compile(r"[0-9]{1,10}")
 _SIGNED_DECIMAL = re.compile(r"-?[0-9]{1,20}")
@@ -264,9 +263,7 @@ def read_file(path: Path) -> FileContent | None:
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as error:
-        if error.errno in _ABSENT:
-            return None
-        raise procfs.Unreadable(path, error) from error
+        return procfs.vanished_or_raise(path, error)
     try:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
@@ -289,9 +286,7 @@ def stat_signature(path: Path) -> FileSignature | None:
     try:
         return FileSignature.of(os.stat(path))
     except OSError as error:
-        if error.errno in _ABSENT:
-            return None
-        raise procfs.Unreadable(path, error) from error
+        return procfs.vanished_or_raise(path, error)
 
 
 def parse_content(content: bytes, parser: Callable[[bytes], Parsed[T]]) -> Parsed[T]:

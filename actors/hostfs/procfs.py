@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
+from typing import NamedTuple
 
-# The file is not there, or vanished while we looked (a process exited between listdir and read).
-_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ESRCH})
+from actors.hostfs.outcome import Outcome, outcome
+
+USER_HZ = 100  # clock ticks a second of /proc/PID/stat times (go-sysinfo hard-codes it too)
+NANOS_PER_TICK = 1_000_000_000 // USER_HZ
+FIRST_READ_BYTES = 16384  # one read of a /proc file: the whole of stat or status
+_MORE_BYTES = 65536
 
 
 class Unreadable(Exception):
@@ -16,8 +20,9 @@ class Unreadable(Exception):
     def __init__(self, path: Path | str, error: OSError) -> None:
         self.path = Path(path)
         self.errno = error.errno
+        self.outcome = outcome(error)
         self.reason = error.strerror or str(error)
-        denied = self.errno in (errno.EACCES, errno.EPERM)
+        denied = self.outcome is Outcome.DENIED
         hint = " (needs more privileges: run as root or grant read access)" if denied else ""
         super().__init__(f"cannot read {self.path}: {self.reason}{hint}")
 
@@ -27,18 +32,35 @@ def host_path(hostfs: Path, absolute: str) -> Path:
     return hostfs / absolute.lstrip("/")
 
 
-def read_bytes(path: Path | str) -> bytes | None:
-    """Return the file's bytes, or None when it does not exist (ENOENT, ENOTDIR, ESRCH).
+def vanished_or_raise(path: Path | str, error: OSError) -> None:
+    """Return None when `error` says the file is not there (vanished: ENOENT, ENOTDIR, ESRCH); else raise
+    Unreadable naming `path`. For `except OSError as error: return vanished_or_raise(path, error)`."""
+    if outcome(error) is not Outcome.VANISHED:
+        raise Unreadable(path, error) from error
+    return None
+
+
+def read_bytes(path: Path | str, whole: bool = True) -> bytes | None:
+    """Return the file's bytes (with `whole=False`, only what one read of FIRST_READ_BYTES returns: enough for
+    /proc/PID/stat or status, and the cheapest read of /proc), or None when it does not exist (vanished:
+    ENOENT, ENOTDIR, ESRCH).
 
     Raises Unreadable, naming the path, for any other OS error (EACCES, EPERM, EIO, EISDIR, ...).
     """
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(descriptor, FIRST_READ_BYTES)
+            if whole and data:
+                chunks = [data]
+                while chunk := os.read(descriptor, _MORE_BYTES):
+                    chunks.append(chunk)
+                data = b"".join(chunks)
+            return data
+        finally:
+            os.close(descriptor)
     except OSError as error:
-        if error.errno in _ABSENT:
-            return None
-        raise Unreadable(path, error) from error
+        return vanished_or_raise(path, error)
 
 
 def read_text(path: Path | str) -> str | None:
@@ -59,6 +81,43 @@ def read_link(path: Path | str) -> str | None:
     try:
         return os.readlink(path)
     except OSError as error:
-        if error.errno in _ABSENT:
-            return None
-        raise Unreadable(path, error) from error
+        return vanished_or_raise(path, error)
+
+
+class ProcStat(NamedTuple):
+    """The fields of /proc/PID/stat that hostaudit uses (proc(5) numbering)."""
+
+    pid: int  # 1
+    comm: str  # 2, without its parentheses; may itself hold spaces and ")"
+    state: str  # 3: R, S, D, Z (zombie: exited, not yet reaped), X (dead), ...
+    ppid: int  # 4
+    flags: int  # 9: the kernel's PF_* task flags (PF_KTHREAD for kernel threads)
+    start_ticks: int  # 22: start time in clock ticks (USER_HZ) since boot
+
+
+def parse_stat(raw: bytes) -> ProcStat | None:
+    """Parse /proc/PID/stat ("pid (comm) state ppid ..."); None when it is not in that form.
+
+    comm is what lies between the first "(" and the last ")", so a name such as "a) b (c" survives.
+    """
+    opening, closing = raw.find(b"("), raw.rfind(b")")
+    if opening < 0 or closing < opening:
+        return None
+    fields = raw[closing + 2:].split()
+    if len(fields) < 20:
+        return None
+    try:
+        return ProcStat(int(raw[:opening]), raw[opening + 1:closing].decode("utf-8", "replace"),
+                        fields[0].decode("ascii", "replace"), int(fields[1]), int(fields[6]), int(fields[19]))
+    except ValueError:
+        return None
+
+
+def read_stat(process_dir: Path | str) -> ProcStat | None:
+    """Read and parse `<process_dir>/stat` (process_dir: "<hostfs>/proc/PID"); None when the process is gone,
+    or the file is unreadable or malformed."""
+    try:
+        raw = read_bytes(f"{process_dir}/stat", whole=False)
+    except Unreadable:
+        return None
+    return None if raw is None else parse_stat(raw)

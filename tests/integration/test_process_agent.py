@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -100,3 +106,101 @@ def test_restart_reports_only_real_changes(agent_factory, tmp_path: Path) -> Non
             if child.poll() is None:
                 child.stdin.close()
                 child.wait(10)
+
+
+MIB = 1024 * 1024
+BIG_BYTES = 200 * MIB
+# Two 200 MiB executables through a 256 MiB burst at 4 MiB/s: the second takes ~36 s to hash, longer than the
+# collector's default hang timeout (max(3 x period, 30 s)). Hashing in the collector's thread got it killed.
+SLOW_HASHING = """\
+hostaudit.modules:
+- module: system
+  datasets: [process]
+  period: 1s
+  state.period: 5s
+  process.hash.max_file_size: 256 MiB
+  process.hash.scan_rate_per_sec: 4 MiB
+"""
+
+
+def padded_executable(source: str, path: Path, size: int, tag: bytes) -> Path:
+    """A copy of `source` padded to `size` bytes (a sparse tail: the ELF loader ignores what follows)."""
+    shutil.copyfile(source, path)
+    with path.open("ab") as handle:
+        handle.write(tag)
+    os.truncate(path, size)
+    path.chmod(0o755)
+    return path
+
+
+def sha1_of(path: Path) -> str:
+    digest = hashlib.sha1()
+    with path.open("rb") as handle:
+        while chunk := handle.read(MIB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stats(agent: Agent) -> dict:
+    port = int(re.search(r"monitoring endpoint on http://127\.0\.0\.1:(\d+)/stats", agent.log()).group(1))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as response:
+        return json.load(response)
+
+
+def test_a_200_mib_executable_is_hashed_beside_the_collector_which_never_waits_for_it(agent_factory,
+                                                                                       tmp_path: Path) -> None:
+    sleep = os.path.realpath("/bin/sleep")
+    big = [padded_executable(sleep, tmp_path / f"big-sleep-{index}", BIG_BYTES, b"hostaudit %d" % index)
+           for index in range(2)]
+    small = padded_executable(sleep, tmp_path / "small-sleep", os.path.getsize(sleep) + 1, b"s")  # a new file
+    assert subprocess.run([str(big[0]), "0"], timeout=30).returncode == 0, "a padded executable still execs"
+    config = tmp_path / "config"
+    config.mkdir()
+    agent = agent_factory(config=SLOW_HASHING, overrides=("http.enabled=true", "http.port=0"), workdir=config)
+    agent.wait_for_event(lambda e: e["event"]["action"] == "existing_process", 30, "the process state report")
+    agent.wait_for_log("monitoring endpoint on", 10)
+    children: list[subprocess.Popen] = []
+
+    def run(path: Path) -> tuple[subprocess.Popen, dict, float]:
+        """Start `path`; return it, its process_started event and the seconds that event took to come out."""
+        started_at = time.monotonic()
+        child = subprocess.Popen([str(path), "600"])
+        children.append(child)
+        event = agent.wait_for_event(lambda e: e["event"]["action"] == "process_started"
+                                     and e["process"]["pid"] == child.pid, 30, f"process_started of {path.name}")
+        return child, event, time.monotonic() - started_at
+
+    try:
+        first, _, first_latency = run(big[0])
+        second, second_started, second_latency = run(big[1])
+        _, small_started, small_latency = run(small)  # while the second big file is being hashed, throttled
+        print(f"process_started after {first_latency:.2f} s, {second_latency:.2f} s (200 MiB executables), "
+              f"{small_latency:.2f} s (small, while the second is hashed)")
+        assert first_latency < 5 and second_latency < 5 and small_latency < 5
+        assert second_started["process"]["executable"] == str(big[1])
+        assert "hash" not in second_started["process"], "36 s of hashing cannot have been waited for"
+        assert small_started["process"]["hash"] == {"sha1": sha1_of(small)}, \
+            "a small executable is hashed at once, even behind a 200 MiB one"
+
+        expected = {first.pid: sha1_of(big[0]), second.pid: sha1_of(big[1])}
+
+        def hashed_state() -> dict[int, str]:
+            return {e["process"]["pid"]: e["process"]["hash"]["sha1"] for e in agent.events()
+                    if e["event"]["action"] == "existing_process" and e["process"]["pid"] in expected
+                    and "hash" in e["process"]}
+
+        wait_for(lambda: hashed_state().keys() == expected.keys(), 150,
+                 "both 200 MiB executables' hashes on their processes' state events")
+        assert hashed_state() == expected
+        second.kill()
+        second.wait(10)
+        stopped = agent.wait_for_event(lambda e: e["event"]["action"] == "process_stopped"
+                                       and e["process"]["pid"] == second.pid, 10, "the stop of the second")
+        assert stopped["process"]["hash"] == {"sha1": expected[second.pid]}
+    finally:
+        for child in children:
+            child.kill()
+            child.wait(10)
+    process = stats(agent)["datasets"]["process"]
+    assert process["restarts"] == 0 and process["up"] is True
+    assert "no progress" not in agent.log() and "restart attempt" not in agent.log()

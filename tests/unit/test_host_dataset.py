@@ -635,10 +635,17 @@ def test_procfs_read_text_names_the_path_when_unreadable(tmp_path: Path) -> None
 
 
 def test_procfs_permission_denied_is_unreadable_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    def denied(path: object, mode: str = "r") -> None:
-        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+    class DeniedOpen:
+        """The os module, but every open is refused (root ignores file modes, so the error is faked)."""
 
-    monkeypatch.setattr(procfs, "open", denied, raising=False)  # root ignores file modes, so fake the error
+        def __getattr__(self, name: str) -> object:
+            return getattr(os, name)
+
+        @staticmethod
+        def open(path: object, flags: int, mode: int = 0o777) -> int:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(procfs, "os", DeniedOpen())
 
     with pytest.raises(procfs.Unreadable) as raised:
         procfs.read_text("/etc/shadow")

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import struct
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -20,15 +21,17 @@ from actors.options import ConfigError
 from actors.datasets import DatasetContext
 from actors.datasets.process import dataset as process_dataset
 from actors.datasets.process.dataset import (CHANGED_IMAGE, ERROR, EXISTING, STARTED, STOPPED, ProcessDataset,
-                                     capability_names, container_id, parse_stat, read_details)
+                                     capability_names, container_id, read_details)
 from actors.datasets.process.options import parse_options as process_options
 from actors.ecs import assert_ecs
 from actors.event import CHANGE, ECS_VERSION, STATE, Event
-from actors.datasets.process.exe_hash import HASH_TYPES, ExecutableHasher, TokenBucket, Xxh64, new_digest
+from actors.datasets.process.exe_hash import (HASH_TYPES, BackgroundHasher, ExecutableHasher, HashResult, TokenBucket,
+                                              file_id, new_digest)
 from actors.datasets.process.options import HashOptions, hash_options
 from actors.datasets.process.proc_connector import (PROC_EVENT_EXEC, PROC_EVENT_EXIT, PROC_EVENT_FORK, PROC_EVENT_NONE,
                                    ProcessExec, ProcessExit, decode_datagram, exit_status_code,
                                    subscribe_message)
+from tests.agent_harness import wait_for
 from tests.hostfs import make_hostfs
 from tests.sample_support import flat_field_names, sample_common, sample_path
 
@@ -185,22 +188,31 @@ def test_every_auditbeat_hash_type_is_supported(tmp_path: Path) -> None:
     assert len(result.digests["xxh64"]) == 16
 
 
-@pytest.mark.parametrize("text, value", [
+@pytest.mark.parametrize("text, value", [  # Go's cespare/xxhash test vectors, and longer inputs (32-byte stripes)
     (b"", 0xEF46DB3751D8E999),
     (b"a", 0xD24EC4F1A98C6E5B),
+    (b"as", 0x1C330FB2D66BE179),
+    (b"asd", 0x631C37CE72A97393),
+    (b"asdf", 0x415872F599CEA71E),
     (b"abc", 0x44BC2CF5AD770999),
     (b"Call me Ishmael.", 0x6D04390FC9D61A90),
     (b"Nobody inspects the spammish repetition", 0xFBCEA83C8A378BF1),
     (b"Some years ago--never mind how long precisely-", 0x8F26F2B986AFDC52),
+    (b"Call me Ishmael. Some years ago--never mind how long precisely-", 0x02A2E85470D6FD96),
+    (bytes(range(256)) * 4099, 0x080EDD5FEEE4274D),  # 1 MiB + 1 KiB: crosses CHUNK_BYTES
 ])
-def test_xxh64_matches_the_reference_vectors_in_any_chunking(text: bytes, value: int) -> None:
-    whole = Xxh64()
+def test_xxh64_matches_the_reference_vectors_in_any_chunking(text: bytes, value: int, tmp_path: Path) -> None:
+    whole = new_digest("xxh64")
     whole.update(text)
     pieces = new_digest("xxh64")
-    for start in range(0, len(text), 7):
-        pieces.update(text[start:start + 7])
-    assert whole.intdigest() == value
-    assert pieces.hexdigest() == f"{value:016x}"
+    step = 7 if len(text) < 1000 else 65_521  # chunks that never align with the 32-byte stripes
+    for start in range(0, len(text), step):
+        pieces.update(text[start:start + step])
+    assert whole.hexdigest() == pieces.hexdigest() == f"{value:016x}"  # big-endian hex, as Go's Sum
+    path = tmp_path / "exe"
+    path.write_bytes(text)
+    result = ExecutableHasher(hash_options({"hash_types": ["xxh64"]})).hash_path(str(path))
+    assert result is not None and result.digests == {"xxh64": f"{value:016x}"}
 
 
 def test_hasher_hashes_each_distinct_file_once(tmp_path: Path) -> None:
@@ -248,15 +260,171 @@ def test_token_bucket_waits_for_the_scan_rate() -> None:
         bucket.take(201)
 
 
+def test_token_bucket_says_how_long_until_tokens_are_there_without_spending_them() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate=100, burst=200, clock=lambda: now[0], sleep=lambda seconds: None)
+    assert bucket.delay(200) == 0.0 and bucket.delay(200) == 0.0  # nothing spent
+    bucket.take(200)
+    assert bucket.delay(50) == pytest.approx(0.5) and bucket.delay(1) == pytest.approx(0.01)
+    now[0] += 0.5
+    assert bucket.delay(50) == 0.0 and bucket.take(50) == 0.0
+
+
+# --------------------------------------------------------------------------------------------------------
+# Hashing off the dataset's thread
+# --------------------------------------------------------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def slow_hasher(options: HashOptions, rate: int) -> ExecutableHasher:
+    """A hasher whose scan rate is `rate` bytes/s from the start (a bucket of one chunk: no initial burst)."""
+    return ExecutableHasher(options, bucket=TokenBucket(rate=rate, burst=MIB))
+
+
+def new_digest_hex(hash_type: str, content: bytes) -> str:
+    digest = new_digest(hash_type)
+    digest.update(content)
+    return digest.hexdigest()
+
+
+def identity(path: Path) -> tuple[int, int, int, int]:
+    return file_id(os.stat(path))
+
+
+def test_background_hasher_gives_the_same_digests_and_shares_a_job_per_file(tmp_path: Path) -> None:
+    binary = tmp_path / "tool"
+    binary.write_bytes(os.urandom(3 * MIB + 17))
+    hashing = BackgroundHasher(ExecutableHasher(hash_options({"hash_types": ["sha256", "xxh64"]})))
+    try:
+        job = hashing.request(identity(binary), [str(tmp_path / "gone"), str(binary)])  # the first path is gone
+        assert job is not None and hashing.request(identity(binary), [str(binary)]) is job
+        assert hashing.wait([job], 30), "the hash within 30 s"
+        content = binary.read_bytes()
+        assert job.result == HashResult({"sha256": hashlib.sha256(content).hexdigest(),
+                                         "xxh64": new_digest_hex("xxh64", content)})
+        again = hashing.request(identity(binary), [str(binary)])  # from the cache, finished at once
+        assert again is not job and again.done and again.result == job.result
+        assert hashing.hasher.files_hashed == 1 and hashing.pending() == 0
+    finally:
+        hashing.close()
+
+
+def test_background_hasher_reports_files_it_cannot_hash(tmp_path: Path) -> None:
+    big, changed = tmp_path / "big", tmp_path / "changed"
+    big.write_bytes(b"x" * 2048)
+    changed.write_bytes(b"before")
+    was = identity(changed)
+    changed.write_bytes(b"after, longer")
+    hashing = BackgroundHasher(ExecutableHasher(hash_options({"max_file_size": "1 KiB"})))
+    try:
+        too_big = hashing.request(identity(big), [str(big)])
+        not_the_same = hashing.request(was, [str(changed)])
+        directory = hashing.request(identity(tmp_path), [str(tmp_path)])
+        assert hashing.wait([too_big, not_the_same, directory], 30)
+        assert too_big.result == HashResult(error="hasher: file size 2048 exceeds max file size")
+        assert not_the_same.result is None  # no longer that file: no hash, no error
+        assert directory.result == HashResult(error="hasher: not a regular file")
+    finally:
+        hashing.close()
+
+
+def test_a_small_file_is_hashed_while_a_large_one_is_under_way(tmp_path: Path) -> None:
+    large, small = tmp_path / "large", tmp_path / "small"
+    large.write_bytes(b"\0" * (48 * MIB))  # at 12 MiB/s: 4 s at least, whatever the machine
+    small.write_bytes(b"small")
+    hashing = BackgroundHasher(slow_hasher(HashOptions(max_file_size=64 * MIB), rate=12 * MIB))
+    try:
+        slow = hashing.request(identity(large), [str(large)])
+        wait_for(lambda: hashing.bytes_hashed > 0, 10, "the large file under way")
+        started = time.monotonic()
+        quick = hashing.request(identity(small), [str(small)])
+        assert hashing.wait([quick], 3), "the small file is not held up behind the large one"
+        assert quick.result.digests["sha1"] == hashlib.sha1(b"small").hexdigest()
+        assert not slow.done and time.monotonic() - started < 3
+        assert not hashing.wait([slow], 0.1)
+    finally:
+        hashing.close()
+    unasked = tmp_path / "unasked"
+    unasked.write_bytes(b"unasked")
+    assert hashing.request(identity(unasked), [str(unasked)]) is None, "closed: no new work"
+    assert not slow.done, "left unhashed"
+
+
+def test_too_many_waiting_files_are_refused_not_queued_without_bound(tmp_path: Path) -> None:
+    files = []
+    for index in range(3):
+        files.append(tmp_path / f"f{index}")
+        files[-1].write_bytes(b"\0" * (2 * MIB + index))
+    hashing = BackgroundHasher(slow_hasher(HashOptions(), rate=MIB), max_jobs=2)
+    try:
+        first, second = (hashing.request(identity(path), [str(path)]) for path in files[:2])
+        assert first is not None and second is not None
+        assert hashing.request(identity(files[2]), [str(files[2])]) is None
+        assert hashing.request(identity(files[0]), [str(files[0])]) is first  # asked for already: not refused
+    finally:
+        hashing.close()
+
+
+def test_a_large_executable_does_not_hold_up_the_stream_and_its_hash_follows(host: Path, tmp_path: Path) -> None:
+    large, small = tmp_path / "large-binary", tmp_path / "small-binary"
+    large.write_bytes(b"\x7fELF" + b"\0" * (24 * MIB))  # at 8 MiB/s: 3 s at least
+    small.write_bytes(b"\x7fELF small")
+    add_process(host, 3000, comm="large", exe=str(large), ticks=50_000)
+    ds = dataset(host, hash={"max_file_size": "64 MiB"})
+    ds.hasher.bucket = TokenBucket(rate=8 * MIB, burst=MIB)
+    committed = ds.observe()
+    try:
+        add_process(host, 3001, comm="large", exe=str(large), ticks=60_000)
+        add_process(host, 3002, comm="small", exe=str(small), ticks=60_001)
+        started = time.monotonic()
+        committed, events = ds.apply_stream(committed, [exec_item(3001, read_details(ds.proc, 3001)),
+                                                        exec_item(3002, read_details(ds.proc, 3002))])
+        assert time.monotonic() - started < 1.5, "the batch waits at most STREAM_HASH_WAIT for hashes"
+        large_started, small_started = (document(event) for event in events)
+        assert large_started["process"]["pid"] == 3001 and "hash" not in large_started["process"]
+        assert "error" not in large_started  # not an error: the hash is on its way
+        assert small_started["process"]["hash"] == {"sha1": hashlib.sha1(small.read_bytes()).hexdigest()}
+
+        started = time.monotonic()
+        committed, events = ds.apply_stream(committed, [exec_item(3003, None, fork_boot_ns=600_000_000_000)])
+        assert time.monotonic() - started < 0.5, "a job that outlasted one budget is not waited for again"
+
+        expected = hashlib.sha1(large.read_bytes()).hexdigest()
+        wait_for(lambda: ds.hashing.pending() == 0, 60, "the large executable hashed")
+        committed = ds.observe()  # the poll puts the finished hash into both processes of that file
+        for pid in ("3000", "3001"):
+            assert committed["processes"][pid]["hash"] == {"sha1": expected}
+        assert all(document(event)["process"]["hash"] == {"sha1": expected}
+                   for event in ds.state_report(committed) if event.fields["process"]["pid"] in (3000, 3001))
+        _, events = ds.apply_stream(committed, [exit_item(3001)])
+        [stopped] = events
+        assert stopped.action == STOPPED and document(stopped)["process"]["hash"] == {"sha1": expected}
+    finally:
+        ds.close()
+
+
+def test_a_hash_that_finishes_between_polls_is_on_the_stop_from_the_connector(host: Path, tmp_path: Path) -> None:
+    large = tmp_path / "large-binary"
+    large.write_bytes(b"\x7fELF" + b"\0" * (20 * MIB))
+    ds = dataset(host, hash={"max_file_size": "64 MiB"})
+    ds.hasher.bucket = TokenBucket(rate=8 * MIB, burst=MIB)
+    committed = ds.observe()
+    try:
+        add_process(host, 3100, comm="large", exe=str(large), ticks=70_000)
+        committed, [started] = ds.apply_stream(committed, [exec_item(3100, read_details(ds.proc, 3100))])
+        assert "hash" not in document(started)["process"]
+        wait_for(lambda: ds.hashing.pending() == 0, 60, "the large executable hashed")
+        _, [stopped] = ds.apply_stream(committed, [exit_item(3100)])  # no poll in between
+        assert document(stopped)["process"]["hash"] == {"sha1": hashlib.sha1(large.read_bytes()).hexdigest()}
+        assert "hash" not in committed["processes"]["3100"], "the committed record was replaced, not changed"
+    finally:
+        ds.close()
+
+
 # --------------------------------------------------------------------------------------------------------
 # Parsing /proc files
 # --------------------------------------------------------------------------------------------------------
-
-def test_stat_parsing_survives_parentheses_and_spaces_in_comm() -> None:
-    stat = parse_stat(b"42 (a) b (c)) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987 1 1\n")
-    assert stat == process_dataset.Stat(name="a) b (c)", state="S", ppid=7, flags=4194560, ticks=987)
-    assert parse_stat(b"garbage") is None
-
 
 def test_capability_masks_become_cap_names() -> None:
     assert capability_names(0) == []
@@ -637,7 +805,7 @@ def test_exec_details_are_read_for_several_processes_at_once(host: Path) -> None
     add_process(host, 2561, comm="b", exe="/usr/bin/b", args=("b", "-x"))
     first, gone, second = process_dataset.read_exec_details(str(host / "proc") + "/", [2560, 2562, 2561])
     assert gone is None
-    assert (first.exe, first.args, first.stat.name) == ("/usr/bin/a", ("a",), "a")
+    assert (first.exe, first.args, first.stat.comm) == ("/usr/bin/a", ("a",), "a")
     assert (second.exe, second.args, second.ids) == ("/usr/bin/b", ("b", "-x"), ("0", "0", "0", "0", "0", "0"))
 
 

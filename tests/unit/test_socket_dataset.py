@@ -20,7 +20,7 @@ from actors.datasets import DatasetContext
 from actors.datasets.socket import dataset as socket_dataset
 from actors.datasets.socket.dataset import (
     INBOUND, LISTENING, OUTBOUND, R_PROCESS, SOCKET_CLOSED, SOCKET_OPENED, TCP, UDP, ListenerTable, ScannedProcess,
-    SocketDataset, SocketObserver, SocketOptions, community_id, new_record, new_snapshot, parse_stat, socket_message,
+    SocketDataset, SocketObserver, SocketOptions, community_id, new_record, new_snapshot, socket_message,
 )
 from actors.ecs import assert_ecs
 from actors.hostfs.entity import process_entity_id, socket_entity_id
@@ -724,12 +724,6 @@ def test_tcp_info_from_an_old_kernel_is_too_short_for_counters() -> None:
 # --------------------------------------------------------------------------------------------------------
 # /proc and /etc parsing
 # --------------------------------------------------------------------------------------------------------
-
-def test_parse_stat_handles_spaces_and_parentheses_in_the_name() -> None:
-    fields = " ".join(["S"] + ["0"] * 18 + ["987654"] + ["0"] * 10)
-    assert parse_stat(f"4242 (my (odd) name) {fields}") == ("my (odd) name", 987654)
-    assert parse_stat("4242 (truncated") is None
-
 
 def test_user_names_take_the_first_entry_of_a_uid(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()

@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from actors.hostfs.host_facts import NANOS_PER_SECOND, ecs_host, observe_host, without_empty
 from actors.datasets import DatasetContext
-from actors.event import CHANGE, STATE, Event, iso_millis, put_dotted
+from actors.event import CHANGE, STATE, Event, describe_changes, iso_millis, same_value
 
 DATASET = "host"
 # Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field): none, the
@@ -169,32 +169,17 @@ HOST_CHANGE_FIELDS = (
 )
 
 
-def _same(before: Any, after: Any) -> bool:
-    """Compare two snapshot values; lists compare as multisets, so a reordering of interfaces is no change."""
-    if isinstance(before, list) and isinstance(after, list):
-        return sorted(map(str, before)) == sorted(map(str, after))
-    return before == after
-
-
-def describe_changes(
-    previous: Mapping[str, Any], fields: Sequence[TrackedField]
-) -> dict[str, Any]:
-    """Return `system.audit.changes`: the changed field names and, nested the same way, their old values.
-
-    A field listed in `fields` but absent from `previous` had no value before.
-    """
-    old_values: dict[str, Any] = {}
-    for field in fields:
-        old_value = field.value(previous)
-        if old_value not in (None, "", []):
-            put_dotted(old_values, field.name, old_value)
-    return {"fields": [field.name for field in fields], "previous": old_values}
+def _describe(previous: Mapping[str, Any], fields: Sequence[TrackedField]) -> dict[str, Any]:
+    """Return `system.audit.changes` for `fields`: their names and, nested, their values in `previous` (a field
+    absent from `previous` had no value before)."""
+    old_values = {field.name: field.value(previous) for field in fields}
+    return describe_changes(old_values, [field.name for field in fields])
 
 
 def _changed_fields(
     previous: Mapping[str, Any], current: Mapping[str, Any], fields: Sequence[TrackedField]
 ) -> list[TrackedField]:
-    return [field for field in fields if not _same(field.raw(previous), field.raw(current))]
+    return [field for field in fields if not same_value(field.raw(previous), field.raw(current))]
 
 
 def _rebooted(previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[TrackedField]:
@@ -221,16 +206,16 @@ def host_changes(previous: Any, current: Mapping[str, Any], at_startup: bool) ->
     events: list[Event] = []
     if previous.get("id", "") != current.get("id", ""):
         # Two events, as Auditbeat: the old host pointing to its new id, the new host pointing to its old id.
-        changes = describe_changes(previous, ID_FIELDS)
+        changes = _describe(previous, ID_FIELDS)
         events.append(host_event(previous, HOST_ID_CHANGED, {"new_id": current.get("id")}, changes))
         events.append(host_event(current, HOST_ID_CHANGED, {"old_id": previous.get("id")}, changes))
     if reboot_fields := _rebooted(previous, current):
-        events.append(host_event(current, REBOOT, changes=describe_changes(previous, reboot_fields)))
+        events.append(host_event(current, REBOOT, changes=_describe(previous, reboot_fields)))
     if previous.get("hostname", "") != current.get("hostname", ""):
-        changes = describe_changes(previous, HOSTNAME_FIELDS)
+        changes = _describe(previous, HOSTNAME_FIELDS)
         events.append(host_event(current, HOSTNAME_CHANGED, changes=changes))
     if changed := _changed_fields(previous, current, HOST_CHANGE_FIELDS):
-        events.append(host_event(current, HOST_CHANGED, changes=describe_changes(previous, changed)))
+        events.append(host_event(current, HOST_CHANGED, changes=_describe(previous, changed)))
     return events
 
 

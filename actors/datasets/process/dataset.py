@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
@@ -10,15 +9,18 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence, TypedDict
+from typing import Any, Mapping, Sequence, TypedDict
 
 from actors.hostfs import procfs
+from actors.hostfs.outcome import Outcome
+from actors.hostfs.procfs import NANOS_PER_TICK, ProcStat, read_stat
 from actors.hostfs.etc_files import AccountNames
 from actors.datasets import DatasetContext
 from actors.hostfs.host_facts import read_boot_id, read_boot_time
-from actors.hostfs.entity import process_entity_id
+from actors.hostfs.entity import process_entity_id, start_offset_ns
 from actors.event import CHANGE, STATE, Event, iso_millis
-from actors.datasets.process.exe_hash import ECS_HASH_TYPES, ExecutableHasher, FileId, HashResult
+from actors.datasets.process.exe_hash import (ECS_HASH_TYPES, BackgroundHasher, ExecutableHasher, FileId, HashJob,
+                                              HashResult, file_id)
 from actors.datasets.process.options import parse_options
 from actors.datasets.process.proc_connector import ConnectorUnavailable, ProcConnector, ProcessExec, ProcessExit, pickled_as_tuple
 
@@ -44,11 +46,12 @@ SNAPSHOT_VERSION = 1
 PF_KTHREAD = 0x00200000  # task flag in field 9 of /proc/PID/stat
 KTHREADD_PID = 2
 STREAM_EXIT_GRACE = 5.0  # seconds a vanished process waits for the connector's EXIT before a poll stops it
+# The most a poll, and a batch of connector notifications, waits in all for the hashes of the executables it
+# found (they are hashed in a background thread). A hash not ready by then is added to the process when it is:
+# its event goes out without it, later state reports and its stop carry it.
+POLL_HASH_WAIT = 2.0
+STREAM_HASH_WAIT = 0.25
 EXITED_STATES = frozenset({"Z", "X"})  # zombie, dead: the process has exited, only its parent has not reaped it
-TICKS_PER_SECOND = 100  # USER_HZ, as go-sysinfo hard-codes it
-NANOS_PER_TICK = 1_000_000_000 // TICKS_PER_SECOND
-_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ESRCH})
-_DENIED = frozenset({errno.EACCES, errno.EPERM})
 
 # Capability bits 0..40 (linux/capability.h); a newer kernel's extra bits are named CAP_<n>.
 CAPABILITY_NAMES: tuple[str, ...] = (
@@ -129,23 +132,13 @@ class ProcessRecord(TypedDict, total=False):
 # Reading /proc/PID
 # ---------------------------------------------------------------------------------------------------------
 
-class Stat(NamedTuple):
-    """The fields of /proc/PID/stat the dataset uses."""
-
-    name: str  # comm
-    state: str  # R, S, D, Z (zombie: exited, not yet reaped), ...
-    ppid: int
-    flags: int
-    ticks: int
-
-
 @pickled_as_tuple  # the connector's reader process sends these to the collector
 @dataclass(frozen=True, slots=True)
 class ProcessDetails:
     """What was read of one process. Files that were absent or denied leave their fields None."""
 
     pid: int
-    stat: Stat
+    stat: ProcStat
     exe: str | None = None
     exe_id: FileId | None = None  # identity of the executable file, for the hash cache
     args: tuple[str, ...] | None = None
@@ -157,48 +150,6 @@ class ProcessDetails:
     denied: tuple[str, ...] = ()  # files we were not allowed to read (not root)
     error: str = ""  # another read error: the process is reported as process_error
     vanished: bool = False  # the process exited while it was read
-
-
-def read_file(path: str, whole: bool = False) -> bytes | None:
-    """Read a /proc file (one read, or all of it with `whole`); None when absent or the process is gone.
-
-    Raises procfs.Unreadable for any other error (EACCES, EIO, ...).
-    """
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as error:
-        if error.errno in _ABSENT:
-            return None
-        raise procfs.Unreadable(path, error) from error
-    try:
-        data = os.read(descriptor, 16384)
-        if whole and data:
-            chunks = [data]
-            while chunk := os.read(descriptor, 65536):
-                chunks.append(chunk)
-            data = b"".join(chunks)
-        return data
-    except OSError as error:
-        if error.errno in _ABSENT:
-            return None
-        raise procfs.Unreadable(path, error) from error
-    finally:
-        os.close(descriptor)
-
-
-def parse_stat(raw: bytes) -> Stat | None:
-    """Parse /proc/PID/stat ("pid (comm) state ppid ..."); None when it is not in that form."""
-    opening, closing = raw.find(b"("), raw.rfind(b")")
-    if opening < 0 or closing < opening:
-        return None
-    fields = raw[closing + 2:].split()
-    if len(fields) < 20:
-        return None
-    try:
-        return Stat(raw[opening + 1:closing].decode("utf-8", "replace"), fields[0].decode("ascii", "replace"),
-                    int(fields[1]), int(fields[6]), int(fields[19]))
-    except ValueError:
-        return None
 
 
 def _status_line(raw: bytes, key: bytes) -> list[bytes]:
@@ -269,7 +220,7 @@ class _Reader:
 
     def file(self, name: str, whole: bool = False) -> bytes | None:
         try:
-            return read_file(self.base + name, whole)
+            return procfs.read_bytes(self.base + name, whole)
         except procfs.Unreadable as error:
             self._problem(name, error)
             return None
@@ -283,29 +234,19 @@ class _Reader:
 
     def file_id(self, name: str) -> FileId | None:
         try:
-            status = os.stat(self.base + name)
+            return file_id(os.stat(self.base + name))
         except OSError:  # gone, denied, or a dangling link in a synthetic tree: no hash, not an error
             return None
-        return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
     def _problem(self, name: str, error: procfs.Unreadable) -> None:
         self.failed.add(name)
-        if error.errno in _DENIED:
+        if error.outcome is Outcome.DENIED:
             self.denied.append(name)
         else:
             self.errors.append(str(error))
 
 
-def read_stat(proc: str, pid: int) -> Stat | None:
-    """Read /proc/PID/stat; None when the process is gone (or the file is unreadable or malformed)."""
-    try:
-        raw = read_file(f"{proc}{pid}/stat")
-    except procfs.Unreadable:
-        return None
-    return None if raw is None else parse_stat(raw)
-
-
-def read_details(proc: str, pid: int, stat: Stat | None = None) -> ProcessDetails | None:
+def read_details(proc: str, pid: int, stat: ProcStat | None = None) -> ProcessDetails | None:
     """Read one process now (`proc` is "<hostfs>/proc/"); None when it is gone before anything is read.
 
     A file absent after another was read means the process exited while we read it (`vanished`); a zombie
@@ -324,10 +265,10 @@ def read_exec_details(proc: str, pids: Sequence[int]) -> list[ProcessDetails | N
 
 
 def _read_rest(reader: _Reader, pid: int, exe: str | None, cmdline: bytes | None,
-               stat: Stat | None) -> ProcessDetails | None:
+               stat: ProcStat | None) -> ProcessDetails | None:
     if stat is None:
         raw = reader.file("stat")
-        stat = None if raw is None else parse_stat(raw)
+        stat = None if raw is None else procfs.parse_stat(raw)
         if stat is None:
             return None
     status = reader.file("status")
@@ -372,8 +313,20 @@ def is_kernel_thread(details: ProcessDetails) -> bool:
 
 def start_iso(boot_time: int, ticks: int) -> str:
     """process.start as go-sysinfo computes it (btime + Duration(float(ticks)/100*1e9)), in ISO UTC millis."""
-    nanos = int(ticks / TICKS_PER_SECOND * 1e9)
+    nanos = start_offset_ns(ticks)
     return iso_millis((boot_time * 1000 + nanos // 1_000_000) / 1000)
+
+
+def put_hash(record: ProcessRecord, result: HashResult | None) -> None:
+    """Record an executable's digests, or why it has none (reported as error.message); nothing for None (the file
+    was gone before it could be hashed)."""
+    if result is None:
+        return
+    if result.error:
+        record["hash_error"] = (f"failed to hash executable {record.get('exe', '')} for PID {record['pid']}: "
+                                f"{result.error}")
+    else:
+        record["hash"] = dict(result.digests)
 
 
 def process_fields(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -559,6 +512,11 @@ class ProcessDataset:
     Hashing: an executable over hash.max_file_size (or unreadable) is reported on the normal started /
     existing event, without hash and with error.message; Auditbeat makes that a process_error, and then
     never reports the process's stop. process_error stays for processes whose /proc files cannot be read.
+    Executables are hashed in a background thread (BackgroundHasher): a poll waits at most POLL_HASH_WAIT s,
+    a batch of connector items STREAM_HASH_WAIT s, for the hashes it asked for; a process whose hash is not
+    ready then is reported without it, and the hash is put into its record when ready (_attach_hashes), so
+    later state reports and its stop carry it. A large executable never holds up the actor (nor, behind it,
+    the kernel stream and the heartbeats) for longer than those waits.
     """
 
     name = DATASET
@@ -569,11 +527,14 @@ class ProcessDataset:
         self.host_id = context.host_id
         self.options = parse_options(context.options)
         self.hasher = ExecutableHasher(self.options.hash) if self.options.hash.enabled else None
+        self.hashing = BackgroundHasher(self.hasher) if self.hasher is not None else None
+        self._hash_jobs: dict[str, tuple[int, str, HashJob]] = {}  # pid -> (ticks, exe, job) of records awaiting it
+        self._asked: list[HashJob] = []  # hash jobs this observe / apply_stream asked for and has not waited for
         self.names = AccountNames(self.hostfs)  # from <hostfs>/etc/passwd and /etc/group, not NSS
         self.boot_id = read_boot_id(self.hostfs)
         self.boot_time = read_boot_time(self.hostfs)
         self._known: dict[str, ProcessRecord] = {}  # the last poll's records, reused while (pid, ticks) holds
-        self._skipped: dict[str, Stat] = {}  # pid -> stat of kernel threads and vanished entries
+        self._skipped: dict[str, ProcStat] = {}  # pid -> stat of kernel threads and vanished entries
         self._streaming = False  # the connector is open: it reports every exit, with its exit code
         self._missing_since: dict[str, float] = {}  # pid -> when a poll first found a known process gone
         self._warned: set[str] = set()
@@ -584,7 +545,7 @@ class ProcessDataset:
         """Scan /proc now: {"version", "boot_id", "processes": {pid: record}}. Never raises for a process."""
         self.names.refresh()
         processes: dict[str, ProcessRecord] = {}
-        skipped: dict[str, Stat] = {}
+        skipped: dict[str, ProcStat] = {}
         try:
             entries = os.listdir(self.proc)
         except OSError as error:
@@ -594,11 +555,11 @@ class ProcessDataset:
         for entry in entries:
             if not entry.isdigit():
                 continue
-            stat = read_stat(self.proc, int(entry))
+            stat = read_stat(self.proc + entry)
             if stat is None or stat.flags & PF_KTHREAD or entry == "2" or stat.state in EXITED_STATES:
                 continue  # gone, a kernel thread, or exited (a zombie's exit is reported as its stop)
             record = self._known.get(entry)
-            if record is not None and record.get("ticks") == stat.ticks and record.get("name") == stat.name:
+            if record is not None and record.get("ticks") == stat.start_ticks and record.get("name") == stat.comm:
                 processes[entry] = record
             elif self._skipped.get(entry) == stat:  # the same kernel thread or zombie as last time
                 skipped[entry] = stat
@@ -608,6 +569,8 @@ class ProcessDataset:
                 skipped[entry] = stat
         if self._streaming:
             processes.update(self._awaiting_exit(processes))
+        self._await_hashes(POLL_HASH_WAIT)
+        self._attach_hashes(processes)
         self._known, self._skipped = dict(processes), skipped
         return {"version": SNAPSHOT_VERSION, "boot_id": self.boot_id, "processes": processes}
 
@@ -653,12 +616,21 @@ class ProcessDataset:
         processes = dict(processes)
         events: list[Event] = []
         self.names.refresh()
+        self._prefetch_hashes(items)
+        self._attach_hashes(processes)  # before the stops: a hash finished since is on the stop event
         for item in items:
             if isinstance(item, ProcessExec):
                 events += self._apply_exec(processes, item)
             elif isinstance(item, ProcessExit):
                 events += self._apply_exit(processes, item)
+        self._asked.clear()  # waited for in _prefetch_hashes
+        self._attach_hashes(processes)
         return {**snapshot, "processes": processes}, events
+
+    def close(self) -> None:
+        """Stop the hashing thread."""
+        if self.hashing is not None:
+            self.hashing.close()
 
     # -- internals ------------------------------------------------------------------------------------------
 
@@ -694,7 +666,7 @@ class ProcessDataset:
         if details is not None and details.stat.flags & PF_KTHREAD:
             return None  # only kernel threads are left out: an exec'd process is real even if already a zombie
         if details is not None:
-            record = self._record(details, start_ns=self._fork_time(item, details.stat.ticks))
+            record = self._record(details, start_ns=self._fork_time(item, details.stat.start_ticks))
             if record["ppid"] == 0 and item.ppid:  # /proc read as the process died: the kernel then shows 0
                 record["ppid"] = item.ppid
             return record
@@ -731,7 +703,7 @@ class ProcessDataset:
         self._missing_since = {pid: first for pid, first in since.items() if pid in waiting}
         return waiting
 
-    def _read_new(self, pid: int, stat: Stat) -> ProcessRecord | None:
+    def _read_new(self, pid: int, stat: ProcStat) -> ProcessRecord | None:
         """Read a process the poll has not seen; None when it vanished or is a kernel thread."""
         details = read_details(self.proc, pid, stat)
         if details is None or details.vanished or is_kernel_thread(details):
@@ -740,7 +712,7 @@ class ProcessDataset:
 
     def _record(self, details: ProcessDetails, start_ns: int | None = None) -> ProcessRecord:
         stat = details.stat
-        record: ProcessRecord = {"pid": details.pid, "ppid": stat.ppid, "ticks": stat.ticks, "name": stat.name}
+        record: ProcessRecord = {"pid": details.pid, "ppid": stat.ppid, "ticks": stat.start_ticks, "name": stat.comm}
         if start_ns is not None:
             record["start_ns"] = start_ns
         self._add_identity(record)
@@ -791,27 +763,74 @@ class ProcessDataset:
             record["group"] = group
 
     def _add_hash(self, record: ProcessRecord, details: ProcessDetails) -> None:
-        if self.hasher is None or not details.exe or details.exe_id is None:
+        """Put the executable's hash (or why it has none) into a new record when it is known already; else ask the
+        hashing thread for it, and the record waits for it (see _attach_hashes)."""
+        key = str(details.pid)
+        self._hash_jobs.pop(key, None)  # a new record of this pid: what an older one waited for is not its hash
+        job = self._request_hash(details)
+        if job is None:
             return
-        result = self._hash(details)
-        if result is None:
+        if job.done:
+            put_hash(record, job.result)
             return
-        if result.error:
-            record["hash_error"] = (f"failed to hash executable {details.exe} for PID {details.pid}: "
-                                    f"{result.error}")
-        else:
-            record["hash"] = dict(result.digests)
+        self._hash_jobs[key] = (record["ticks"], details.exe or "", job)
+        self._asked.append(job)
 
-    def _hash(self, details: ProcessDetails) -> HashResult | None:
-        """Hash through /proc/PID/exe (the very file, in any mount namespace, even deleted); if the process is
-        gone, through the path on the host when it is still the same file. None when neither works."""
-        assert self.hasher is not None and details.exe_id is not None and details.exe is not None
-        if (cached := self.hasher.cached(details.exe_id)) is not None:
-            return cached
-        result = self.hasher.hash_path(f"{self.proc}{details.pid}/exe", expected=details.exe_id)
-        if result is None and not details.exe.endswith(" (deleted)"):
-            result = self.hasher.hash_path(str(procfs.host_path(self.hostfs, details.exe)), expected=details.exe_id)
-        return result
+    def _request_hash(self, details: ProcessDetails) -> HashJob | None:
+        """Ask the hashing thread for the executable of a process just read: through /proc/PID/exe (the very file,
+        in any mount namespace, even deleted), else the path on the host when it is still the same file. None
+        when hashing is off, there is no executable, or too many files wait already."""
+        if self.hashing is None or not details.exe or details.exe_id is None:
+            return None
+        paths = [f"{self.proc}{details.pid}/exe"]
+        if not details.exe.endswith(" (deleted)"):
+            paths.append(str(procfs.host_path(self.hostfs, details.exe)))
+        job = self.hashing.request(details.exe_id, paths)
+        if job is None:
+            self._warn_once("hash-queue", "process: %d executables wait to be hashed already; new ones are reported "
+                            "without hash until the queue shortens", self.hashing.max_jobs)
+        return job
+
+    def _prefetch_hashes(self, items: Sequence[Any]) -> None:
+        """Ask for the hashes of every executable a batch of connector items exec'd, and wait for them (bounded),
+        before any of their events is made."""
+        if self.hashing is None:
+            return
+        for item in items:
+            if isinstance(item, ProcessExec) and item.details is not None:
+                job = self._request_hash(item.details)
+                if job is not None and not job.done:
+                    self._asked.append(job)
+        self._await_hashes(STREAM_HASH_WAIT)
+
+    def _await_hashes(self, budget: float) -> None:
+        """Wait up to `budget` seconds in all for the hash jobs asked for since the last wait. A job that outlasts
+        a whole budget (a large file) is not waited for again: its records get their hash when it is ready."""
+        asked = [job for job in dict.fromkeys(self._asked) if not job.waited_out]
+        self._asked.clear()
+        if self.hashing is None or not asked or self.hashing.wait(asked, budget):
+            return
+        for job in asked:
+            if not job.done:
+                job.waited_out = True
+
+    def _attach_hashes(self, processes: dict[str, Any]) -> None:
+        """Put the hashes finished since into the records that wait for them, in `processes` and in the records
+        the poll reuses. Records may be shared with the committed snapshot: each is replaced, never changed."""
+        for key, (ticks, exe, job) in list(self._hash_jobs.items()):
+            if not job.done:
+                continue
+            del self._hash_jobs[key]
+            filled: dict[int, ProcessRecord] = {}  # id(record) -> its copy with the hash
+            for records in (processes, self._known):
+                record = records.get(key)
+                if record is None or record.get("ticks") != ticks or record.get("exe", "") != exe:
+                    continue  # gone, or another process (or image) by now
+                if id(record) not in filled:
+                    copy: ProcessRecord = {**record}  # type: ignore[typeddict-item]
+                    put_hash(copy, job.result)
+                    filled[id(record)] = copy
+                records[key] = filled[id(record)]
 
     def _warn_once(self, topic: str, message: str, *args: Any) -> None:
         if topic not in self._warned:

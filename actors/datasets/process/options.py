@@ -27,7 +27,8 @@ class HashOptions(Schema):
     hash_types: Annotated[tuple[str, ...], checked(_hash_types)] = ("sha1",)
     # Larger executables are not hashed (error.message says so).
     max_file_size: Size = 100 * 1024 * 1024
-    # Hashing reads at most this many bytes per second (a token bucket).
+    # Hashing reads at most this many bytes per second (a token bucket). Hashing runs in a thread of its own: a
+    # hash not ready within a moment comes on the process's later events (README.md).
     scan_rate_per_sec: Size = 50 * 1024 * 1024
 
 

@@ -20,6 +20,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Sequence, TypeVar
 
+from actors.hostfs.outcome import denied
+
 LOG = logging.getLogger("hostaudit.proc_connector")
 T = TypeVar("T")
 
@@ -316,8 +318,7 @@ class ProcConnector:
             self._subscribe()
         except OSError as error:
             self._forget_socket(sock)
-            denied = error.errno in (errno.EPERM, errno.EACCES)
-            hint = ": it needs root (CAP_NET_ADMIN)" if denied else ""
+            hint = ": it needs root (CAP_NET_ADMIN)" if denied(error) else ""
             raise ConnectorUnavailable(f"cannot subscribe to process events ({error.strerror}){hint}") from None
         except ConnectorUnavailable:
             self._forget_socket(sock)

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import base64
-import errno
 import functools
 import hashlib
 import logging
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from actors.hostfs import procfs
+from actors.hostfs.outcome import Outcome, denied, outcome
 from actors.hostfs.etc_files import AccountNames
 from actors.datasets.socket.options import SocketOptions, parse_options
 from actors.datasets import DatasetContext
@@ -159,15 +159,6 @@ class ScannedProcess:
         return f"{self.pid}:{self.start_ticks}"
 
 
-def parse_stat(content: str) -> tuple[str, int] | None:
-    """Return (comm, start time in clock ticks: field 22) of a /proc/PID/stat text, None when malformed."""
-    opening, closing = content.find("("), content.rfind(")")
-    rest = content[closing + 2:].split() if closing > opening >= 0 else []
-    if len(rest) < 20 or not rest[19].isdigit():
-        return None
-    return content[opening + 1:closing], int(rest[19])
-
-
 class SocketOwners:
     """inode -> owning process, learnt by scanning /proc/PID/fd as rarely as the unknown inodes allow."""
 
@@ -295,17 +286,14 @@ class SocketOwners:
         return process
 
     def _identity(self, base: Path) -> tuple[str, int, str] | None:
-        try:
-            stat = parse_stat(procfs.read_text(base / "stat") or "")
-        except procfs.Unreadable:
-            return None
+        stat = procfs.read_stat(base)
         if stat is None:
             return None
         try:
             executable = procfs.read_link(base / "exe") or ""
         except procfs.Unreadable:  # a kernel thread, or not ours to read
             executable = ""
-        return stat[0], stat[1], executable
+        return stat.comm, stat.start_ticks, executable
 
     @staticmethod
     def _socket_inodes(fd_dir: Path) -> set[int] | None:
@@ -313,9 +301,9 @@ class SocketOwners:
         try:
             names = os.listdir(fd_dir)
         except OSError as error:
-            if error.errno not in (errno.ENOENT, errno.ESRCH, errno.EACCES, errno.EPERM):
+            if outcome(error) is Outcome.OTHER:
                 raise procfs.Unreadable(fd_dir, error) from error
-            return None
+            return None  # vanished, or not ours to read
         inodes: set[int] = set()
         prefix = f"{fd_dir}/"
         for name in names:
@@ -819,7 +807,7 @@ class SocketDataset:
         except OSError as error:
             if not self._stream_warned:
                 self._stream_warned = True
-                hint = " (needs CAP_NET_ADMIN: run as root)" if error.errno in (errno.EPERM, errno.EACCES) else ""
+                hint = " (needs CAP_NET_ADMIN: run as root)" if denied(error) else ""
                 LOG.warning("Cannot subscribe to socket destroy notifications (%s)%s: sockets that open and close "
                             "between two polls will not be reported", error.strerror or error, hint)
             return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import grp
 import hashlib
 import hmac
-import json
 import logging
 import os
 import pwd
@@ -18,7 +17,7 @@ from actors.datasets import DatasetContext
 from actors.datasets.user.options import parse_options
 from actors.hostfs.entity import user_entity_id
 from actors.hostfs.etc_files import FileSignature, GroupEntry, LoadedFile, Parsed, PasswdEntry, ShadowEntry
-from actors.event import CHANGE, STATE, Event, iso_millis, put_dotted
+from actors.event import CHANGE, STATE, Event, changed_fields, describe_changes, iso_millis
 
 DATASET = "user"
 # Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field).
@@ -387,32 +386,6 @@ def _flatten(document: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _same(before: Any, after: Any) -> bool:
-    """Compare two field values; lists compare as multisets, so a reordered /etc/group is no change."""
-    if isinstance(before, list) and isinstance(after, list):
-        def canonical(values: list[Any]) -> list[str]:
-            return sorted(json.dumps(value, sort_keys=True) for value in values)
-        return canonical(before) == canonical(after)
-    return before == after
-
-
-def describe_changes(old_fields: Mapping[str, Any], changed: Sequence[str]) -> dict[str, Any]:
-    """Return `system.audit.changes`: the changed field names and, nested, their old values (when they had one).
-
-    The password hash is named when it changed, but neither it nor its digest is ever given.
-    """
-    previous: dict[str, Any] = {}
-    for name in changed:
-        value = old_fields.get(name)
-        if name != PASSWORD_HASH_FIELD and value not in (None, "", []):
-            put_dotted(previous, name, value)
-    return {"fields": list(changed), "previous": previous}
-
-
-def _changed(old_fields: Mapping[str, Any], new_fields: Mapping[str, Any], names: Sequence[str]) -> list[str]:
-    return [name for name in names if not _same(old_fields.get(name), new_fields.get(name))]
-
-
 def password_changes(old: UserRecord, new: UserRecord, compare_digests: bool) -> list[str]:
     """Return the password fields that changed: type, last-changed day (either way, unlike Auditbeat's Before)
     and the hash (by digest, when both digests come from the same key). None when either side is unknown."""
@@ -420,7 +393,7 @@ def password_changes(old: UserRecord, new: UserRecord, compare_digests: bool) ->
         return []
     old_flat = _flatten(user_fields(old, ""))
     new_flat = _flatten(user_fields(new, ""))
-    changed = _changed(old_flat, new_flat, PASSWORD_FIELDS)
+    changed = changed_fields(old_flat, new_flat, PASSWORD_FIELDS)
     if compare_digests and old.password.digest != new.password.digest:
         changed.append(PASSWORD_HASH_FIELD)
     return changed
@@ -457,11 +430,12 @@ def pair_events(old: UserRecord, new: UserRecord, host_id: str, compare_digests:
         return []
     events: list[Event] = []
     old_flat = _flatten(user_fields(old, host_id))
+    secret = (PASSWORD_HASH_FIELD,)  # named when it changed; neither the hash nor its digest is ever given
     if changed := password_changes(old, new, compare_digests):
-        events.append(user_event(new, PASSWORD_CHANGED, host_id, describe_changes(old_flat, changed)))
-    if changed := _changed(old_flat, _flatten(user_fields(new, host_id)), ACCOUNT_FIELDS):
+        events.append(user_event(new, PASSWORD_CHANGED, host_id, describe_changes(old_flat, changed, secret)))
+    if changed := changed_fields(old_flat, _flatten(user_fields(new, host_id)), ACCOUNT_FIELDS):
         renamed = (old.name,) if old.name != new.name else ()
-        events.append(user_event(new, USER_CHANGED, host_id, describe_changes(old_flat, changed), renamed))
+        events.append(user_event(new, USER_CHANGED, host_id, describe_changes(old_flat, changed, secret), renamed))
     return events
 
 
