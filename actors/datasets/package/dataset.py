@@ -14,7 +14,7 @@ from actors.datasets.package.dpkg import DpkgReader
 from actors.datasets.package.options import parse_options
 from actors.datasets.package.records import DatabaseRead, Package
 from actors.datasets.package.rpmdb import RpmReader
-from actors.event import CHANGE, STATE, Event, iso_millis, put_dotted
+from actors.event import CHANGE, STATE, Event, changed_fields, describe_changes, iso_millis
 from actors.hostfs import etc_files, procfs
 from actors.hostfs.entity import package_entity_id
 from actors.hostfs.etc_files import FileSignature
@@ -109,17 +109,11 @@ def package_event(package: Package, action: PackageAction, host_id: str,
                  message=package_message(package, action), fields=fields)
 
 
-def describe_changes(old: Package, new: Package) -> dict[str, Any]:
+def package_update_changes(old: Package, new: Package) -> dict[str, Any]:
     """`system.audit.changes` of an update: the changed field names and, nested, their old values."""
-    changed: list[str] = []
-    previous: dict[str, Any] = {}
-    for name, attribute in COMPARED_FIELDS:
-        before = _field_value(old, attribute)
-        if before != _field_value(new, attribute):
-            changed.append(name)
-            if before not in ("", None):
-                put_dotted(previous, name, before)
-    return {"fields": changed, "previous": previous}
+    before = {name: _field_value(old, attribute) for name, attribute in COMPARED_FIELDS}
+    after = {name: _field_value(new, attribute) for name, attribute in COMPARED_FIELDS}
+    return describe_changes(before, changed_fields(before, after, [name for name, _ in COMPARED_FIELDS]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -163,7 +157,7 @@ def pair_packages(previous: Sequence[Package], current: Sequence[Package]
 def package_changes(previous: Sequence[Package], current: Sequence[Package], host_id: str) -> list[Event]:
     """Return package_updated, then package_installed, then package_removed events."""
     pairs, installed, removed = pair_packages(previous, current)
-    events = [package_event(new, PACKAGE_UPDATED, host_id, describe_changes(old, new)) for old, new in pairs]
+    events = [package_event(new, PACKAGE_UPDATED, host_id, package_update_changes(old, new)) for old, new in pairs]
     events += [package_event(package, PACKAGE_INSTALLED, host_id) for package in installed]
     events += [package_event(package, PACKAGE_REMOVED, host_id) for package in removed]
     return events
