@@ -1,24 +1,17 @@
 """Modules the forkserver imports once, so every child process shares their pages instead of loading its own."""
 
-import json  # noqa: F401
+import importlib
 import signal
-import sqlite3  # noqa: F401
 
-import psutil  # noqa: F401
-import pykka  # noqa: F401
-import setproctitle  # noqa: F401
+import setproctitle
 
-import actors.runtime.collector  # noqa: F401
-import actors.datasets.host.dataset  # noqa: F401
-import actors.datasets.package.dataset  # noqa: F401
-import actors.datasets.process.dataset  # noqa: F401
-import actors.datasets.socket.dataset  # noqa: F401
-import actors.datasets.user.dataset  # noqa: F401
-import actors.runtime.doorbell  # noqa: F401
-import actors.outputs.console  # noqa: F401
-import actors.outputs.file  # noqa: F401
-import actors.runtime.producer  # noqa: F401
-import actors.runtime.worker  # noqa: F401
+from actors.datasets import BUILT_DATASETS
+
+SHARED_MODULES = ("json", "sqlite3", "psutil", "pykka", "pydantic", "actors.runtime.collector",
+                  "actors.runtime.doorbell", "actors.runtime.producer", "actors.runtime.worker",
+                  "actors.outputs.console", "actors.outputs.file", *BUILT_DATASETS.values())
+for module in SHARED_MODULES:
+    importlib.import_module(module)
 
 setproctitle.setproctitle("hostaudit: forkserver")
 # A service manager stops the whole process group at once (systemd's default KillMode). The forkserver must
