@@ -157,7 +157,7 @@ class ProducerActor(pykka.ThreadingActor):
     def _deliver(self, dataset: str, reader: SpoolReader, records: list[SpooledRecord]) -> bool:
         """Publish one dataset's batch; acknowledge it when the output took it. False if it must be retried."""
         try:
-            rejections = self.output.publish([record.payload for record in records])
+            rejections = self.output.publish(records)
             if rejections:
                 self.dead_letters.keep(dataset, records, rejections)
         except (OutputError, OSError) as error:

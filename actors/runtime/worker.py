@@ -51,6 +51,7 @@ class CollectorSpec:
     hang_file: str
     log_level: str
     doorbell: str
+    routing_fields: frozenset[str] = frozenset()  # recorded beside each spooled event (the output routes by them)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ def _collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
         spool_max_bytes=spec.spool_max_bytes,
         common=_HostFieldsCache(spec.agent, spec.hostfs, describe_host, host),
         on_spooled=Bell(spec.doorbell).ring,
+        routing_fields=spec.routing_fields,
     )
     progress = Progress()
 

@@ -33,6 +33,7 @@ from actors.runtime.collector import encode_document  # noqa: E402
 from actors.config import load_settings  # noqa: E402
 from actors.ecs import assert_ecs  # noqa: E402
 from actors.outputs.kafka import KafkaOutput  # noqa: E402
+from actors.outputs.routing import routing_fields, routing_values  # noqa: E402
 from actors.runtime.producer import DeliveryStats, ProducerActor, Pump  # noqa: E402
 from actors.runtime.spool import SpoolWriter  # noqa: E402
 from broker import BrokerError, KafkaBroker  # noqa: E402
@@ -66,11 +67,13 @@ CAPABILITIES = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL", "CAP_
                 "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT"]
 
 
-def make_events(count: int, seed: int = 3) -> list[bytes]:
-    """`count` process events (started/stopped), ECS-valid, about 1 KB each, encoded by the collector's encoder."""
+def make_events(count: int, seed: int = 3) -> list[tuple[bytes, dict[str, str | None]]]:
+    """`count` process events (started/stopped), ECS-valid, about 1 KB each, encoded by the collector's encoder,
+    each with the routing values the collector records for the benchmark's output settings (the key's host.id)."""
+    fields = routing_fields("kafka", {"topic": "bench", "key": "%{[host.id]}"})
     rng = random.Random(seed)
     base = datetime(2026, 11, 26, 9, 0, 0, tzinfo=timezone.utc)
-    events: list[bytes] = []
+    events: list[tuple[bytes, dict[str, str | None]]] = []
     for sequence in range(1, count + 1):
         name, executable, args, uid, user = PROGRAMS[rng.randrange(len(PROGRAMS))]
         pid = rng.randrange(300, 4_000_000)
@@ -105,7 +108,7 @@ def make_events(count: int, seed: int = 3) -> list[bytes]:
         }
         if sequence == 1:
             assert_ecs(document)
-        events.append(encode_document(document))
+        events.append((encode_document(document), routing_values(document, fields)))
     return events
 
 
@@ -259,13 +262,14 @@ def run_kcat(kcat: str, bootstrap: str, topic: str, lines: Path, count: int) -> 
     return Run(seconds, cpu_children() - cpu, count)
 
 
-def write_spool(spool_root: Path, events: list[bytes]) -> float:
-    """Spool the events as a collector would: appends of SPOOL_APPEND_EVENTS, each fsync'ed. Returns seconds."""
+def write_spool(spool_root: Path, events: list[tuple[bytes, dict[str, str | None]]]) -> float:
+    """Spool the events (with their routing values) as a collector would: appends of SPOOL_APPEND_EVENTS, each
+    fsync'ed. Returns seconds."""
     started = time.perf_counter()
     with SpoolWriter(spool_root / DATASET, fsync=True) as writer:
         for first in range(0, len(events), SPOOL_APPEND_EVENTS):
             chunk = events[first:first + SPOOL_APPEND_EVENTS]
-            writer.append([(first + index + 1, payload) for index, payload in enumerate(chunk)])
+            writer.append([(first + index + 1, payload, routing) for index, (payload, routing) in enumerate(chunk)])
     return time.perf_counter() - started
 
 
@@ -402,7 +406,8 @@ def main() -> None:
     total_started = time.monotonic()
     kcat = ensure_kcat()
     print(f"generating {args.events:,} events ...", flush=True)
-    events = make_events(args.events)
+    spooled = make_events(args.events)
+    events = [payload for payload, _ in spooled]
     average = sum(map(len, events)) / len(events)
     print(f"  {average:.0f} bytes on average ({min(map(len, events))}-{max(map(len, events))}), keyed by host.id")
 
@@ -423,7 +428,7 @@ def main() -> None:
             run_kafka_python(bootstrap, "bench-a-warmup", warm)
             run_kcat(kcat, bootstrap, "bench-b-warmup", warm_lines, len(warm))
             spool_root = workdir / "warmup" / "spool"
-            write_spool(spool_root, warm)
+            write_spool(spool_root, spooled[:len(warm)])
             run_hostaudit(bootstrap, "bench-c-warmup", spool_root, len(warm))
             shutil.rmtree(spool_root.parent)
 
@@ -440,7 +445,7 @@ def main() -> None:
                         results[kind].append(run_kcat(kcat, bootstrap, topic, lines, args.events))
                     else:
                         spool_root = workdir / f"{kind}-{tag}" / "spool"
-                        spool_seconds.append(write_spool(spool_root, events))
+                        spool_seconds.append(write_spool(spool_root, spooled))
                         modules = before if kind == "before" and before else (None, None)
                         results[kind].append(run_hostaudit(bootstrap, topic, spool_root, args.events, *modules))
                         shutil.rmtree(spool_root.parent)
@@ -452,7 +457,7 @@ def main() -> None:
             profile = ""
             if args.profile_events:
                 spool_root = workdir / "profile" / "spool"
-                write_spool(spool_root, events[:args.profile_events])
+                write_spool(spool_root, spooled[:args.profile_events])
                 profile = profile_hostaudit(bootstrap, "bench-c-profile", spool_root, args.profile_events, args.top)
             broker_rss = broker.rss_kib() or 0
     finally:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from actors.outputs import OutputError, Rejection
+from actors.outputs import Outgoing, OutputError, Rejection
 from actors.runtime.producer import ProducerActor
 from actors.runtime.spool import SpoolWriter
 
@@ -19,8 +19,8 @@ class FlakyForOneDataset:
         self.broken = broken
         self.taken: list[dict] = []
 
-    def publish(self, batch: Sequence[bytes]) -> Sequence[Rejection]:
-        documents = [json.loads(payload) for payload in batch]
+    def publish(self, batch: Sequence[Outgoing]) -> Sequence[Rejection]:
+        documents = [json.loads(event.payload) for event in batch]
         if any(d["event"]["dataset"] == self.broken for d in documents):
             raise OutputError(f"{self.broken} is down")
         rejections = [(i, "poison") for i, d in enumerate(documents) if d["message"] == "poison"]
