@@ -34,7 +34,7 @@ from actors.config import load_settings  # noqa: E402
 from actors.ecs import assert_ecs  # noqa: E402
 from actors.outputs.kafka import KafkaOutput  # noqa: E402
 from actors.outputs.routing import routing_fields, routing_values  # noqa: E402
-from actors.runtime.producer import DeliveryStats, ProducerActor, Pump  # noqa: E402
+from actors.runtime.producer import Delivery, ProducerActor, Stats  # noqa: E402
 from actors.runtime.spool import SpoolWriter  # noqa: E402
 from broker import BrokerError, KafkaBroker  # noqa: E402
 from cpu import cpu_children, cpu_self  # noqa: E402  (ops/bench/cpu.py)
@@ -283,7 +283,7 @@ def output_options(bootstrap: str, topic: str) -> dict[str, Any]:
 
 
 def deliver_all(pump: Callable[[], Any], acknowledged: Callable[[], int], count: int) -> None:
-    """Pump until `count` events are acknowledged (the producer_main loop, without the waits)."""
+    """Pump until `count` events are acknowledged (what the actor does, without its waits)."""
     deadline = time.monotonic() + DEADLINE_SECONDS
     while acknowledged() < count:
         result = pump()
@@ -295,21 +295,47 @@ def deliver_all(pump: Callable[[], Any], acknowledged: Callable[[], int], count:
 
 def run_hostaudit(bootstrap: str, topic: str, spool_root: Path, count: int,
                   kafka_module: Any = None, producer_module: Any = None) -> Run:
-    """ProducerActor (its own thread, as in the agent) + KafkaOutput from the spooled events to the last ack.
-    `kafka_module`/`producer_module` replace actors.outputs.kafka/actors.runtime.producer (an older revision)."""
+    """ProducerActor (its own thread, pumping on its own, as in the agent) + KafkaOutput from the spooled events
+    to the last ack. `kafka_module`/`producer_module` replace actors.outputs.kafka/actors.runtime.producer (an
+    older revision)."""
+    if producer_module is not None and not hasattr(producer_module, "Delivery"):
+        return run_hostaudit_pumped(bootstrap, topic, spool_root, count, kafka_module, producer_module)
     output_class = kafka_module.KafkaOutput if kafka_module else KafkaOutput
-    actor_class, stats_class, pump_class = ((producer_module.ProducerActor, producer_module.DeliveryStats,
-                                             producer_module.Pump) if producer_module
-                                            else (ProducerActor, DeliveryStats, Pump))
+    actor_class, delivery_class, stats_message = ((producer_module.ProducerActor, producer_module.Delivery,
+                                                   producer_module.Stats) if producer_module
+                                                  else (ProducerActor, Delivery, Stats))
     options = output_options(bootstrap, topic)
     output = output_class(options)
-    stats = stats_class()
     cpu, started = cpu_self(), time.perf_counter()
-    # This revision's producer takes path.data (its spool is path.data/spool); an older revision, the spool root.
-    first = spool_root if producer_module else spool_root.parent
-    actor = actor_class.start(first, output, bulk_max_size=int(options["bulk_max_size"]), stats=stats)
+    actor = actor_class.start(delivery_class(spool_root.parent, output, bulk_max_size=int(options["bulk_max_size"])))
     try:
-        deliver_all(lambda: actor.ask(pump_class()), lambda: stats.acknowledged.get(DATASET, 0), count)
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while True:  # the heartbeat's way in: ask for the figures (a few µs every 2 ms)
+            figures = actor.ask(stats_message(), timeout=DEADLINE_SECONDS)
+            if figures["acknowledged"].get(DATASET, 0) >= count:
+                break
+            if figures["failed_batches"]:
+                raise SystemExit("hostaudit path: the output failed during the benchmark")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"hostaudit path: not all {count} acknowledged after {DEADLINE_SECONDS} s")
+            time.sleep(0.002)
+        seconds, cpu_used = time.perf_counter() - started, cpu_self() - cpu
+    finally:
+        actor.stop(timeout=30)
+    return Run(seconds, cpu_used, count)
+
+
+def run_hostaudit_pumped(bootstrap: str, topic: str, spool_root: Path, count: int, kafka_module: Any,
+                         producer_module: Any) -> Run:
+    """An older revision's producer: an actor pumped by asking it to (`Pump`), stats in a shared object."""
+    options = output_options(bootstrap, topic)
+    output = kafka_module.KafkaOutput(options)
+    stats = producer_module.DeliveryStats()
+    cpu, started = cpu_self(), time.perf_counter()
+    actor = producer_module.ProducerActor.start(spool_root.parent, output, bulk_max_size=int(options["bulk_max_size"]),
+                                                stats=stats)
+    try:
+        deliver_all(lambda: actor.ask(producer_module.Pump()), lambda: stats.acknowledged.get(DATASET, 0), count)
         seconds, cpu_used = time.perf_counter() - started, cpu_self() - cpu
     finally:
         actor.stop(timeout=30)
@@ -349,8 +375,8 @@ def profile_hostaudit(bootstrap: str, topic: str, spool_root: Path, count: int, 
     Sender.run = profiled_run  # type: ignore[method-assign]
     options = output_options(bootstrap, topic)
     output = KafkaOutput(options)
-    producer = ProducerActor(spool_root.parent, output, bulk_max_size=int(options["bulk_max_size"]))  # not started:
-    pump_profile = cProfile.Profile()                                                       # pumped here
+    producer = Delivery(spool_root.parent, output, bulk_max_size=int(options["bulk_max_size"]))  # pumped here
+    pump_profile = cProfile.Profile()
     started = time.perf_counter()
     try:
         pump_profile.enable()
@@ -364,7 +390,7 @@ def profile_hostaudit(bootstrap: str, topic: str, spool_root: Path, count: int, 
     report.write(f"profiled run: {count} events in {seconds:.2f} s ({count / seconds:,.0f} events/s under cProfile). "
                  "Own time of a C call that releases the GIL (socket send/recv, epoll, lock acquire) includes "
                  "waiting for the GIL back: the two threads and the broker share 2 cores.\n")
-    for title, profile in (("pumping thread (ProducerActor.pump)", pump_profile),
+    for title, profile in (("pumping thread (Delivery.pump)", pump_profile),
                            ("kafka-python sender thread", sender_profile)):
         stream = io.StringIO()
         stats = pstats.Stats(profile, stream=stream)
