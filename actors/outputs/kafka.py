@@ -9,16 +9,18 @@ import random
 import ssl
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaConfigurationError, KafkaError, KafkaTimeoutError
 from kafka.partitioner.abc import Partitioner
 from kafka.partitioner.default import murmur2
+from kafka.serializer import Serializer
 
 from actors.outputs import Outgoing, OutputError, Rejection
 # FormatString is also imported from here by the configuration checks.
-from actors.outputs.routing import FormatString, Unrecorded, lookup, render
+from actors.outputs.routing import (FormatString, RoutingValues, Unrecorded, hash_fields, lookup, render,
+                                    routing_fields, routing_values)
 
 log = logging.getLogger("hostaudit.kafka")
 
@@ -94,6 +96,21 @@ def fit_to_size(payload: bytes, limit: int) -> bytes:
 
 
 # --- partitioners -----------------------------------------------------------------------------------------
+class HashedKey(NamedTuple):
+    """A record key sent with what `partition.hash` hashes instead of it: the `partition.hash.hash` field values
+    (None: a field is missing, a random partition). The key serializer sends `key` alone."""
+
+    key: bytes | None
+    hash_input: bytes | None
+
+
+class HashedKeySerializer(Serializer):
+    """Serializes a HashedKey as its record key (configured only when `partition.hash.hash` names fields)."""
+
+    def serialize(self, topic: str, headers: Any, data: Any) -> bytes | None:
+        return data.key if type(data) is HashedKey else data
+
+
 class _BeatsPartitioner(Partitioner):
     """Adapts a `choose(key, all_partitions, available)` rule to kafka-python's Partitioner interface."""
 
@@ -104,7 +121,7 @@ class _BeatsPartitioner(Partitioner):
         all_partitions = sorted(cluster.partitions_for_topic(topic))
         # Only a reachable_only partitioner looks at `available` (it is [] otherwise: one lookup less per event).
         available = sorted(cluster.available_partitions_for_topic(topic)) if self.reachable_only else []
-        return self(serialized_key, all_partitions, available)
+        return self(key.hash_input if type(key) is HashedKey else serialized_key, all_partitions, available)
 
     def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
         raise NotImplementedError
@@ -138,7 +155,8 @@ class RandomPartitioner(_BeatsPartitioner):
 
 
 class HashPartitioner(_BeatsPartitioner):
-    """Beats' `partition.hash`: murmur2 of the key (Java client compatible), random when there is no key."""
+    """Beats' `partition.hash`: murmur2 of the key (Java client compatible), or of the `hash` fields' values when
+    it names fields (see KafkaOutput); random when there is no key (or a hash field is missing)."""
 
     HASHES_KEPT = 1024  # distinct keys whose hash is remembered (an agent has one host.id: one key)
 
@@ -209,6 +227,8 @@ def producer_config(options: Mapping[str, Any]) -> dict[str, Any]:
         "partitioner": make_partitioner(options.get("partition") or {}),
         "reconnect_backoff_max_ms": 10_000,
     }
+    if hash_fields(options):
+        config["key_serializer"] = HashedKeySerializer()
     tls = options.get("ssl") or {}
     sasl = options.get("sasl") or {}
     use_tls = bool(tls.get("enabled"))
@@ -222,6 +242,10 @@ def producer_config(options: Mapping[str, Any]) -> dict[str, Any]:
         config["sasl_plain_username"] = options["username"]
         config["sasl_plain_password"] = _reveal(options.get("password"))
     return config
+
+
+class NoHashField(LookupError):
+    """An event lacks a `partition.hash.hash` field and `partition.hash.random` is off: Beats drops it."""
 
 
 class KafkaOutput:
@@ -239,6 +263,9 @@ class KafkaOutput:
         self.key = str(options.get("key") or "")
         self._topic = FormatString(self.topic)
         self._key = FormatString(self.key) if self.key else None
+        self._hash_fields = hash_fields(options)
+        self._hash_random = bool(((options.get("partition") or {}).get("hash") or {}).get("random", True))
+        self.fields = routing_fields("kafka", options)  # what the collector records for this output
         self.reparsed = 0  # events routed from their payload: spooled without the routing values needed
         self.headers = [(str(h["key"]), str(h["value"]).encode()) for h in options.get("headers") or ()]
         self.limit = int(options.get("max_message_bytes", 1_000_000)) - RECORD_OVERHEAD_BYTES
@@ -257,15 +284,15 @@ class KafkaOutput:
                                   f"{describe_error(error)}") from error
         return self._producer
 
-    def _route(self, event: Outgoing) -> tuple[str, bytes | None]:
-        """Topic and key of one event, rendered from the routing values the collector recorded beside it.
-        KeyError(field) when the event lacks a field the topic or key needs (no default); ValueError when it
-        has to be routed from a payload that is not a JSON object."""
+    def _route(self, event: Outgoing) -> tuple[str, bytes | HashedKey | None]:
+        """Topic and key of one event, from the routing values the collector recorded beside it. KeyError(field)
+        when the event lacks a field the topic or key needs (no default), NoHashField when it lacks a
+        `partition.hash.hash` field and `random` is off; ValueError when it has to be routed from a payload that
+        is not a JSON object."""
         routing = event.routing
         if routing is not None:
             try:
-                return (self._topic.render_values(routing),
-                        self._key.render_values(routing).encode() if self._key is not None else None)
+                return self._route_by(routing)
             except Unrecorded:
                 pass  # spooled when the output routed by other fields
         # Spooled by an older version (no routing values), or without a field named since: parse it (rare).
@@ -273,9 +300,27 @@ class KafkaOutput:
         document = json.loads(event.payload)
         if not isinstance(document, dict):
             raise ValueError("the event is not a JSON object")
-        return self._topic.render(document), self._key.render(document).encode() if self._key is not None else None
+        return self._route_by(routing_values(document, self.fields))
 
-    def _record(self, event: Outgoing) -> tuple[str, bytes | None, bytes]:
+    def _route_by(self, values: RoutingValues) -> tuple[str, bytes | HashedKey | None]:
+        topic = self._topic.render_values(values)
+        key = self._key.render_values(values).encode() if self._key is not None else None
+        if not self._hash_fields:
+            return topic, key
+        texts = []
+        for field in self._hash_fields:
+            try:
+                text = values[field]
+            except KeyError:
+                raise Unrecorded(field) from None
+            if text is None:
+                if self._hash_random:
+                    return topic, HashedKey(key, None)  # as Beats: a random partition when a field is missing
+                raise NoHashField(field)
+            texts.append(text)
+        return topic, HashedKey(key, "\0".join(texts).encode())
+
+    def _record(self, event: Outgoing) -> tuple[str, bytes | HashedKey | None, bytes]:
         """Topic, key and value of one event (the value cut to fit max_message_bytes)."""
         topic, key = self._route(event)
         payload = event.payload
@@ -300,6 +345,10 @@ class KafkaOutput:
                     topic, key, value = record(event)
                 except KeyError as missing:
                     rejections.append((index, f"no field {missing} for the output.kafka topic or key format string"))
+                    continue
+                except NoHashField as missing:
+                    rejections.append((index, f"no field {missing} for output.kafka.partition.hash.hash "
+                                              "(random: false)"))
                     continue
                 except ValueError as error:  # routed or cut from its payload, which is not JSON
                     rejections.append((index, f"the event is not a valid JSON object ({error})"))

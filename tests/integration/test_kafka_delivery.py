@@ -14,12 +14,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.partitioner.default import murmur2
 
 from actors.runtime.collector import encode_document
 from actors.runtime.spool import segment_name
 from tests.agent_harness import REPO, wait_for
 from tests.hostfs import make_hostfs, set_hostname
-from tests.kafka_support import make_ssl_material, wait_for_topic_events
+from tests.kafka_support import consume_by_partition, make_ssl_material, wait_for_topic_events
 from tests.unit.test_spool import encode_v1
 
 pytestmark = pytest.mark.kafka
@@ -173,6 +176,32 @@ def test_events_spooled_before_the_topic_named_another_field_are_routed_by_that_
                                      "the events spooled under the old topic")
     assert all(key == document["host"]["id"].encode() for key, document in messages)
     assert not (agent.data / "dead-letter").exists(), "nothing refused"
+    assert agent.process.poll() is None
+
+
+def test_partition_hash_fields_choose_the_partition_and_the_key_stays_host_id(agent_factory,
+                                                                              kafka_bootstrap: str) -> None:
+    topic = f"hash-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, 4, 1)])
+    finally:
+        admin.close()
+    expected = {dataset: (murmur2(dataset.encode()) & 0x7FFFFFFF) % 4 for dataset in ("host", "process")}
+    assert expected["host"] != expected["process"], "two datasets whose events must land apart"
+    agent = agent_factory(overrides=kafka_overrides(
+        kafka_bootstrap, topic, "output.kafka.partition.hash.hash=[event.dataset]",
+        "hostaudit.modules=[{module: system, datasets: [host, process], period: 1s}]"))
+
+    def both_datasets(partitions: dict) -> bool:
+        return {doc["event"]["dataset"] for messages in partitions.values() for _, doc in messages} >= set(expected)
+
+    partitions = wait_for(lambda: (found := consume_by_partition(kafka_bootstrap, topic)) and both_datasets(found)
+                          and found, 60, "host and process events")
+    for partition, messages in partitions.items():
+        for key, document in messages:
+            assert partition == expected[document["event"]["dataset"]], "hashed by event.dataset, not by the key"
+            assert key == document["host"]["id"].encode()
     assert agent.process.poll() is None
 
 

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.outputs import OutgoingEvent
-from actors.outputs.kafka import FormatString, HashPartitioner, KafkaOutput, lookup
+from actors.outputs.kafka import (FormatString, HashedKey, HashedKeySerializer, HashPartitioner, KafkaOutput,
+                                  NoHashField, lookup, producer_config)
 from actors.outputs.routing import Unrecorded, routing_fields, routing_values
 from actors.runtime.collector import encode_document
 from actors.runtime.spool import decode_routing, encode_routing
@@ -132,3 +133,45 @@ def test_an_event_spooled_without_routing_values_is_routed_from_its_payload() ->
         output._record(OutgoingEvent(b"[1, 2]"))
     with pytest.raises(ValueError):
         output._record(OutgoingEvent(b"{not json"))
+
+
+class Cluster:
+    """What the partitioner asks of kafka-python's cluster metadata: a topic of seven partitions."""
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0, 1, 2, 3, 4, 5, 6}
+
+
+def hash_output(random: bool = True) -> KafkaOutput:
+    return kafka_output(partition={"hash": {"hash": ["event.dataset", "process.name"], "random": random,
+                                            "reachable_only": False}})
+
+
+def test_partition_hash_fields_are_hashed_instead_of_the_key() -> None:
+    output = hash_output()
+    routing = {"event.dataset": "process", "host.id": "h1", "process.name": "sshd"}
+    topic, key, _ = output._record(OutgoingEvent(b"not parsed", routing))
+    assert (topic, key) == ("t-process", HashedKey(b"h1", b"process\0sshd"))
+    assert isinstance(producer_config(output.options)["key_serializer"], HashedKeySerializer)
+    assert HashedKeySerializer().serialize("t", [], key) == b"h1", "the record key is still host.id"
+    chosen = HashPartitioner().partition(topic, key, b"h1", None, None, Cluster())
+    assert chosen == (murmur2(b"process\0sshd") & 0x7FFFFFFF) % 7 != (murmur2(b"h1") & 0x7FFFFFFF) % 7
+
+
+def test_a_missing_hash_field_means_a_random_partition_or_with_random_off_a_refusal() -> None:
+    routing = {"event.dataset": "host", "host.id": "h1", "process.name": None}
+    assert hash_output()._record(OutgoingEvent(b"-", routing))[1] == HashedKey(b"h1", None)
+    with pytest.raises(NoHashField, match="process.name"):
+        hash_output(random=False)._record(OutgoingEvent(b"-", routing))
+    partitioner = HashPartitioner()
+    chosen = {partitioner.partition("t", HashedKey(b"h1", None), b"h1", None, None, Cluster()) for _ in range(200)}
+    assert len(chosen) > 1, "random, not the key's partition"
+
+
+def test_hash_fields_not_recorded_are_read_from_the_payload() -> None:
+    output = hash_output()
+    payload = encode_document({"event": {"dataset": "process"}, "host": {"id": "h1"}, "process": {"name": "sshd"}})
+    assert output._record(OutgoingEvent(payload, {"event.dataset": "process", "host.id": "h1"}))[:2] == (
+        "t-process", HashedKey(b"h1", b"process\0sshd"))
+    assert output.reparsed == 1
+    assert "key_serializer" not in producer_config(kafka_output().options), "no hash fields: keys are plain bytes"
