@@ -13,7 +13,7 @@ _FIELD_REFERENCE = re.compile(r"%\{\[([^\]]+)\](?::([^}]*))?\}")
 # What the collector records beside each encoded event for the fields the output routes by: the text a format
 # string renders for the field (`str()` of its JSON value), or None when the event lacks the field (or it is
 # null). The spool stores them; the output renders from them without parsing the event.
-RoutingValues = Mapping[str, "str | None"]
+RoutingValues = Mapping[str, str | None]
 
 
 class Unrecorded(LookupError):

@@ -33,9 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from struct import Struct
 from types import MappingProxyType, TracebackType
-from typing import Mapping, Sequence, Union
+from typing import Sequence
 
 from crc32c import crc32c
+
+from actors.outputs.routing import RoutingValues as Routing  # field -> its text, None when the event lacks it
 
 log = logging.getLogger("hostaudit.spool")
 
@@ -55,7 +57,7 @@ WRITER_LOCK = "writer.lock"
 READER_LOCK = "reader.lock"
 READ_WINDOW = 1024 * 1024  # bytes read from a segment per pread() when scanning
 
-_CHECKED_FROM = 12  # the CRC covers the record from its sequence field to the end of its payload
+_CHECKED_FROM = 12  # the CRC covers the record from its sequence field to the end of its body
 CORRUPT_DIR = "corrupt"  # under path.data: damaged spool bytes and stray files, kept aside for inspection
 _SEQUENCE = Struct("<Q")
 _U16 = Struct("<H")
@@ -108,9 +110,6 @@ class SpoolPosition:
     segment: str
     offset: int
     sequence: int
-
-
-Routing = Mapping[str, Union[str, None]]  # field -> the text it renders as, None when the event lacks it
 
 
 @dataclass(frozen=True, slots=True)
