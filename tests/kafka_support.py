@@ -15,29 +15,38 @@ from actors.ecs import assert_ecs
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ops" / "kafka"))
 from broker import KafkaBroker, SslMaterial, make_ssl_material  # noqa: E402
 
-__all__ = ["KafkaBroker", "SslMaterial", "make_ssl_material", "consume_all", "wait_for_topic_events"]
+__all__ = ["KafkaBroker", "SslMaterial", "make_ssl_material", "consume_all", "consume_by_partition",
+           "wait_for_topic_events"]
+
+Message = tuple[bytes | None, dict[str, Any]]
 
 
-def consume_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[tuple[bytes | None, dict[str, Any]]]:
+def consume_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[Message]:
     """Every message of `topic` from the beginning to its current end, as (key, ECS-checked document)."""
+    return [message for messages in consume_by_partition(bootstrap, topic, timeout).values() for message in messages]
+
+
+def consume_by_partition(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, list[Message]]:
+    """Every message of `topic` from the beginning to its current end, as (key, ECS-checked document) by
+    partition."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
                              consumer_timeout_ms=int(timeout * 1000), request_timeout_ms=30_000)
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         if not partitions:
-            return []
+            return {}
         assigned = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(assigned)
         consumer.seek_to_beginning(*assigned)
         ends = consumer.end_offsets(assigned)
-        messages: list[tuple[bytes | None, dict[str, Any]]] = []
+        messages: dict[int, list[Message]] = {}
         deadline = time.monotonic() + timeout
         while any(consumer.position(tp) < ends[tp] for tp in assigned) and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
+            for partition, records in consumer.poll(timeout_ms=500).items():
                 for record in records:
                     document = json.loads(record.value)
                     assert_ecs(document)
-                    messages.append((record.key, document))
+                    messages.setdefault(partition.partition, []).append((record.key, document))
         return messages
     finally:
         consumer.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
 
 
@@ -10,6 +11,25 @@ class OutputError(Exception):
 
 
 Rejection = tuple[int, str]  # (index of an event in the batch, why the output refuses it for good)
+
+
+class Outgoing(Protocol):
+    """One event to publish: its encoded ECS document, and the routing values recorded beside it when it was
+    spooled (see actors.outputs.routing; None when none were recorded). A spooled record is one."""
+
+    @property
+    def payload(self) -> bytes: ...
+
+    @property
+    def routing(self) -> Mapping[str, str | None] | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingEvent:
+    """An Outgoing event that was not read from the spool (tests, tools)."""
+
+    payload: bytes
+    routing: Mapping[str, str | None] | None = None
 
 
 class Output(Protocol):
@@ -21,7 +41,7 @@ class Output(Protocol):
     that may pass (the broker is down, a timeout) it raises OutputError and the whole batch is sent again.
     """
 
-    def publish(self, batch: Sequence[bytes]) -> Sequence[Rejection]: ...
+    def publish(self, batch: Sequence[Outgoing]) -> Sequence[Rejection]: ...
 
     def close(self) -> None: ...
 

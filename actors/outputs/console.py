@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any, BinaryIO, Mapping, Sequence
 
-from actors.outputs import OutputError, Rejection
+from actors.outputs import Outgoing, OutputError, Rejection
 
 
 class ConsoleOutput:
@@ -16,11 +16,12 @@ class ConsoleOutput:
         self.pretty = bool(options.get("pretty", False))
         self.stream = stream if stream is not None else sys.stdout.buffer
 
-    def publish(self, batch: Sequence[bytes]) -> Sequence[Rejection]:
+    def publish(self, batch: Sequence[Outgoing]) -> Sequence[Rejection]:
+        lines = [event.payload for event in batch]
         if self.pretty:
-            batch = [json.dumps(json.loads(line), indent=2, ensure_ascii=False).encode() for line in batch]
+            lines = [json.dumps(json.loads(line), indent=2, ensure_ascii=False).encode() for line in lines]
         try:
-            self.stream.write(b"\n".join(batch) + b"\n")
+            self.stream.write(b"\n".join(lines) + b"\n")
             self.stream.flush()
         except OSError as error:
             raise OutputError(f"console output: cannot write to stdout: {error}") from error

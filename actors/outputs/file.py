@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from actors.outputs import OutputError, Rejection
+from actors.outputs import Outgoing, OutputError, Rejection
 
 
 class FileOutput:
@@ -44,8 +44,8 @@ class FileOutput:
             if newer.exists():
                 os.replace(newer, older)
 
-    def publish(self, batch: Sequence[bytes]) -> Sequence[Rejection]:
-        data = b"".join(line + b"\n" for line in batch)
+    def publish(self, batch: Sequence[Outgoing]) -> Sequence[Rejection]:
+        data = b"".join(event.payload + b"\n" for event in batch)
         fd = self._open()
         if self._size and self._size + len(data) > self.rotate_bytes:
             self._rotate()

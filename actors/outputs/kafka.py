@@ -2,186 +2,30 @@
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import logging
 import random
-import re
 import ssl
 import sys
 import time
-from collections import abc
-from json.decoder import WHITESPACE, scanstring
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaConfigurationError, KafkaError, KafkaTimeoutError
 from kafka.partitioner.abc import Partitioner
 from kafka.partitioner.default import murmur2
+from kafka.serializer import Serializer
 
-from actors.outputs import OutputError, Rejection
+from actors.outputs import Outgoing, OutputError, Rejection
+# FormatString is also imported from here by the configuration checks.
+from actors.outputs.routing import (FormatString, RoutingValues, Unrecorded, hash_fields, lookup, render,
+                                    routing_fields, routing_values)
 
 log = logging.getLogger("hostaudit.kafka")
 
-_FIELD_REFERENCE = re.compile(r"%\{\[([^\]]+)\](?::([^}]*))?\}")
 RECORD_OVERHEAD_BYTES = 256  # key, headers and record framing, kept free below max_message_bytes
 TRUNCATED_TAG = "truncated"
-
-
-# --- format strings ---------------------------------------------------------------------------------------
-def lookup(document: Mapping[str, Any], dotted: str) -> Any:
-    """The value at a dotted field path (`event.dataset`), or None."""
-    return _lookup(document, dotted.split("."))
-
-
-def _lookup(document: Mapping[str, Any], path: Sequence[str]) -> Any:
-    value: Any = document
-    for part in path:
-        # isinstance(dict) first: parsed JSON is all dicts, and the ABC check alone costs a µs per field
-        if not (isinstance(value, dict) or isinstance(value, abc.Mapping)) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
-class FormatString:
-    """A Beats format string (`%{[field.path]}`, `%{[field.path]:default}`), split once into literal text and
-    field references so that rendering it per event costs no regular expression."""
-
-    def __init__(self, template: str) -> None:
-        self.template = template
-        # (literal text before, field path, its parts, default)
-        self._pieces: list[tuple[str, str, tuple[str, ...], str | None]] = []
-        position = 0
-        for match in _FIELD_REFERENCE.finditer(template):
-            field = match.group(1)
-            self._pieces.append((template[position:match.start()], field, tuple(field.split(".")), match.group(2)))
-            position = match.end()
-        self._tail = template[position:]
-        # The top-level members an event needs for rendering (`host` for `%{[host.id]}`).
-        self.members = frozenset(path[0] for _, _, path, _ in self._pieces)
-
-    def render(self, document: Mapping[str, Any]) -> str:
-        """The template expanded against `document`; KeyError(field) for a missing field without a default."""
-        if not self._pieces:
-            return self._tail
-        out = []
-        for literal, field, path, default in self._pieces:
-            value = _lookup(document, path)
-            if value is None:
-                if default is None:
-                    raise KeyError(field)
-                value = default
-            out.append(literal)
-            out.append(value if type(value) is str else str(value))
-        out.append(self._tail)
-        return "".join(out)
-
-
-@functools.lru_cache(maxsize=64)
-def compile_format(template: str) -> FormatString:
-    return FormatString(template)
-
-
-def render(template: str, document: Mapping[str, Any]) -> str:
-    """Expand Beats format references `%{[field.path]}` and `%{[field.path]:default}` against an event."""
-    return compile_format(template).render(document)
-
-
-_DECODER = json.JSONDecoder()  # json.loads' own settings; its scan_once is the C scanner
-_scan_value = _DECODER.scan_once
-_JSON_WHITESPACE = " \t\n\r"
-# Key strings json.dumps produces from non-str dict keys (True, None, 1, 2.5, inf): only such a key can occur
-# twice in an object encoded from a dict, where json.loads keeps the last and TopLevelMembers the first.
-_COERCIBLE_KEY = re.compile(r"true|false|null|NaN|-?Infinity|[-+.0-9eE]+")
-
-
-class TopLevelMembers:
-    """Reads chosen top-level members of encoded events, each exactly as `json.loads(payload)[name]` would,
-    without parsing the rest of the event.
-
-    Equivalent to `{n: v for n, v in json.loads(payload).items() if n in names}` for every payload the
-    collector's encoder writes: compact UTF-8 JSON of a dict, so it starts with `{` and holds no duplicate key
-    among `names` (a dict's keys are unique; only a non-str key, which json.dumps turns into `true`, `1`...,
-    can repeat another, and such names are read with json.loads). Anything else, including JSON that is
-    invalid before the members needed, is left to json.loads. Invalid JSON after them is not detected: the
-    event is sent as it is.
-
-    Events repeat their common fields (agent, ecs, service, host follow `@timestamp`), so the reader
-    remembers the text from the second member up to the separator after the last member it needed: when the
-    next event has exactly that text at the same place, parsing it would give the same members, and they are
-    reused. The separator ends the text, so no token (a number) can continue past it. The values returned
-    are shared between events: read them, do not modify them.
-    """
-
-    def __init__(self, names: frozenset[str]) -> None:
-        self.names = names
-        self._full_parse = any(_COERCIBLE_KEY.fullmatch(name) for name in names)
-        self._span = ""  # member text (from a second member, ending with ",") parsed last time
-        self._span_members: dict[str, Any] = {}
-
-    def __call__(self, payload: bytes) -> dict[str, Any]:
-        if self._full_parse or not payload.startswith(b"{"):
-            return self._parse_all(payload)
-        names = self.names
-        found: dict[str, Any] = {}
-        whitespace = WHITESPACE.match
-        index = 1
-        second, first = 0, ""  # where the second member starts; the first member's name
-        try:
-            text = payload.decode("utf-8", "surrogatepass")  # as json.loads decodes UTF-8
-            if text[index] in _JSON_WHITESPACE:
-                index = whitespace(text, index).end()
-            if text[index] == "}":
-                return found
-            while True:
-                if second and index == second and self._span and text.startswith(self._span, index):
-                    found.update(self._span_members)
-                    if len(found) == len(names):
-                        return found
-                    index += len(self._span)
-                    second = -1  # parsing on after the remembered text: nothing to remember this time
-                    if text[index] in _JSON_WHITESPACE:
-                        index = whitespace(text, index).end()
-                    continue
-                if text[index] != '"':
-                    raise ValueError("member name expected")
-                name, index = scanstring(text, index + 1, True)
-                if text[index] != ":":
-                    index = whitespace(text, index).end()
-                    if text[index] != ":":
-                        raise ValueError("':' expected")
-                index += 1
-                if text[index] in _JSON_WHITESPACE:
-                    index = whitespace(text, index).end()
-                value, index = _scan_value(text, index)
-                if name in names:
-                    found[name] = value
-                if text[index] in _JSON_WHITESPACE:
-                    index = whitespace(text, index).end()
-                if text[index] == "}":
-                    return found
-                if text[index] != ",":
-                    raise ValueError("',' or '}' expected")
-                index += 1
-                if len(found) == len(names):
-                    if second > 0:
-                        self._span = text[second:index]
-                        self._span_members = {name: found[name] for name in found if name != first}
-                    return found
-                if text[index] in _JSON_WHITESPACE:
-                    index = whitespace(text, index).end()
-                if not second:
-                    second, first = index, name
-        except (ValueError, IndexError, StopIteration):
-            return self._parse_all(payload)  # not what our encoder writes: the full parser decides (and raises)
-
-    def _parse_all(self, payload: bytes) -> dict[str, Any]:
-        document = json.loads(payload)
-        if not isinstance(document, dict):
-            return {}
-        return {name: document[name] for name in self.names if name in document}
 
 
 # --- oversize events --------------------------------------------------------------------------------------
@@ -252,6 +96,21 @@ def fit_to_size(payload: bytes, limit: int) -> bytes:
 
 
 # --- partitioners -----------------------------------------------------------------------------------------
+class HashedKey(NamedTuple):
+    """A record key sent with what `partition.hash` hashes instead of it: the `partition.hash.hash` field values
+    (None: a field is missing, a random partition). The key serializer sends `key` alone."""
+
+    key: bytes | None
+    hash_input: bytes | None
+
+
+class HashedKeySerializer(Serializer):
+    """Serializes a HashedKey as its record key (configured only when `partition.hash.hash` names fields)."""
+
+    def serialize(self, topic: str, headers: Any, data: Any) -> bytes | None:
+        return data.key if type(data) is HashedKey else data
+
+
 class _BeatsPartitioner(Partitioner):
     """Adapts a `choose(key, all_partitions, available)` rule to kafka-python's Partitioner interface."""
 
@@ -262,7 +121,7 @@ class _BeatsPartitioner(Partitioner):
         all_partitions = sorted(cluster.partitions_for_topic(topic))
         # Only a reachable_only partitioner looks at `available` (it is [] otherwise: one lookup less per event).
         available = sorted(cluster.available_partitions_for_topic(topic)) if self.reachable_only else []
-        return self(serialized_key, all_partitions, available)
+        return self(key.hash_input if type(key) is HashedKey else serialized_key, all_partitions, available)
 
     def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
         raise NotImplementedError
@@ -296,7 +155,8 @@ class RandomPartitioner(_BeatsPartitioner):
 
 
 class HashPartitioner(_BeatsPartitioner):
-    """Beats' `partition.hash`: murmur2 of the key (Java client compatible), random when there is no key."""
+    """Beats' `partition.hash`: murmur2 of the key (Java client compatible), or of the `hash` fields' values when
+    it names fields (see KafkaOutput); random when there is no key (or a hash field is missing)."""
 
     HASHES_KEPT = 1024  # distinct keys whose hash is remembered (an agent has one host.id: one key)
 
@@ -367,6 +227,8 @@ def producer_config(options: Mapping[str, Any]) -> dict[str, Any]:
         "partitioner": make_partitioner(options.get("partition") or {}),
         "reconnect_backoff_max_ms": 10_000,
     }
+    if hash_fields(options):
+        config["key_serializer"] = HashedKeySerializer()
     tls = options.get("ssl") or {}
     sasl = options.get("sasl") or {}
     use_tls = bool(tls.get("enabled"))
@@ -380,6 +242,10 @@ def producer_config(options: Mapping[str, Any]) -> dict[str, Any]:
         config["sasl_plain_username"] = options["username"]
         config["sasl_plain_password"] = _reveal(options.get("password"))
     return config
+
+
+class NoHashField(LookupError):
+    """An event lacks a `partition.hash.hash` field and `partition.hash.random` is off: Beats drops it."""
 
 
 class KafkaOutput:
@@ -397,8 +263,10 @@ class KafkaOutput:
         self.key = str(options.get("key") or "")
         self._topic = FormatString(self.topic)
         self._key = FormatString(self.key) if self.key else None
-        members = self._topic.members | (self._key.members if self._key is not None else frozenset())
-        self._members = TopLevelMembers(members) if members else None
+        self._hash_fields = hash_fields(options)
+        self._hash_random = bool(((options.get("partition") or {}).get("hash") or {}).get("random", True))
+        self.fields = routing_fields("kafka", options)  # what the collector records for this output
+        self.reparsed = 0  # events routed from their payload: spooled without the routing values needed
         self.headers = [(str(h["key"]), str(h["value"]).encode()) for h in options.get("headers") or ()]
         self.limit = int(options.get("max_message_bytes", 1_000_000)) - RECORD_OVERHEAD_BYTES
         self.timeout = float(options.get("timeout", 30))
@@ -416,13 +284,46 @@ class KafkaOutput:
                                   f"{describe_error(error)}") from error
         return self._producer
 
-    def _record(self, payload: bytes) -> tuple[str, bytes | None, bytes]:
-        """Topic, key and value of one encoded event. Only the top-level members the format strings name
-        are parsed (`host` for the default key): the rest of the event is never decoded. KeyError(field)
-        when the event lacks a field the topic or key needs."""
-        document = self._members(payload) if self._members is not None else {}
-        topic = self._topic.render(document)
-        key = self._key.render(document).encode() if self._key is not None else None
+    def _route(self, event: Outgoing) -> tuple[str, bytes | HashedKey | None]:
+        """Topic and key of one event, from the routing values the collector recorded beside it. KeyError(field)
+        when the event lacks a field the topic or key needs (no default), NoHashField when it lacks a
+        `partition.hash.hash` field and `random` is off; ValueError when it has to be routed from a payload that
+        is not a JSON object."""
+        routing = event.routing
+        if routing is not None:
+            try:
+                return self._route_by(routing)
+            except Unrecorded:
+                pass  # spooled when the output routed by other fields
+        # Spooled by an older version (no routing values), or without a field named since: parse it (rare).
+        self.reparsed += 1
+        document = json.loads(event.payload)
+        if not isinstance(document, dict):
+            raise ValueError("the event is not a JSON object")
+        return self._route_by(routing_values(document, self.fields))
+
+    def _route_by(self, values: RoutingValues) -> tuple[str, bytes | HashedKey | None]:
+        topic = self._topic.render_values(values)
+        key = self._key.render_values(values).encode() if self._key is not None else None
+        if not self._hash_fields:
+            return topic, key
+        texts = []
+        for field in self._hash_fields:
+            try:
+                text = values[field]
+            except KeyError:
+                raise Unrecorded(field) from None
+            if text is None:
+                if self._hash_random:
+                    return topic, HashedKey(key, None)  # as Beats: a random partition when a field is missing
+                raise NoHashField(field)
+            texts.append(text)
+        return topic, HashedKey(key, "\0".join(texts).encode())
+
+    def _record(self, event: Outgoing) -> tuple[str, bytes | HashedKey | None, bytes]:
+        """Topic, key and value of one event (the value cut to fit max_message_bytes)."""
+        topic, key = self._route(event)
+        payload = event.payload
         if len(payload) > self.limit:
             fitted = fit_to_size(payload, self.limit)
             self.truncated += 1
@@ -431,7 +332,7 @@ class KafkaOutput:
             return topic, key, fitted
         return topic, key, payload
 
-    def publish(self, batch: Sequence[bytes]) -> Sequence[Rejection]:
+    def publish(self, batch: Sequence[Outgoing]) -> Sequence[Rejection]:
         """Send the batch; return the events refused for good (no field to route by, a topic the broker
         rejects for good) so one poison event never holds back the others."""
         producer = self._client()
@@ -439,11 +340,18 @@ class KafkaOutput:
         rejections: list[Rejection] = []
         try:
             futures = []
-            for index, payload in enumerate(batch):
+            for index, event in enumerate(batch):
                 try:
-                    topic, key, value = record(payload)
+                    topic, key, value = record(event)
                 except KeyError as missing:
                     rejections.append((index, f"no field {missing} for the output.kafka topic or key format string"))
+                    continue
+                except NoHashField as missing:
+                    rejections.append((index, f"no field {missing} for output.kafka.partition.hash.hash "
+                                              "(random: false)"))
+                    continue
+                except ValueError as error:  # routed or cut from its payload, which is not JSON
+                    rejections.append((index, f"the event is not a valid JSON object ({error})"))
                     continue
                 try:
                     futures.append((index, send(topic, value=value, key=key, headers=headers)))

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pykka
 
 from actors.event import Event, deep_merge
+from actors.outputs.routing import routing_values
 from actors.runtime.spool import SpoolWriter, unacknowledged_bytes
 from actors.runtime.state import CommittedState, StateStore
 
@@ -54,7 +55,8 @@ class DatasetRunner:
 
     def __init__(self, dataset: Any, state_period: float, store: StateStore, spool: SpoolWriter,
                  spool_root: Path, spool_max_bytes: int, common: Callable[[], Mapping[str, Any]],
-                 on_spooled: Callable[[], None] = lambda: None) -> None:
+                 on_spooled: Callable[[], None] = lambda: None,
+                 routing_fields: frozenset[str] = frozenset()) -> None:
         self.dataset = dataset
         self.name: str = dataset.name
         self.state_period = state_period
@@ -64,6 +66,7 @@ class DatasetRunner:
         self.spool_max_bytes = spool_max_bytes
         self.common = common
         self.on_spooled = on_spooled
+        self.routing_fields = routing_fields  # recorded beside each event: the output routes by them
         committed = store.load(self.name)
         self.committed = replace(committed, sequence=max(committed.sequence, spool.last_sequence))
         self.restored = committed.snapshot is not None  # the first diff then covers the agent's downtime
@@ -183,15 +186,18 @@ class DatasetRunner:
             log.warning(message, *args)
 
     def _spool(self, events: Sequence[Event]) -> int:
-        """Stamp, encode and durably append `events`; return the last sequence used."""
+        """Stamp, encode and durably append `events`, each with the values of the fields the output routes
+        by; return the last sequence used."""
         sequence = self.committed.sequence
         if not events:
             return sequence
         common = self.common()
+        fields = self.routing_fields
         records = []
         for event in events:
             sequence += 1
-            records.append((sequence, encode_document(event.stamped(sequence).to_document(common))))
+            document = event.stamped(sequence).to_document(common)
+            records.append((sequence, encode_document(document), routing_values(document, fields) if fields else {}))
         self.spool.append(records)
         self.on_spooled()
         return sequence

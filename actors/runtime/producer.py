@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pykka
 
 from actors.outputs import Output, OutputError, Rejection
+from actors.runtime.doorbell import Doorbell
 from actors.runtime.spool import CORRUPT_DIR, SpoolReader, SpooledRecord
 
 log = logging.getLogger("hostaudit.producer")
@@ -21,6 +24,7 @@ log = logging.getLogger("hostaudit.producer")
 OUTAGE_LOG_INTERVAL = 60.0
 CURSOR_LOG_INTERVAL = 60.0
 DEAD_LETTER_DIR = "dead-letter"
+IDLE_POLL_SECONDS = 0.5  # the producer re-reads the spools at least this often, rung or not
 
 
 @dataclass
@@ -44,7 +48,8 @@ class DeliveryStats:
 
 
 def event_time(payload: bytes) -> float:
-    """The `@timestamp` of an encoded event as epoch seconds (now if it cannot be read)."""
+    """The `@timestamp` of an encoded event as epoch seconds (now if it cannot be read). Parses the event: only
+    for the first event of a failed batch (the age of the oldest unacknowledged event), never per event."""
     try:
         stamp = json.loads(payload)["@timestamp"]
         return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
@@ -53,12 +58,9 @@ def event_time(payload: bytes) -> float:
 
 
 @dataclass(frozen=True)
-class Pump:
-    """Message: deliver what is spooled, one batch per dataset; the reply says if more is waiting."""
-
-
-@dataclass(frozen=True)
 class PumpResult:
+    """What one pass over the spools did."""
+
     more: bool  # a batch was delivered and more may be waiting: pump again at once
     retry_after: float = 0.0  # some dataset's batch failed: the first one is due again in this many seconds
 
@@ -95,17 +97,17 @@ class _Backoff:
     due: float = 0.0  # monotonic time before which this dataset is not pumped
 
 
-class ProducerActor(pykka.ThreadingActor):
-    """Owns the output and one spool reader per dataset; delivers batches round-robin across datasets.
+class Delivery:
+    """Owns the output and one spool reader per dataset; each `pump()` delivers one batch per dataset, round-robin.
 
     A dataset whose batch fails is held back with its own exponential backoff while the others keep going;
     an event the output refuses for good goes to the dead-letter file and never blocks the events after it.
+    A plain class with no thread of its own: the ProducerActor runs it (and tests drive it directly).
     """
 
     def __init__(self, path_data: Path, output: Output, bulk_max_size: int = 2048,
                  batch_max_bytes: int = 8 * 1024 * 1024, backoff_initial: float = 1.0,
-                 backoff_max: float = 60.0, stats: DeliveryStats | None = None) -> None:
-        super().__init__()
+                 backoff_max: float = 60.0) -> None:
         self.spool_root = path_data / "spool"
         self.corrupt_dir = path_data / CORRUPT_DIR
         self.dead_letters = DeadLetters(path_data / DEAD_LETTER_DIR)
@@ -116,14 +118,9 @@ class ProducerActor(pykka.ThreadingActor):
         self.backoff_max = backoff_max
         self.readers: dict[str, SpoolReader] = {}
         self.backoffs: dict[str, _Backoff] = {}
-        self.stats = stats if stats is not None else DeliveryStats()
+        self.stats = DeliveryStats()
         self._last_outage_log = 0.0
         self._last_cursor_log = 0.0
-
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Pump):
-            return self.pump()
-        return None
 
     def _discover_spools(self) -> None:
         if not self.spool_root.is_dir():
@@ -154,10 +151,19 @@ class ProducerActor(pykka.ThreadingActor):
         waits = [b.due - time.monotonic() for b in self.backoffs.values() if b.delay]
         return PumpResult(more=delivered_any, retry_after=max(0.01, min(waits)) if waits else 0.0)
 
+    def drain(self, timeout: float) -> None:
+        """Deliver what is spooled for up to `timeout` seconds; stop early once nothing is left or a batch fails
+        (the output is down: the rest stays spooled for the next run)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = self.pump()
+            if result.retry_after or not result.more:
+                return
+
     def _deliver(self, dataset: str, reader: SpoolReader, records: list[SpooledRecord]) -> bool:
         """Publish one dataset's batch; acknowledge it when the output took it. False if it must be retried."""
         try:
-            rejections = self.output.publish([record.payload for record in records])
+            rejections = self.output.publish(records)
             if rejections:
                 self.dead_letters.keep(dataset, records, rejections)
         except (OutputError, OSError) as error:
@@ -202,5 +208,134 @@ class ProducerActor(pykka.ThreadingActor):
                         "batch (a restart before then re-sends those events)", ", ".join(errors),
                         next(iter(errors.values())))
 
+    def close(self) -> None:
+        """Close the output and release the spools."""
+        try:
+            self.output.close()
+        finally:
+            for reader in self.readers.values():
+                reader.close()
+
+
+@dataclass(frozen=True)
+class Pump:
+    """Message, from the actor to itself: deliver one batch per dataset, then schedule the next pump."""
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Message: answer the delivery figures for a heartbeat, with `progress` (pumps done so far)."""
+
+
+@dataclass(frozen=True)
+class Drain:
+    """Message: stop pumping; deliver what is left for up to `timeout` seconds (see Delivery.drain). Answered
+    when done; the caller then stops the actor (which closes the output)."""
+
+    timeout: float
+
+
+class _Waker(threading.Thread):
+    """Waits, outside the actor, until the doorbell rings or a timeout passes, then tells the actor to pump: the
+    wait never blocks the actor's mailbox. Armed by the actor after each pump that found nothing to do, so exactly
+    one pump is pending at any time (a Pump message, a pump running, or this wait) and the doorbell socket is
+    used by one thread at a time. If the thread itself fails, `on_crash` is called (the process must not live
+    on without pumping)."""
+
+    def __init__(self, actor_ref: pykka.ActorRef[Any], doorbell: Doorbell | None,
+                 on_crash: Callable[[BaseException], None]) -> None:
+        super().__init__(name="producer-waker", daemon=True)
+        self.actor_ref, self.doorbell, self.on_crash = actor_ref, doorbell, on_crash
+        self._requests: queue.SimpleQueue[float | None] = queue.SimpleQueue()
+        self._stopped = threading.Event()
+
+    def wake_after(self, timeout: float) -> None:
+        """Tell the actor to pump when the doorbell rings, or after `timeout` seconds at the latest."""
+        self._requests.put(timeout)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._requests.put(None)
+
+    def run(self) -> None:
+        try:
+            while True:
+                timeout = self._requests.get()
+                if timeout is None or self._stopped.is_set():
+                    return
+                if self.doorbell is not None:
+                    self.doorbell.wait(timeout)
+                else:
+                    self._stopped.wait(timeout)
+                if self._stopped.is_set():
+                    return
+                self.actor_ref.tell(Pump())
+        except pykka.ActorDeadError:
+            return  # the actor stopped while this waited
+        except BaseException as error:  # noqa: BLE001 - a waker that dies must not go unnoticed
+            log.exception("producer wake-up thread failed")
+            self.on_crash(error)
+
+
+class ProducerActor(pykka.ThreadingActor):
+    """Runs a Delivery: pumps it on its own schedule, answers Stats, drains on Drain. Its mailbox is the only
+    way in.
+
+    On start it tells itself to pump; after each pump it tells itself again at once when a batch was delivered
+    (more may be waiting), else it arms the waker: the next pump comes when a collector rings the doorbell, when
+    a dataset held back by a failure is due, or after `poll_interval` seconds at the latest. A pump that raises
+    (a bug) calls `on_crash` and stops the actor: the process must exit for the supervisor to restart it.
+    """
+
+    def __init__(self, delivery: Delivery, doorbell: Doorbell | None = None,
+                 poll_interval: float = IDLE_POLL_SECONDS,
+                 on_crash: Callable[[BaseException], None] = lambda error: None) -> None:
+        super().__init__()
+        self.delivery = delivery
+        self.doorbell = doorbell
+        self.poll_interval = poll_interval
+        self.on_crash = on_crash
+        self.pumps = 0  # progress: the supervisor sees a hang when this stops moving
+        self.draining = False
+        self._waker = _Waker(self.actor_ref, doorbell, on_crash)
+
+    def on_start(self) -> None:
+        self._waker.start()
+        self.actor_ref.tell(Pump())
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Pump):
+            self._pump()
+        elif isinstance(message, Stats):
+            return {"progress": self.pumps, **self.delivery.stats.as_dict()}
+        elif isinstance(message, Drain):
+            self.draining = True
+            self.delivery.drain(message.timeout)
+        return None
+
+    def _pump(self) -> None:
+        if self.draining:
+            return  # a wake-up that arrived after Drain: the drain delivered what was left
+        self.pumps += 1
+        try:
+            if self.doorbell is not None:
+                self.doorbell.drain()  # before reading, so an append after this moment wakes the next wait
+            result = self.delivery.pump()
+        except Exception as error:  # a bug: the process exits and the supervisor restarts it
+            log.exception("delivering spooled events failed")
+            self.on_crash(error)
+            self.stop()
+            return
+        if result.more:
+            self.actor_ref.tell(Pump())
+        else:  # nothing delivered: until rung, or until the first dataset held back by a failure is due
+            self._waker.wake_after(min(self.poll_interval, result.retry_after or self.poll_interval))
+
     def on_stop(self) -> None:
-        self.output.close()
+        self._waker.stop()
+        self.delivery.close()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        """An exception escaped a message (pykka logged it and stops the actor): the process must exit."""
+        self._waker.stop()
+        self.on_crash(exception_value)

@@ -3,8 +3,13 @@
 Layout of a dataset's spool directory:
 
 - `<first sequence, 20 digits>.seg`: segment files of records, named after the sequence of their first record. A
-  record is a 20-byte header (magic `HAR1`, payload length, CRC-32C of sequence + payload, sequence; little-endian)
-  followed by its payload. Sequences strictly increase within and across segments.
+  record is a 20-byte header (magic, body length, CRC-32C of sequence + body, sequence; little-endian) followed by
+  its body. Sequences strictly increase within and across segments. Two record versions:
+  - `HAR2` (written now): the body is the routing section then the payload. The routing section is its length
+    (u32) and entries: name length (u16), name, value length (u32; 0xFFFFFFFF: no value), value (UTF-8). It holds
+    the values of the fields the output routes by, recorded by the collector (see actors.outputs.routing).
+  - `HAR1` (written by earlier versions, still read): the body is the payload alone; no routing values.
+  A writer never appends to a segment it did not create, so a segment holds one version only.
 - `ack`: the acknowledgement cursor (JSON: segment, offset just after the last acknowledged record, its sequence).
 - `writer.lock`, `reader.lock`: flock'ed by the one writer and the one reader; they hold the holder's pid.
 
@@ -22,21 +27,26 @@ import json
 import logging
 import os
 import re
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from struct import Struct
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Sequence
 
 from crc32c import crc32c
 
+from actors.outputs.routing import RoutingValues as Routing  # field -> its text, None when the event lacks it
+
 log = logging.getLogger("hostaudit.spool")
 
-MAGIC = b"HAR1"
-HEADER = Struct("<4sIIQ")  # magic, payload length, CRC-32C of (sequence as u64 little-endian + payload), sequence
+MAGIC = b"HAR2"  # the record version written: a routing section before the payload
+MAGIC_V1 = b"HAR1"  # the previous version, read only: the payload alone
+HEADER = Struct("<4sIIQ")  # magic, body length, CRC-32C of (sequence as u64 little-endian + body), sequence
 HEADER_SIZE = HEADER.size
-MAX_PAYLOAD_BYTES = 2**32 - 1
+RECORD_OVERHEAD = HEADER_SIZE + 4  # bytes a record adds to its payload when it carries no routing values
+MAX_PAYLOAD_BYTES = 2**32 - 1  # of a record's body (routing section and payload)
 MAX_SEQUENCE = 2**64 - 1
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_SEGMENT_MAX_AGE = 30.0
@@ -47,9 +57,15 @@ WRITER_LOCK = "writer.lock"
 READER_LOCK = "reader.lock"
 READ_WINDOW = 1024 * 1024  # bytes read from a segment per pread() when scanning
 
-_CHECKED_FROM = 12  # the CRC covers the record from its sequence field to the end of its payload
+_CHECKED_FROM = 12  # the CRC covers the record from its sequence field to the end of its body
 CORRUPT_DIR = "corrupt"  # under path.data: damaged spool bytes and stray files, kept aside for inspection
 _SEQUENCE = Struct("<Q")
+_U16 = Struct("<H")
+_U32 = Struct("<I")
+_NO_VALUE = 0xFFFFFFFF  # a routing entry whose field the event lacks
+_MAGIC_SEARCH = re.compile(b"HAR[12]")  # the magic of either version
+_ROUTING_CACHE_ENTRIES = 256  # distinct routing sections decoded and kept (a dataset has one or a few)
+_UNSEEN = object()
 _SEGMENT_NAME = re.compile(r"[0-9]{20}\.seg")
 _RECOVERY_BATCH = 4096  # records held in memory at once while walking a whole segment
 _COPY_CHUNK = 1024 * 1024
@@ -98,11 +114,16 @@ class SpoolPosition:
 
 @dataclass(frozen=True, slots=True)
 class SpooledRecord:
-    """One record read back from the spool; acknowledge `position` once the output has it."""
+    """One record read back from the spool; acknowledge `position` once the output has it.
+
+    `routing` holds the routing values recorded with the event (shared between records: read only), None for a
+    record of the previous version (or one whose routing section cannot be read): route it from its payload.
+    """
 
     sequence: int
     payload: bytes
     position: SpoolPosition
+    routing: Routing | None = None
 
 
 _START = SpoolPosition("", 0, 0)
@@ -121,9 +142,63 @@ def _is_segment(name: str) -> bool:
     return _SEGMENT_NAME.fullmatch(name) is not None and _first_sequence(name) <= MAX_SEQUENCE
 
 
-def encode_record(sequence: int, payload: bytes) -> bytes:
-    """Return one record exactly as the spool stores it."""
-    return HEADER.pack(MAGIC, len(payload), crc32c(payload, crc32c(_SEQUENCE.pack(sequence))), sequence) + payload
+def encode_routing(values: Routing) -> bytes:
+    """The routing section of a record (its length first) holding `values`; TypeError/ValueError if they are
+    not str names with str or None values that fit the format."""
+    entries = []
+    for name, value in values.items():
+        if not isinstance(name, str) or not (value is None or isinstance(value, str)):
+            raise TypeError(f"routing values must map str to str or None, got {name!r}: {value!r}")
+        encoded_name = name.encode("utf-8", "replace")
+        if len(encoded_name) > 0xFFFF:
+            raise ValueError(f"routing field name of {len(encoded_name)} bytes is too long")
+        entries.append(_U16.pack(len(encoded_name)))
+        entries.append(encoded_name)
+        if value is None:
+            entries.append(_U32.pack(_NO_VALUE))
+        else:
+            encoded = value.encode("utf-8", "replace")  # a lone surrogate becomes '?', as in the encoded event
+            if len(encoded) >= _NO_VALUE:
+                raise ValueError(f"routing value of {len(encoded)} bytes is too long")
+            entries.append(_U32.pack(len(encoded)))
+            entries.append(encoded)
+    section = b"".join(entries)
+    return _U32.pack(len(section)) + section
+
+
+_EMPTY_ROUTING = encode_routing({})
+
+
+def decode_routing(section: bytes) -> dict[str, str | None]:
+    """The routing values of a routing section's entries (without its length); ValueError if malformed."""
+    values: dict[str, str | None] = {}
+    position, size = 0, len(section)
+    try:
+        while position < size:
+            (length,) = _U16.unpack_from(section, position)
+            position += _U16.size
+            if position + length > size:
+                raise ValueError("a field name runs past the section")
+            name = section[position : position + length].decode("utf-8")
+            position += length
+            (length,) = _U32.unpack_from(section, position)
+            position += _U32.size
+            if length == _NO_VALUE:
+                values[name] = None
+                continue
+            if position + length > size:
+                raise ValueError(f"the value of {name} runs past the section")
+            values[name] = section[position : position + length].decode("utf-8")
+            position += length
+    except struct.error as error:  # an entry cut short (a bad name or value is a ValueError already)
+        raise ValueError(f"an entry is cut short ({error})") from None
+    return values
+
+
+def encode_record(sequence: int, payload: bytes, routing: Routing | None = None) -> bytes:
+    """Return one record exactly as the spool stores it (the current version, HAR2)."""
+    body = (_EMPTY_ROUTING if not routing else encode_routing(routing)) + payload
+    return HEADER.pack(MAGIC, len(body), crc32c(body, crc32c(_SEQUENCE.pack(sequence))), sequence) + body
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,9 +300,16 @@ def unacknowledged_bytes(root: Path) -> int:
 # --- decoding -----------------------------------------------------------------------------------------------
 
 
+def _well_formed(magic: bytes, length: int, data: bytes | memoryview, body_at: int) -> bool:
+    """Whether a record whose CRC matched is well formed: a HAR2 body starts with the length of its routing
+    section, which must fit in the body (only a writer bug could break that; such a record counts as bad)."""
+    return magic == MAGIC_V1 or (length >= _U32.size and _U32.unpack_from(data, body_at)[0] <= length - _U32.size)
+
+
 @dataclass(frozen=True, slots=True)
 class _Scan:
-    records: list[tuple[int, bytes, int]]  # (sequence, payload, offset after the record)
+    # (sequence, payload, offset after the record, routing section entries or None for a HAR1 record)
+    records: list[tuple[int, bytes, int, bytes | None]]
     offset: int  # just after the last good record: where the next scan starts
     sequence: int  # sequence of the last good record, or the floor passed in
     stop: str
@@ -244,11 +326,12 @@ def _scan(
 ) -> _Scan:
     """Decode the good records of a segment from `offset` up to `data_end`, in order, until the first bad one.
 
-    A record is good when it is complete, starts with the magic, its CRC matches, and its sequence is greater than
-    `floor` (then greater than the previous record's). Stops before `max_records` records or before exceeding
-    `max_payload_bytes` of payload, except that with `take_one` the first record is taken whatever its size.
+    A record is good when it is complete, starts with a magic (either version), its CRC matches, it is well formed,
+    and its sequence is greater than `floor` (then greater than the previous record's). Stops before `max_records`
+    records or before exceeding `max_payload_bytes` of record bodies, except that with `take_one` the first record
+    is taken whatever its size.
     """
-    records: list[tuple[int, bytes, int]] = []
+    records: list[tuple[int, bytes, int, bytes | None]] = []
     taken = 0
     need = HEADER_SIZE
     while True:
@@ -271,7 +354,7 @@ def _scan(
                 need = HEADER_SIZE
                 break
             magic, length, crc, sequence = HEADER.unpack_from(window, position)
-            if magic != MAGIC:
+            if magic != MAGIC and magic != MAGIC_V1:
                 return _Scan(records, offset + position, floor, _CORRUPT)
             end = position + HEADER_SIZE + length
             if end > size:
@@ -279,9 +362,15 @@ def _scan(
                 break
             if taken + length > max_payload_bytes and (records or not take_one):
                 return _Scan(records, offset + position, floor, _LIMIT)
-            if sequence <= floor or crc32c(view[position + _CHECKED_FROM : end]) != crc:
+            body = position + HEADER_SIZE
+            if (sequence <= floor or crc32c(view[position + _CHECKED_FROM : end]) != crc
+                    or not _well_formed(magic, length, window, body)):
                 return _Scan(records, offset + position, floor, _CORRUPT)
-            records.append((sequence, window[position + HEADER_SIZE : end], offset + end))
+            if magic == MAGIC:
+                entries = body + _U32.size + _U32.unpack_from(window, body)[0]
+                records.append((sequence, window[entries:end], offset + end, window[body + _U32.size : entries]))
+            else:
+                records.append((sequence, window[body:end], offset + end, None))
             taken += length
             floor = sequence
             position = end
@@ -292,8 +381,8 @@ def _resync(fd: int, start: int, data_end: int, floor: int) -> tuple[int, int]:
     """Find the first good record (magic, complete, sequence above `floor`, CRC) starting at or after `start`.
 
     Returns (its offset or -1, the offset from which a later search must look again once more data exists: the
-    first candidate found incomplete, else just before the end). Uses bytes.find on the magic, so a stretch of
-    garbage costs about one read of it.
+    first candidate found incomplete, else just before the end). Searches for either version's magic, so a stretch
+    of garbage costs about one read of it.
     """
     retry = -1
     base = start
@@ -303,15 +392,16 @@ def _resync(fd: int, start: int, data_end: int, floor: int) -> tuple[int, int]:
         if not window:
             break
         size = len(window)
-        index = window.find(MAGIC)
-        while index >= 0:
+        found = _MAGIC_SEARCH.search(window)
+        while found is not None:
+            index = found.start()
             candidate = base + index
             if candidate + HEADER_SIZE > data_end:
                 return -1, candidate if retry < 0 else retry
             if index + HEADER_SIZE <= size:
-                _, length, crc, sequence = HEADER.unpack_from(window, index)
+                magic, length, crc, sequence = HEADER.unpack_from(window, index)
             else:
-                _, length, crc, sequence = HEADER.unpack(os.pread(fd, HEADER_SIZE, candidate))
+                magic, length, crc, sequence = HEADER.unpack(os.pread(fd, HEADER_SIZE, candidate))
             if sequence > floor:
                 end = candidate + HEADER_SIZE + length
                 if end > data_end:
@@ -322,9 +412,10 @@ def _resync(fd: int, start: int, data_end: int, floor: int) -> tuple[int, int]:
                         checked: bytes | memoryview = memoryview(window)[index + _CHECKED_FROM : index + HEADER_SIZE + length]
                     else:
                         checked = os.pread(fd, HEADER_SIZE - _CHECKED_FROM + length, candidate + _CHECKED_FROM)
-                    if len(checked) == HEADER_SIZE - _CHECKED_FROM + length and crc32c(checked) == crc:
+                    if (len(checked) == HEADER_SIZE - _CHECKED_FROM + length and crc32c(checked) == crc
+                            and _well_formed(magic, length, checked, HEADER_SIZE - _CHECKED_FROM)):
                         return candidate, candidate
-            index = window.find(MAGIC, index + 1)
+            found = _MAGIC_SEARCH.search(window, index + 1)
         if base + size >= data_end:
             break
         base += size - overlap  # a magic split across two windows is found in the second
@@ -344,7 +435,7 @@ def _walk(
     last_end, sequence = 0, floor
     while True:
         scan = _scan(fd, offset, data_end, sequence, _RECOVERY_BATCH, MAX_SEQUENCE, take_one=True)
-        for record_sequence, _, end in scan.records:
+        for record_sequence, _, end, _ in scan.records:
             if (last_offset >= 0 and end > last_offset) or record_sequence > last_sequence:
                 return last_end, sequence, True
             last_end, sequence = end, record_sequence
@@ -367,10 +458,11 @@ def _head_kind(fd: int, segment: str, size: int) -> str:
     if len(header) < HEADER_SIZE:
         return _DAMAGED
     magic, length, crc, sequence = HEADER.unpack(header)
-    if magic != MAGIC or HEADER_SIZE + length > size:
+    if (magic != MAGIC and magic != MAGIC_V1) or HEADER_SIZE + length > size:
         return _DAMAGED
     checked = os.pread(fd, HEADER_SIZE - _CHECKED_FROM + length, _CHECKED_FROM)
-    if len(checked) != HEADER_SIZE - _CHECKED_FROM + length or crc32c(checked) != crc:
+    if (len(checked) != HEADER_SIZE - _CHECKED_FROM + length or crc32c(checked) != crc
+            or not _well_formed(magic, length, checked, HEADER_SIZE - _CHECKED_FROM)):
         return _DAMAGED
     return _VALID if sequence == _first_sequence(segment) else _MISMATCH
 
@@ -637,18 +729,21 @@ class SpoolWriter:
             reason = "its first record has another sequence" if kind == _MISMATCH else "it holds no good record"
             log.warning("spool segment %s is not part of the spool (%s): moved to %s", path, reason, target)
 
-    def append(self, records: Sequence[tuple[int, bytes]]) -> int:
-        """Store `records` (sequence, payload) durably and return the bytes written.
+    def append(self, records: Sequence[tuple[int, bytes] | tuple[int, bytes, Routing]]) -> int:
+        """Store `records` (sequence, payload) or (sequence, payload, routing values) durably and return the bytes
+        written.
 
-        Sequences must be strictly increasing and above `last_sequence`, else ValueError and nothing is written.
-        With fsync=True the records are on disk when this returns (one fsync per segment touched; a batch
-        crossing into a new segment also syncs the segment and directory entry). On OSError (disk full, I/O
-        error) the records up to `last_sequence` were written complete (after a failed fsync their durability is
-        unknown, but they may be read and delivered: never reuse their sequences) and none after it; the next
-        append starts a new segment.
+        Sequences must be strictly increasing and above `last_sequence`, else ValueError and nothing is written
+        (likewise TypeError/ValueError for a payload or routing values the format cannot hold). With fsync=True the
+        records are on disk when this returns (one fsync per segment touched; a batch crossing into a new segment
+        also syncs the segment and directory entry). On OSError (disk full, I/O error) the records up to
+        `last_sequence` were written complete (after a failed fsync their durability is unknown, but they may be
+        read and delivered: never reuse their sequences) and none after it; the next append starts a new segment.
         """
         previous = self._last_sequence
-        for sequence, payload in records:
+        encoded: list[tuple[int, bytes, bytes]] = []  # (sequence, routing section, payload)
+        for record in records:
+            sequence, payload = record[0], record[1]
             if type(sequence) is not int or not previous < sequence <= MAX_SEQUENCE:
                 raise ValueError(
                     f"spool {self._directory}: sequence {sequence!r} must be an integer above {previous} "
@@ -656,20 +751,24 @@ class SpoolWriter:
                 )
             if not isinstance(payload, (bytes, bytearray)):
                 raise TypeError(f"spool {self._directory}: payload must be bytes, got {type(payload).__name__}")
-            if len(payload) > MAX_PAYLOAD_BYTES:
-                raise ValueError(f"spool {self._directory}: payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+            routing = record[2] if len(record) > 2 else None  # type: ignore[misc]
+            section = encode_routing(routing) if routing else _EMPTY_ROUTING
+            if len(section) + len(payload) > MAX_PAYLOAD_BYTES:
+                raise ValueError(f"spool {self._directory}: payload of {len(payload)} bytes exceeds "
+                                 f"{MAX_PAYLOAD_BYTES - len(section)}")
+            encoded.append((sequence, section, payload))
             previous = sequence
-        if not records:
+        if not encoded:
             return 0
         if self._lock is None:  # closed, used again
             self._lock = _Lock(self._directory, WRITER_LOCK, "writer", self._lock_timeout)
         try:
-            return self._append(records)
+            return self._append(encoded)
         except OSError:
             self._abandon()
             raise
 
-    def _append(self, records: Sequence[tuple[int, bytes]]) -> int:
+    def _append(self, records: Sequence[tuple[int, bytes, bytes]]) -> int:
         if self._fd is not None and time.monotonic() - self._created >= self._segment_max_age:
             self._finish()
         written = 0
@@ -678,8 +777,9 @@ class SpoolWriter:
         chunk_size = 0
         pack = HEADER.pack
         pack_sequence = _SEQUENCE.pack
-        for sequence, payload in records:
-            record_size = HEADER_SIZE + len(payload)
+        for sequence, section, payload in records:
+            length = len(section) + len(payload)
+            record_size = HEADER_SIZE + length
             if self._fd is None or (
                 self._size + chunk_size > 0 and self._size + chunk_size + record_size > self._segment_bytes
             ):
@@ -687,7 +787,9 @@ class SpoolWriter:
                     written += self._write(chunk, ends)
                     chunk, ends, chunk_size = [], [], 0
                 self._roll(sequence)
-            chunk.append(pack(MAGIC, len(payload), crc32c(payload, crc32c(pack_sequence(sequence))), sequence))
+            chunk.append(pack(MAGIC, length, crc32c(payload, crc32c(section, crc32c(pack_sequence(sequence)))),
+                              sequence))
+            chunk.append(section)
             chunk.append(payload)
             chunk_size += record_size
             ends.append((chunk_size, sequence))
@@ -832,6 +934,7 @@ class SpoolReader:
         self._reported: set[tuple[str, int]] = set()  # bad stretches (segment, offset) already set aside
         self._warned: set[tuple[str, int]] = set()  # stray files (segment, inode) already warned about
         self._cursor_error: str | None = None
+        self._routings: dict[bytes, Routing | None] = {}  # routing section entries -> values (records share them)
         _make_private_directory(self._directory, fsync=False)
         self._lock: _Lock | None = _Lock(self._directory, READER_LOCK, "reader", lock_timeout)
         cursor = _load_cursor(self._directory, warn=True)
@@ -1061,8 +1164,15 @@ class SpoolReader:
                 self._fd, self._offset, size, self._floor, max_records - len(records), max_bytes - taken, not records
             )
             if scan.records:
-                for sequence, payload, end in scan.records:
-                    records.append(SpooledRecord(sequence, payload, SpoolPosition(segment, end, sequence)))
+                routings = self._routings
+                for sequence, payload, end, entries in scan.records:
+                    routing = None
+                    if entries is not None:
+                        routing = routings.get(entries, _UNSEEN)
+                        if routing is _UNSEEN:
+                            routing = self._routing(entries, segment, sequence)
+                        taken += _U32.size + len(entries)
+                    records.append(SpooledRecord(sequence, payload, SpoolPosition(segment, end, sequence), routing))
                     taken += len(payload)
                 self._position = records[-1].position
                 self._floor = scan.sequence
@@ -1089,6 +1199,21 @@ class SpoolReader:
             self._passed = segment
             self._close_segment()
         return records
+
+    def _routing(self, entries: bytes, segment: str, sequence: int) -> Routing | None:
+        """The routing values of a record's routing section entries, decoded once per distinct section; None (one
+        warning) when they cannot be read: the output then routes the event from its payload."""
+        values: Routing | None
+        try:
+            values = MappingProxyType(decode_routing(entries))
+        except ValueError as error:
+            log.warning("spool segment %s: record %d has an unreadable routing section (%s); the output routes it "
+                        "from its payload", self._directory / segment, sequence, error)
+            values = None
+        if len(self._routings) >= _ROUTING_CACHE_ENTRIES:
+            self._routings.clear()
+        self._routings[entries] = values
+        return values
 
     # --- acknowledging
 

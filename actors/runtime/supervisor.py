@@ -19,6 +19,7 @@ import pykka
 
 from actors.runtime.agent import AgentIdentity
 from actors.config import Settings
+from actors.outputs.routing import routing_fields
 from actors.runtime.doorbell import doorbell_name
 from actors.runtime.monitoring import build_stats, log_stats, serve
 from actors.runtime.worker import CollectorSpec, ProducerSpec, collector_main, producer_main
@@ -122,12 +123,14 @@ class SupervisorActor(pykka.ThreadingActor):
                                      settings.logging_level, doorbell)
         self.children[PRODUCER] = Child(PRODUCER, producer_main, producer_spec,
                                         settings.supervisor.hang_timeout or PRODUCER_HANG_TIMEOUT)
+        routing = routing_fields(settings.output.type, settings.output.options)  # once, for every collector
         for name, dataset in settings.datasets.items():
             spec = CollectorSpec(
                 dataset=name, period=dataset.period, state_period=dataset.state_period,
                 options=dict(dataset.options), hostfs=settings.hostfs, path_data=settings.path_data,
                 agent=agent, spool_max_bytes=settings.queue_disk_max_size,
                 hang_file=settings.debug_hang_file, log_level=settings.logging_level, doorbell=doorbell,
+                routing_fields=routing,
             )
             self.children[name] = Child(name, collector_main, spec, settings.hang_timeout_for(name))
 

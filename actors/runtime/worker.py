@@ -13,6 +13,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import pykka
 import setproctitle
 
 from actors.runtime.agent import AgentIdentity, common_fields
@@ -22,7 +23,7 @@ log = logging.getLogger("hostaudit.worker")
 
 HEARTBEAT_INTERVAL = 1.0
 STOP_TIMEOUT = 4.0
-IDLE_POLL_SECONDS = 0.5  # the producer re-reads the spools at least this often, rung or not
+STATS_ASK_TIMEOUT = 1.0  # a heartbeat waits this long for the producer's figures, then repeats the last ones
 
 
 def segment_size_for(spool_max_bytes: int) -> int:
@@ -51,6 +52,7 @@ class CollectorSpec:
     hang_file: str
     log_level: str
     doorbell: str
+    routing_fields: frozenset[str] = frozenset()  # recorded beside each spooled event (the output routes by them)
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,7 @@ def _collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
         spool_max_bytes=spec.spool_max_bytes,
         common=_HostFieldsCache(spec.agent, spec.hostfs, describe_host, host),
         on_spooled=Bell(spec.doorbell).ring,
+        routing_fields=spec.routing_fields,
     )
     progress = Progress()
 
@@ -198,34 +201,52 @@ def producer_main(spec: ProducerSpec, heartbeat: Connection) -> None:
 def _producer_main(spec: ProducerSpec, heartbeat: Connection) -> None:
     from actors.runtime.doorbell import Doorbell
     from actors.outputs import create_output
-    from actors.runtime.producer import DeliveryStats, ProducerActor
+    from actors.runtime.producer import IDLE_POLL_SECONDS, Delivery, Drain, ProducerActor, Stats
 
     set_role("producer")
     lifecycle = _Lifecycle()
     configure_logging(spec.log_level, "producer")
     output = create_output(spec.output_type, spec.output_options)
-    stats = DeliveryStats()
-    doorbell = Doorbell(spec.doorbell)
-    actor = ProducerActor.start(
+    delivery = Delivery(
         spec.path_data, output,
         bulk_max_size=int(spec.output_options.get("bulk_max_size", 2048) or 2048),
         backoff_initial=float(spec.output_options.get("backoff", {}).get("init", 1.0)),
         backoff_max=float(spec.output_options.get("backoff", {}).get("max", 60.0)),
-        stats=stats,
-    ).proxy()
-    pumps = [0]
-    _start_heartbeats(heartbeat, lambda: {"progress": pumps[0], **stats.as_dict()}, lifecycle)
-    while not lifecycle.stopping.is_set():
-        pumps[0] += 1
-        doorbell.drain()  # before reading, so an append after this moment wakes the next wait
-        result = actor.pump().get()
-        if not result.more:
-            # Nothing delivered: sleep until rung, or until the first dataset held back by a failure is due.
-            doorbell.wait(min(IDLE_POLL_SECONDS, result.retry_after or IDLE_POLL_SECONDS))
-    deadline = time.monotonic() + spec.drain_timeout
-    while time.monotonic() < deadline:  # flush: deliver what the stopped collectors spooled last
-        result = actor.pump().get()
-        if result.retry_after or not result.more:
-            break  # drained, or the output is down and the rest stays spooled for the next run
-    actor.actor_ref.stop(timeout=STOP_TIMEOUT)
+    )
+
+    def crashed(error: BaseException) -> None:
+        logging.shutdown()
+        os._exit(1)  # the supervisor sees the exit code and restarts the producer
+
+    actor = ProducerActor.start(delivery, Doorbell(spec.doorbell), IDLE_POLL_SECONDS, crashed)
+    _start_heartbeats(heartbeat, ActorFigures(actor, Stats()), lifecycle)
+    while not lifecycle.stopping.wait(0.5):
+        if not actor.is_alive():
+            raise RuntimeError("the producer actor stopped by itself")
+    try:
+        # Deliver what the stopped collectors spooled last, then stop (the output is closed on stop).
+        actor.ask(Drain(spec.drain_timeout), timeout=spec.drain_timeout + STOP_TIMEOUT)
+        actor.stop(timeout=STOP_TIMEOUT)
+    except pykka.Timeout:  # a batch outlived the drain time (the output is slow or down): it stays spooled
+        log.warning("producer did not finish its last batch in %.0f s; exiting (what is not acknowledged stays "
+                    "spooled for the next run)", spec.drain_timeout + STOP_TIMEOUT)
+        logging.shutdown()
+        os._exit(1)
     sys.exit(0)
+
+
+class ActorFigures:
+    """Heartbeat figures asked of an actor (`Stats`, answered from its own thread: nothing is read across
+    threads). While it does not answer within `timeout` (busy with a long batch, or hung), the last answer is
+    sent again: its progress stands still, which is what the supervisor's hang detection watches."""
+
+    def __init__(self, actor: pykka.ActorRef[Any], message: Any, timeout: float = STATS_ASK_TIMEOUT) -> None:
+        self.actor, self.message, self.timeout = actor, message, timeout
+        self.last: dict[str, Any] = {"progress": 0}
+
+    def __call__(self) -> dict[str, Any]:
+        try:
+            self.last = self.actor.ask(self.message, timeout=self.timeout)
+        except (pykka.Timeout, pykka.ActorDeadError):
+            pass  # busy, hung or stopping: the progress counter does not move
+        return self.last

@@ -34,7 +34,8 @@ from actors.config import load_settings  # noqa: E402
 from actors.datasets import CATALOG  # noqa: E402
 from actors.ecs import assert_ecs  # noqa: E402
 from actors.outputs.kafka import KafkaOutput  # noqa: E402
-from actors.runtime.producer import DeliveryStats, ProducerActor, Pump  # noqa: E402
+from actors.outputs.routing import routing_fields, routing_values  # noqa: E402
+from actors.runtime.producer import Delivery, ProducerActor, Stats  # noqa: E402
 from actors.runtime.spool import SpoolWriter  # noqa: E402
 from broker import BrokerError, KafkaBroker  # noqa: E402
 from cpu import cpu_children, cpu_self  # noqa: E402  (ops/bench/cpu.py)
@@ -67,11 +68,13 @@ CAPABILITIES = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL", "CAP_
                 "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT"]
 
 
-def make_events(count: int, seed: int = 3) -> list[bytes]:
-    """`count` process events (started/stopped), ECS-valid, about 1 KB each, encoded by the collector's encoder."""
+def make_events(count: int, seed: int = 3) -> list[tuple[bytes, dict[str, str | None]]]:
+    """`count` process events (started/stopped), ECS-valid, about 1 KB each, encoded by the collector's encoder,
+    each with the routing values the collector records for the benchmark's output settings (the key's host.id)."""
+    fields = routing_fields("kafka", {"topic": "bench", "key": "%{[host.id]}"})
     rng = random.Random(seed)
     base = datetime(2026, 11, 26, 9, 0, 0, tzinfo=timezone.utc)
-    events: list[bytes] = []
+    events: list[tuple[bytes, dict[str, str | None]]] = []
     for sequence in range(1, count + 1):
         name, executable, args, uid, user = PROGRAMS[rng.randrange(len(PROGRAMS))]
         pid = rng.randrange(300, 4_000_000)
@@ -106,7 +109,7 @@ def make_events(count: int, seed: int = 3) -> list[bytes]:
         }
         if sequence == 1:
             assert_ecs(document)
-        events.append(encode_document(document))
+        events.append((encode_document(document), routing_values(document, fields)))
     return events
 
 
@@ -260,13 +263,14 @@ def run_kcat(kcat: str, bootstrap: str, topic: str, lines: Path, count: int) -> 
     return Run(seconds, cpu_children() - cpu, count)
 
 
-def write_spool(spool_root: Path, events: list[bytes]) -> float:
-    """Spool the events as a collector would: appends of SPOOL_APPEND_EVENTS, each fsync'ed. Returns seconds."""
+def write_spool(spool_root: Path, events: list[tuple[bytes, dict[str, str | None]]]) -> float:
+    """Spool the events (with their routing values) as a collector would: appends of SPOOL_APPEND_EVENTS, each
+    fsync'ed. Returns seconds."""
     started = time.perf_counter()
     with SpoolWriter(spool_root / DATASET, fsync=True) as writer:
         for first in range(0, len(events), SPOOL_APPEND_EVENTS):
             chunk = events[first:first + SPOOL_APPEND_EVENTS]
-            writer.append([(first + index + 1, payload) for index, payload in enumerate(chunk)])
+            writer.append([(first + index + 1, payload, routing) for index, (payload, routing) in enumerate(chunk)])
     return time.perf_counter() - started
 
 
@@ -280,7 +284,7 @@ def output_options(bootstrap: str, topic: str) -> dict[str, Any]:
 
 
 def deliver_all(pump: Callable[[], Any], acknowledged: Callable[[], int], count: int) -> None:
-    """Pump until `count` events are acknowledged (the producer_main loop, without the waits)."""
+    """Pump until `count` events are acknowledged (what the actor does, without its waits)."""
     deadline = time.monotonic() + DEADLINE_SECONDS
     while acknowledged() < count:
         result = pump()
@@ -292,21 +296,47 @@ def deliver_all(pump: Callable[[], Any], acknowledged: Callable[[], int], count:
 
 def run_hostaudit(bootstrap: str, topic: str, spool_root: Path, count: int,
                   kafka_module: Any = None, producer_module: Any = None) -> Run:
-    """ProducerActor (its own thread, as in the agent) + KafkaOutput from the spooled events to the last ack.
-    `kafka_module`/`producer_module` replace actors.outputs.kafka/actors.runtime.producer (an older revision)."""
+    """ProducerActor (its own thread, pumping on its own, as in the agent) + KafkaOutput from the spooled events
+    to the last ack. `kafka_module`/`producer_module` replace actors.outputs.kafka/actors.runtime.producer (an
+    older revision)."""
+    if producer_module is not None and not hasattr(producer_module, "Delivery"):
+        return run_hostaudit_pumped(bootstrap, topic, spool_root, count, kafka_module, producer_module)
     output_class = kafka_module.KafkaOutput if kafka_module else KafkaOutput
-    actor_class, stats_class, pump_class = ((producer_module.ProducerActor, producer_module.DeliveryStats,
-                                             producer_module.Pump) if producer_module
-                                            else (ProducerActor, DeliveryStats, Pump))
+    actor_class, delivery_class, stats_message = ((producer_module.ProducerActor, producer_module.Delivery,
+                                                   producer_module.Stats) if producer_module
+                                                  else (ProducerActor, Delivery, Stats))
     options = output_options(bootstrap, topic)
     output = output_class(options)
-    stats = stats_class()
     cpu, started = cpu_self(), time.perf_counter()
-    # This revision's producer takes path.data (its spool is path.data/spool); an older revision, the spool root.
-    first = spool_root if producer_module else spool_root.parent
-    actor = actor_class.start(first, output, bulk_max_size=int(options["bulk_max_size"]), stats=stats)
+    actor = actor_class.start(delivery_class(spool_root.parent, output, bulk_max_size=int(options["bulk_max_size"])))
     try:
-        deliver_all(lambda: actor.ask(pump_class()), lambda: stats.acknowledged.get(DATASET, 0), count)
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while True:  # the heartbeat's way in: ask for the figures (a few µs every 2 ms)
+            figures = actor.ask(stats_message(), timeout=DEADLINE_SECONDS)
+            if figures["acknowledged"].get(DATASET, 0) >= count:
+                break
+            if figures["failed_batches"]:
+                raise SystemExit("hostaudit path: the output failed during the benchmark")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"hostaudit path: not all {count} acknowledged after {DEADLINE_SECONDS} s")
+            time.sleep(0.002)
+        seconds, cpu_used = time.perf_counter() - started, cpu_self() - cpu
+    finally:
+        actor.stop(timeout=30)
+    return Run(seconds, cpu_used, count)
+
+
+def run_hostaudit_pumped(bootstrap: str, topic: str, spool_root: Path, count: int, kafka_module: Any,
+                         producer_module: Any) -> Run:
+    """An older revision's producer: an actor pumped by asking it to (`Pump`), stats in a shared object."""
+    options = output_options(bootstrap, topic)
+    output = kafka_module.KafkaOutput(options)
+    stats = producer_module.DeliveryStats()
+    cpu, started = cpu_self(), time.perf_counter()
+    actor = producer_module.ProducerActor.start(spool_root.parent, output, bulk_max_size=int(options["bulk_max_size"]),
+                                                stats=stats)
+    try:
+        deliver_all(lambda: actor.ask(producer_module.Pump()), lambda: stats.acknowledged.get(DATASET, 0), count)
         seconds, cpu_used = time.perf_counter() - started, cpu_self() - cpu
     finally:
         actor.stop(timeout=30)
@@ -346,8 +376,8 @@ def profile_hostaudit(bootstrap: str, topic: str, spool_root: Path, count: int, 
     Sender.run = profiled_run  # type: ignore[method-assign]
     options = output_options(bootstrap, topic)
     output = KafkaOutput(options)
-    producer = ProducerActor(spool_root.parent, output, bulk_max_size=int(options["bulk_max_size"]))  # not started:
-    pump_profile = cProfile.Profile()                                                       # pumped here
+    producer = Delivery(spool_root.parent, output, bulk_max_size=int(options["bulk_max_size"]))  # pumped here
+    pump_profile = cProfile.Profile()
     started = time.perf_counter()
     try:
         pump_profile.enable()
@@ -361,7 +391,7 @@ def profile_hostaudit(bootstrap: str, topic: str, spool_root: Path, count: int, 
     report.write(f"profiled run: {count} events in {seconds:.2f} s ({count / seconds:,.0f} events/s under cProfile). "
                  "Own time of a C call that releases the GIL (socket send/recv, epoll, lock acquire) includes "
                  "waiting for the GIL back: the two threads and the broker share 2 cores.\n")
-    for title, profile in (("pumping thread (ProducerActor.pump)", pump_profile),
+    for title, profile in (("pumping thread (Delivery.pump)", pump_profile),
                            ("kafka-python sender thread", sender_profile)):
         stream = io.StringIO()
         stats = pstats.Stats(profile, stream=stream)
@@ -403,7 +433,8 @@ def main() -> None:
     total_started = time.monotonic()
     kcat = ensure_kcat()
     print(f"generating {args.events:,} events ...", flush=True)
-    events = make_events(args.events)
+    spooled = make_events(args.events)
+    events = [payload for payload, _ in spooled]
     average = sum(map(len, events)) / len(events)
     print(f"  {average:.0f} bytes on average ({min(map(len, events))}-{max(map(len, events))}), keyed by host.id")
 
@@ -424,7 +455,7 @@ def main() -> None:
             run_kafka_python(bootstrap, "bench-a-warmup", warm)
             run_kcat(kcat, bootstrap, "bench-b-warmup", warm_lines, len(warm))
             spool_root = workdir / "warmup" / "spool"
-            write_spool(spool_root, warm)
+            write_spool(spool_root, spooled[:len(warm)])
             run_hostaudit(bootstrap, "bench-c-warmup", spool_root, len(warm))
             shutil.rmtree(spool_root.parent)
 
@@ -441,7 +472,7 @@ def main() -> None:
                         results[kind].append(run_kcat(kcat, bootstrap, topic, lines, args.events))
                     else:
                         spool_root = workdir / f"{kind}-{tag}" / "spool"
-                        spool_seconds.append(write_spool(spool_root, events))
+                        spool_seconds.append(write_spool(spool_root, spooled))
                         modules = before if kind == "before" and before else (None, None)
                         results[kind].append(run_hostaudit(bootstrap, topic, spool_root, args.events, *modules))
                         shutil.rmtree(spool_root.parent)
@@ -453,7 +484,7 @@ def main() -> None:
             profile = ""
             if args.profile_events:
                 spool_root = workdir / "profile" / "spool"
-                write_spool(spool_root, events[:args.profile_events])
+                write_spool(spool_root, spooled[:args.profile_events])
                 profile = profile_hostaudit(bootstrap, "bench-c-profile", spool_root, args.profile_events, args.top)
             broker_rss = broker.rss_kib() or 0
     finally:

@@ -1,7 +1,10 @@
-"""At-least-once delivery to a real Apache Kafka broker: topics, keys, outages, kill -9, torn spools, TLS."""
+"""At-least-once delivery to a real Apache Kafka broker: topics, keys, outages, kill -9, torn spools, spools of the
+previous version, TLS."""
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import signal
 import subprocess
@@ -11,10 +14,16 @@ import uuid
 from pathlib import Path
 
 import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.partitioner.default import murmur2
 
+from actors.runtime.collector import encode_document
+from actors.runtime.spool import segment_name
 from tests.agent_harness import REPO, wait_for
 from tests.hostfs import make_hostfs, set_hostname
-from tests.kafka_support import make_ssl_material, wait_for_topic_events
+from tests.kafka_support import consume_by_partition, make_ssl_material, wait_for_topic_events
+from tests.unit.test_spool import encode_v1
 
 pytestmark = pytest.mark.kafka
 
@@ -118,6 +127,82 @@ def test_torn_spool_tail_is_recovered_on_start(agent_factory, kafka_bootstrap: s
         "events after the repaired spool")
     assert agent.process.poll() is None
     assert len(host_sequences(messages)) >= 5
+
+
+def test_events_spooled_by_the_previous_version_are_delivered_after_an_upgrade(agent_factory, kafka_bootstrap: str,
+                                                                               tmp_path: Path) -> None:
+    """A HAR1 segment (the previous spool format: no routing values) left in path.data is delivered, each event
+    routed and keyed by its own fields, and the upgraded collector numbers on after it."""
+    prefix = f"up{uuid.uuid4().hex[:8]}"
+    hostfs = make_hostfs(tmp_path / "hostfs", hostname="upgraded")
+    sample = json.loads((REPO / "actors" / "datasets" / "host" / "sample.json").read_text())
+    records = []
+    for sequence in (1, 2, 3):
+        document = copy.deepcopy(sample)
+        document["event"].update(sequence=sequence, id=str(uuid.uuid4()))
+        document["host"]["id"] = "spooled-before-the-upgrade"
+        records.append(encode_v1(sequence, encode_document(document)))
+    spool = tmp_path / "data" / "spool" / "host"
+    spool.mkdir(parents=True)
+    (spool / segment_name(1)).write_bytes(b"".join(records))
+    agent = agent_factory(overrides=kafka_overrides(kafka_bootstrap, prefix + "-%{[event.dataset]}",
+                                                    f"hostfs={hostfs}", FAST_HOST))
+    messages = wait_for_topic_events(kafka_bootstrap, f"{prefix}-host", lambda m: {1, 2, 3, 4} <= host_sequences(m),
+                                     60, "the three events of the old spool and the first new one")
+    keys = {document["event"]["sequence"]: (key, document["host"]["id"]) for key, document in messages}
+    assert [keys[sequence][0] for sequence in (1, 2, 3)] == [b"spooled-before-the-upgrade"] * 3, \
+        "each old event keyed by the host.id in its payload"
+    new_key, new_host_id = keys[4]
+    assert new_key == new_host_id.encode() != b"spooled-before-the-upgrade", "new events keyed by their host.id"
+    assert agent.process.poll() is None
+
+
+def test_events_spooled_before_the_topic_named_another_field_are_routed_by_that_field(
+        agent_factory, kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Spooled while the topic was fixed (only the key's field recorded), delivered once the topic names
+    event.dataset: those events are routed from their payload, none misrouted or refused."""
+    prefix = f"re{uuid.uuid4().hex[:8]}"
+    hostfs = make_hostfs(tmp_path / "hostfs", hostname="r0")
+    first = agent_factory(overrides=kafka_overrides("127.0.0.1:1", f"{prefix}-fixed", f"hostfs={hostfs}", FAST_HOST))
+    wait_for(lambda: first.committed_sequence() >= 1, 10, "the host state spooled")
+    set_hostname(hostfs, "r1")
+    wait_for(lambda: first.committed_sequence() >= 2, 10, "a change spooled")
+    assert first.terminate() == 0
+    spooled = first.committed_sequence()
+    agent = agent_factory(overrides=kafka_overrides(kafka_bootstrap, prefix + "-%{[event.dataset]}",
+                                                    f"hostfs={hostfs}", FAST_HOST))
+    messages = wait_for_topic_events(kafka_bootstrap, f"{prefix}-host",
+                                     lambda m: set(range(1, spooled + 1)) <= host_sequences(m), 60,
+                                     "the events spooled under the old topic")
+    assert all(key == document["host"]["id"].encode() for key, document in messages)
+    assert not (agent.data / "dead-letter").exists(), "nothing refused"
+    assert agent.process.poll() is None
+
+
+def test_partition_hash_fields_choose_the_partition_and_the_key_stays_host_id(agent_factory,
+                                                                              kafka_bootstrap: str) -> None:
+    topic = f"hash-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, 4, 1)])
+    finally:
+        admin.close()
+    expected = {dataset: (murmur2(dataset.encode()) & 0x7FFFFFFF) % 4 for dataset in ("host", "process")}
+    assert expected["host"] != expected["process"], "two datasets whose events must land apart"
+    agent = agent_factory(overrides=kafka_overrides(
+        kafka_bootstrap, topic, "output.kafka.partition.hash.hash=[event.dataset]",
+        "hostaudit.modules=[{module: system, datasets: [host, process], period: 1s}]"))
+
+    def both_datasets(partitions: dict) -> bool:
+        return {doc["event"]["dataset"] for messages in partitions.values() for _, doc in messages} >= set(expected)
+
+    partitions = wait_for(lambda: (found := consume_by_partition(kafka_bootstrap, topic)) and both_datasets(found)
+                          and found, 60, "host and process events")
+    for partition, messages in partitions.items():
+        for key, document in messages:
+            assert partition == expected[document["event"]["dataset"]], "hashed by event.dataset, not by the key"
+            assert key == document["host"]["id"].encode()
+    assert agent.process.poll() is None
 
 
 def test_oversize_event_is_truncated_tagged_and_sent(agent_factory, kafka_bootstrap: str) -> None:

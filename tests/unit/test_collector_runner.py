@@ -13,12 +13,12 @@ from actors.runtime.state import StateStore
 from tests.hostfs import make_hostfs, set_hostname
 
 
-def runner(tmp_path: Path, hostfs: Path, spool_max_bytes: int = 1 << 30, state_period: float = 3600.0
-           ) -> DatasetRunner:
+def runner(tmp_path: Path, hostfs: Path, spool_max_bytes: int = 1 << 30, state_period: float = 3600.0,
+           routing_fields: frozenset[str] = frozenset()) -> DatasetRunner:
     data = tmp_path / "data"
     return DatasetRunner(create(DatasetContext(hostfs=hostfs)), state_period, StateStore(data / "state.db"),
                          SpoolWriter(data / "spool" / "host"), data / "spool", spool_max_bytes,
-                         common=lambda: {"agent": {"type": "hostaudit"}})
+                         common=lambda: {"agent": {"type": "hostaudit"}}, routing_fields=routing_fields)
 
 
 def spooled(tmp_path: Path) -> list[dict]:
@@ -64,3 +64,28 @@ def test_full_spool_holds_changes_and_the_next_cycle_catches_up(tmp_path: Path) 
     assert change["event"]["action"] == "hostname_changed" and change["host"]["hostname"] == "two"
     assert change["system"]["audit"]["changes"]["previous"]["host"]["hostname"] == "testhost", \
         "reported late against the last committed state, not lost"
+
+
+def test_each_event_is_spooled_with_the_values_of_the_fields_the_output_routes_by(tmp_path: Path) -> None:
+    hostfs = make_hostfs(tmp_path / "hostfs")
+    fields = frozenset({"event.dataset", "host.hostname", "event.sequence", "agent", "no.such"})
+    collector = runner(tmp_path, hostfs, routing_fields=fields)
+    collector.cycle()
+    set_hostname(hostfs, "renamed")
+    collector.cycle()
+    with SpoolReader(tmp_path / "data" / "spool" / "host") as reader:
+        records = reader.read(100, 1 << 30)
+    assert [dict(record.routing or {}) for record in records] == [
+        {"event.dataset": "host", "host.hostname": hostname, "event.sequence": str(sequence),
+         "agent": "{'type': 'hostaudit'}", "no.such": None}
+        for sequence, hostname in ((1, "testhost"), (2, "renamed"))]
+    for record in records:  # the values are those of the spooled event itself
+        document = json.loads(record.payload)
+        assert record.routing is not None and record.routing["host.hostname"] == document["host"]["hostname"]
+
+
+def test_with_no_routing_fields_the_records_carry_an_empty_routing_section(tmp_path: Path) -> None:
+    runner(tmp_path, make_hostfs(tmp_path / "hostfs")).cycle()
+    with SpoolReader(tmp_path / "data" / "spool" / "host") as reader:
+        (record,) = reader.read(100, 1 << 30)
+    assert record.routing == {}, "recorded, but no field: an output routing by a field parses the event"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+from actors.outputs import OutgoingEvent
 from actors.outputs.file import FileOutput
 
 
@@ -13,7 +14,7 @@ def test_rotation_keeps_number_of_files_and_every_line_of_the_newest(tmp_path: P
                          "permissions": 0o600})
     lines = [f'{{"n":{index},"pad":"{"x" * 200}"}}'.encode() for index in range(30)]
     for line in lines:
-        output.publish([line])
+        output.publish([OutgoingEvent(line)])
     output.close()
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["audit.ndjson", "audit.ndjson.1", "audit.ndjson.2"]

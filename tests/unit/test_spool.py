@@ -23,6 +23,8 @@ from actors.runtime.spool import (
     HEADER,
     HEADER_SIZE,
     MAGIC,
+    MAGIC_V1,
+    RECORD_OVERHEAD,
     SpooledRecord,
     SpoolPosition,
     SpoolReader,
@@ -40,9 +42,16 @@ def payload_for(sequence: int) -> bytes:
 
 
 def encode(sequence: int, payload: bytes) -> bytes:
-    """One record exactly as the spool stores it."""
+    """One record exactly as the spool stores it (HAR2, no routing values: an empty routing section)."""
+    body = (0).to_bytes(4, "little") + payload
+    checksum = crc32c(sequence.to_bytes(8, "little") + body)
+    return HEADER.pack(MAGIC, len(body), checksum, sequence) + body
+
+
+def encode_v1(sequence: int, payload: bytes) -> bytes:
+    """One record exactly as the previous version's writer stored it (HAR1: the payload alone)."""
     checksum = crc32c(sequence.to_bytes(8, "little") + payload)
-    return HEADER.pack(MAGIC, len(payload), checksum, sequence) + payload
+    return HEADER.pack(MAGIC_V1, len(payload), checksum, sequence) + payload
 
 
 def append_range(writer: SpoolWriter, first: int, last: int) -> None:
@@ -87,7 +96,7 @@ def test_round_trip_returns_every_record_in_order_with_its_payload(directory: Pa
     with SpoolWriter(directory) as writer:
         written = writer.append([(sequence, payload_for(sequence)) for sequence in range(1, 201)])
         assert writer.last_sequence == 200
-    assert written == sum(HEADER_SIZE + len(payload_for(sequence)) for sequence in range(1, 201))
+    assert written == sum(RECORD_OVERHEAD + len(payload_for(sequence)) for sequence in range(1, 201))
     with SpoolReader(directory) as reader:
         records = read_available(reader, max_records=64)
     assert sequences(records) == list(range(1, 201))
@@ -143,7 +152,7 @@ def test_non_increasing_sequence_is_rejected_and_nothing_is_written(directory: P
 
 
 def test_segments_roll_at_the_size_limit_and_are_named_after_their_first_sequence(directory: Path) -> None:
-    record_bytes = HEADER_SIZE + 100
+    record_bytes = RECORD_OVERHEAD + 100
     with SpoolWriter(directory, segment_bytes=5 * record_bytes) as writer:
         writer.append([(sequence, b"p" * 100) for sequence in range(1, 13)])  # one batch over three segments
         writer.append([(13, b"big" * 1000)])  # larger than a segment: alone in its own
@@ -152,13 +161,13 @@ def test_segments_roll_at_the_size_limit_and_are_named_after_their_first_sequenc
     sizes = {name: (directory / name).stat().st_size for name in segment_files(directory)}
     assert sizes[segment_name(1)] == sizes[segment_name(6)] == 5 * record_bytes
     assert sizes[segment_name(11)] == 2 * record_bytes
-    assert sizes[segment_name(13)] == HEADER_SIZE + 3000
+    assert sizes[segment_name(13)] == RECORD_OVERHEAD + 3000
     with SpoolReader(directory) as reader:
         assert sequences(read_available(reader, max_records=4)) == list(range(1, 15))
 
 
 def test_acknowledge_deletes_closed_segments_it_covers_and_never_the_newest(directory: Path) -> None:
-    writer = SpoolWriter(directory, segment_bytes=3 * (HEADER_SIZE + 10))
+    writer = SpoolWriter(directory, segment_bytes=3 * (RECORD_OVERHEAD + 10))
     writer.append([(sequence, b"0123456789") for sequence in range(1, 10)])  # segments 1, 4, 7
     reader = SpoolReader(directory)
     records = read_available(reader)
@@ -174,12 +183,12 @@ def test_acknowledge_deletes_closed_segments_it_covers_and_never_the_newest(dire
     reader.acknowledge(records[2].position)  # going backwards is ignored
     assert json.loads((directory / ACK_FILE).read_text()) == {
         "segment": segment_name(7),
-        "offset": 3 * (HEADER_SIZE + 10),
+        "offset": 3 * (RECORD_OVERHEAD + 10),
         "sequence": 9,
     }
 
     writer.append([(10, b"0123456789")])  # starts segment 10: segment 7 is closed now, the reader moves on
-    assert reader.pending_bytes() == HEADER_SIZE + 10
+    assert reader.pending_bytes() == RECORD_OVERHEAD + 10
     assert sequences(reader.read(10, 1 << 20)) == [10]
     writer.close()
     reader.close()
@@ -196,7 +205,7 @@ def test_restarted_reader_resends_exactly_the_unacknowledged_records(directory: 
 
     second = SpoolReader(directory)
     assert second.acknowledged == records[39].position
-    assert second.pending_bytes() == sum(HEADER_SIZE + len(payload_for(sequence)) for sequence in range(41, 101))
+    assert second.pending_bytes() == sum(RECORD_OVERHEAD + len(payload_for(sequence)) for sequence in range(41, 101))
     assert sequences(read_available(second, max_records=9)) == list(range(41, 101))
     second.close()
 
@@ -229,7 +238,7 @@ def _truncate_in_payload(path: Path, last_record_start: int) -> None:
 
 def _flip_a_byte(path: Path, last_record_start: int) -> None:
     data = bytearray(path.read_bytes())
-    data[last_record_start + HEADER_SIZE + 3] ^= 0x40
+    data[last_record_start + RECORD_OVERHEAD + 3] ^= 0x40
     path.write_bytes(bytes(data))
 
 
@@ -245,7 +254,7 @@ def test_torn_tail_is_kept_until_the_writer_moves_on_then_set_aside_and_every_go
     with SpoolWriter(directory, segment_bytes=segment_bytes) as writer:
         append_range(writer, 1, 10)
     newest = directory / segment_files(directory)[-1]
-    last_record_start = newest.stat().st_size - HEADER_SIZE - len(payload_for(10))
+    last_record_start = newest.stat().st_size - RECORD_OVERHEAD - len(payload_for(10))
     damage(newest, last_record_start)
     damaged = newest.read_bytes()
     corrupt = tmp_path / "corrupt"
@@ -298,12 +307,12 @@ def test_reader_stops_before_a_record_being_written_and_resumes_when_it_complete
 def test_corrupt_record_in_a_closed_segment_is_set_aside_and_reading_resumes_after_it(
     directory: Path, tmp_path: Path, spool_log: pytest.LogCaptureFixture
 ) -> None:
-    record_bytes = HEADER_SIZE + 100
+    record_bytes = RECORD_OVERHEAD + 100
     with SpoolWriter(directory, segment_bytes=4 * record_bytes) as writer:
         writer.append([(sequence, b"p" * 100) for sequence in range(1, 10)])  # segments 1, 5, 9
     closed = directory / segment_name(5)
     data = bytearray(closed.read_bytes())
-    data[record_bytes + HEADER_SIZE + 50] ^= 0xFF  # the payload of sequence 6
+    data[record_bytes + RECORD_OVERHEAD + 50] ^= 0xFF  # the payload of sequence 6
     closed.write_bytes(bytes(data))
 
     with SpoolReader(directory, corrupt_dir=tmp_path / "corrupt") as reader:
@@ -349,7 +358,7 @@ def test_cursor_beyond_the_data_lost_in_a_crash_is_refused_and_the_stored_record
     reader.acknowledge(read_available(reader)[-1].position)
     reader.close()
     segment = directory / segment_name(1)
-    os.truncate(segment, sum(HEADER_SIZE + len(payload_for(sequence)) for sequence in range(1, 8)))
+    os.truncate(segment, sum(RECORD_OVERHEAD + len(payload_for(sequence)) for sequence in range(1, 8)))
     cursor = (directory / ACK_FILE).read_text()
 
     with SpoolReader(directory) as before_the_writer:  # the cursor points past the last good record: refused

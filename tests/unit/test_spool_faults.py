@@ -24,6 +24,7 @@ from actors.runtime.spool import (
     HEADER_SIZE,
     MAGIC,
     READER_LOCK,
+    RECORD_OVERHEAD,
     WRITER_LOCK,
     SpoolLockedError,
     SpoolReader,
@@ -36,7 +37,7 @@ from actors.runtime.spool import (
 from tests.unit.test_spool import read_available, segment_files, sequences
 
 PAYLOAD = 100
-RECORD = HEADER_SIZE + PAYLOAD
+RECORD = RECORD_OVERHEAD + PAYLOAD
 
 
 def payload(sequence: int) -> bytes:
@@ -80,9 +81,25 @@ def test_every_record_starts_with_the_magic_before_length_crc_and_sequence(direc
     with SpoolWriter(directory) as writer:
         writer.append([(7, b"hello"), (8, b"")])
     data = (directory / segment_name(7)).read_bytes()
-    assert HEADER_SIZE == 20 and data[:4] == MAGIC
-    assert HEADER.unpack_from(data, 0)[1:2] == (5,) and HEADER.unpack_from(data, 0)[3] == 7
+    assert HEADER_SIZE == 20 and data[:4] == MAGIC == b"HAR2"
+    # the body: an empty routing section (its length, 0) then the payload
+    assert HEADER.unpack_from(data, 0)[1:2] == (4 + 5,) and HEADER.unpack_from(data, 0)[3] == 7
+    assert data[HEADER_SIZE:HEADER_SIZE + 9] == b"\0\0\0\0hello"
     assert data == encode_record(7, b"hello") + encode_record(8, b"")
+
+
+def test_a_record_carries_its_routing_values_in_a_section_before_the_payload(directory: Path) -> None:
+    routing = {"host.id": "h1", "event.dataset": None, "x": "é"}
+    with SpoolWriter(directory) as writer:
+        writer.append([(7, b"hello", routing)])
+    data = (directory / segment_name(7)).read_bytes()
+    section = (b"\x07\x00host.id\x02\x00\x00\x00h1" + b"\x0d\x00event.dataset\xff\xff\xff\xff"
+               + b"\x01\x00x\x02\x00\x00\x00\xc3\xa9")
+    assert data[HEADER_SIZE:] == len(section).to_bytes(4, "little") + section + b"hello"
+    assert data == encode_record(7, b"hello", routing)
+    with SpoolReader(directory) as reader:
+        (record,) = reader.read(10, 1 << 20)
+    assert record.payload == b"hello" and dict(record.routing or {}) == routing
 
 
 # --- 2. corruption is contained ----------------------------------------------------------------------------
@@ -138,7 +155,7 @@ def test_corruption_in_the_active_segment_is_skipped_as_soon_as_a_good_record_fo
     with SpoolWriter(directory) as writer:
         append_range(writer, 1, 100)
         segment = directory / segment_name(1)
-        overwrite(segment, 49 * RECORD + HEADER_SIZE + 3, b"XX")  # payload of record 50
+        overwrite(segment, 49 * RECORD + RECORD_OVERHEAD + 3, b"XX")  # payload of record 50
         reader = SpoolReader(directory, corrupt_dir=corrupt)
         assert sequences(read_available(reader)) == [s for s in range(1, 101) if s != 50]  # no need to wait
         assert len(warnings_of(spool_log)) == 1
