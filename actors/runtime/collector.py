@@ -234,11 +234,31 @@ class _CrashingTimer(threading.Thread):
 
 
 class Progress:
-    """A counter the collector bumps after every cycle; heartbeats carry it so the supervisor sees hangs."""
+    """The collector's heartbeat figures, published without a lock.
+
+    One writer per slot, and slots are only ever replaced, never changed in place: the actor thread replaces
+    `figures` (a new dict after every cycle or stream batch) and the stream thread replaces `stream` (its
+    counts). Replacing an attribute is one reference store, atomic in CPython, so the heartbeat thread, which
+    only reads the two, never sees a torn or half-updated set of figures; `progress` moving is what tells the
+    supervisor the collector is not hung.
+    """
 
     def __init__(self) -> None:
-        self.count = 0
-        self.last: CycleResult = CycleResult()
+        self.figures: Mapping[str, Any] = {"progress": 0, "events": 0, "dropped": 0, "scan_seconds": 0.0,
+                                           "blocked": False}
+        self.stream: Mapping[str, int] = {}
+
+    def advance(self, runner: DatasetRunner, cycle: CycleResult | None = None) -> None:
+        """Actor thread only: publish new figures after a cycle (or a stream batch, `cycle` None)."""
+        last = self.figures
+        self.figures = {"progress": last["progress"] + 1, "events": runner.events_emitted,
+                        "dropped": runner.events_dropped,
+                        "scan_seconds": cycle.duration if cycle else last["scan_seconds"],
+                        "blocked": cycle.blocked if cycle else last["blocked"]}
+
+    def read(self) -> dict[str, Any]:
+        """Any thread: the figures a heartbeat carries."""
+        return {**self.figures, **self.stream}
 
 
 @dataclass(frozen=True)
@@ -257,7 +277,7 @@ STREAM_BATCH_SECONDS = 0.05
 STREAM_BATCH_ITEMS = 2000
 
 
-def pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, stats: dict[str, int],
+def pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, stats: Progress,
                 on_crash: Callable[[BaseException], None] = lambda error: None) -> None:
     """Read kernel notifications in batches (up to 50 ms or 2,000 items) and hand each to the collector actor,
     waiting until it is spooled before reading more, so a slow pipeline backs up into the kernel's buffer.
@@ -271,16 +291,17 @@ def pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, s
         on_crash(error)
 
 
-def _pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, stats: dict[str, int]) -> None:
+def _pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, stats: Progress) -> None:
+    items = 0
     while not stopping.is_set():
         batch: list[Any] = []
         deadline = time.monotonic() + STREAM_BATCH_SECONDS
         while len(batch) < STREAM_BATCH_ITEMS and time.monotonic() < deadline:
             batch += stream.read(max(0.0, deadline - time.monotonic()))
-        stats["lost"] = stream.lost()
+        items += len(batch)
+        stats.stream = {"lost": stream.lost(), "items": items}  # replaced whole: see Progress
         if not batch:
             continue
-        stats["items"] = stats.get("items", 0) + len(batch)
         while not actor.ask(StreamItems(batch)):
             if stopping.wait(0.2):
                 return
@@ -317,7 +338,7 @@ class CollectorActor(pykka.ThreadingActor):
             log.exception("dataset %s: applying kernel notifications failed", self.runner.name)
             self.on_crash(error)
             return False
-        self.progress.count += 1
+        self.progress.advance(self.runner)
         return taken
 
     def _tick(self) -> None:
@@ -328,8 +349,7 @@ class CollectorActor(pykka.ThreadingActor):
             log.exception("dataset %s: collection failed", self.runner.name)
             self.on_crash(error)
             return
-        self.progress.last = result
-        self.progress.count += 1
+        self.progress.advance(self.runner, result)
         self._next_due = max(self._next_due + self.period, time.monotonic())
         self._timer = _CrashingTimer(min(MAX_TIMER_SECONDS, self._next_due - time.monotonic()),
                                      self.actor_ref.tell, Tick(), self.on_crash)

@@ -156,14 +156,10 @@ def _collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
         os._exit(1)  # the supervisor sees the exit code and restarts this dataset
 
     actor = CollectorActor.start(runner, spec.period, progress, spec.hang_file, crashed)
-    stream_stats: dict[str, int] = {}
     if stream is not None:
-        threading.Thread(target=pump_stream, args=(stream, actor, lifecycle.stopping, stream_stats, crashed),
+        threading.Thread(target=pump_stream, args=(stream, actor, lifecycle.stopping, progress, crashed),
                          name="stream", daemon=True).start()
-    _start_heartbeats(heartbeat, lambda: {"progress": progress.count, "events": runner.events_emitted,
-                                          "dropped": runner.events_dropped,
-                                          "scan_seconds": progress.last.duration,
-                                          "blocked": progress.last.blocked, **stream_stats}, lifecycle)
+    _start_heartbeats(heartbeat, progress.read, lifecycle)
     lifecycle.wait()
     try:
         actor.stop(timeout=STOP_TIMEOUT)
