@@ -530,6 +530,26 @@ def test_the_stream_notifies_a_change_within_its_poll_interval(root: Path) -> No
     assert make(root, wtmp_file_pattern="", btmp_file_pattern="").open_stream() is None
 
 
+def test_the_lister_sees_files_come_go_and_grow_without_relisting_a_quiet_directory(root: Path, monkeypatch) -> None:
+    u.append(wtmp(root), ALICE_LOGIN)
+    lister = files.Lister(root, (("wtmp", "/var/log/wtmp*"), ("btmp", "/var/log/btmp*")))
+    names = lambda: sorted(Path(entry[0]).name for entry in lister.signature())  # noqa: E731
+    assert names() == ["btmp", "wtmp"]
+    os.utime(root / "var/log", ns=(1, 1))  # an old directory: its listing is reused while its mtime holds
+    first = lister.signature()
+    monkeypatch.setattr(files.glob, "glob", lambda *args, **kwargs: pytest.fail("listed a quiet directory"))
+    assert lister.signature() == first
+    u.append(wtmp(root), BOB_LOGIN)
+    assert lister.signature() != first, "a file that grew"
+    monkeypatch.undo()
+    os.rename(wtmp(root), wtmp(root, "wtmp.1"))
+    assert names() == ["btmp", "wtmp.1"]
+    u.append(wtmp(root), ALICE_LOGOUT)
+    assert names() == ["btmp", "wtmp", "wtmp.1"]
+    os.remove(wtmp(root, "wtmp.1"))
+    assert names() == ["btmp", "wtmp"]
+
+
 def test_the_watch_returns_at_its_timeout_when_nothing_changes() -> None:
     more = threading.Event()
     watch = FilesWatch(lambda: 1, more, interval=0.05)

@@ -339,10 +339,7 @@ class LoginDataset:
         """A stat poll of the matched files every POLL_SECONDS (None when both patterns are empty)."""
         if not any(pattern for _, pattern in self.patterns):
             return None
-        return FilesWatch(self._look, self.more)
-
-    def _look(self) -> Any:
-        return files.signature(files.find_files(self.hostfs, self.patterns, lambda key, message: None))
+        return FilesWatch(files.Lister(self.hostfs, self.patterns).signature, self.more)
 
     # -- one file -------------------------------------------------------------------------------------------
 

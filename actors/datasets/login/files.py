@@ -12,6 +12,7 @@ import lzma
 import os
 import re
 import stat
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,9 +105,45 @@ def _rotation_order(found: Found) -> tuple[int, int, str]:
     return found.mtime_ns, -int(match.group(1)) if match else 0, found.path
 
 
-def signature(files: list[Found]) -> tuple[tuple[str, int, int, int, int], ...]:
-    """What tells that any file changed (or appeared, or went) without reading it."""
-    return tuple((found.path, found.device, found.inode, found.size, found.mtime_ns) for found in files)
+RACY_NS = 2_000_000_000  # a directory changed this recently may change again within its mtime's granularity
+
+
+class Lister:
+    """What tells, cheaply and often, that any matched file changed, appeared or went: the names, inodes, sizes
+    and modification times of the files. A pattern's directory (when it has no wildcard) is listed again only
+    when its own modification time changed (a file was created, removed or renamed in it) or is recent."""
+
+    def __init__(self, hostfs: Path, patterns: tuple[tuple[str, str], ...]) -> None:
+        self.root = str(hostfs).rstrip("/")
+        self.patterns = [pattern for _, pattern in patterns if pattern]
+        self._listed: dict[str, tuple[int, list[str]]] = {}  # pattern -> (directory mtime, matching paths)
+
+    def _matches(self, pattern: str) -> list[str]:
+        directory, name = os.path.split(self.root + pattern)
+        if glob.has_magic(directory):
+            return glob.glob(glob.escape(self.root) + pattern)
+        try:
+            mtime = os.stat(directory).st_mtime_ns
+        except OSError:
+            self._listed.pop(pattern, None)
+            return []
+        listed = self._listed.get(pattern)
+        if listed is not None and listed[0] == mtime and mtime < time.time_ns() - RACY_NS:
+            return listed[1]
+        paths = glob.glob(glob.escape(directory) + "/" + name)
+        self._listed[pattern] = (mtime, paths)
+        return paths
+
+    def signature(self) -> tuple[tuple[str, int, int, int, int], ...]:
+        seen: list[tuple[str, int, int, int, int]] = []
+        for pattern in self.patterns:
+            for path in self._matches(pattern):
+                try:
+                    status = os.stat(path)
+                except OSError:
+                    continue
+                seen.append((path, status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns))
+        return tuple(seen)
 
 
 def digest(data: bytes) -> str:
