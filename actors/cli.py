@@ -45,9 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     from actors.config import ConfigError, export_yaml, load_settings
+    from actors.datasets import CATALOG
 
     try:
-        settings = load_settings(arguments.config, arguments.overrides)
+        settings = load_settings(arguments.config, arguments.overrides, catalog=CATALOG)
     except ConfigError as error:
         print(f"hostaudit: configuration error: {error}", file=sys.stderr)
         return 1

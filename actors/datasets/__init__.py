@@ -132,10 +132,21 @@ def dataset_sets_field(name: str, field: str) -> bool:
     return field in fields or any(known.startswith(field + ".") for known in fields)
 
 
-def check_dataset_options(name: str, raw: Mapping[str, Any]) -> Any:
-    """Parse and check dataset `name`'s own options (`<name>.*`) with the schema its folder declares
-    (`actors/datasets/<name>/options.py`); ConfigError naming the key, the value and what is allowed."""
-    return importlib.import_module(f"actors.datasets.{name}.options").parse_options(raw)
+class Catalog:
+    """The datasets as the configuration sees them: names, and each one's options schema (its options.py)."""
+
+    built: tuple[str, ...] = tuple(BUILT_DATASETS)
+    known: tuple[str, ...] = (*BUILT_DATASETS, *(name for name in PLANNED_DATASETS if name not in BUILT_DATASETS))
+
+    def options_schema(self, name: str) -> Any:
+        """The pydantic model of `<name>.*`, declared in `actors/datasets/<name>/options.py` as SCHEMA."""
+        return importlib.import_module(f"actors.datasets.{name}.options").SCHEMA
+
+    def sets_field(self, name: str, field: str) -> bool:
+        return dataset_sets_field(name, field)
+
+
+CATALOG = Catalog()
 
 
 def load_dataset(name: str, context: DatasetContext) -> Dataset:

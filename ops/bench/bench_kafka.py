@@ -31,6 +31,7 @@ from kafka.admin import NewTopic  # noqa: E402
 
 from actors.runtime.collector import encode_document  # noqa: E402
 from actors.config import load_settings  # noqa: E402
+from actors.datasets import CATALOG  # noqa: E402
 from actors.ecs import assert_ecs  # noqa: E402
 from actors.outputs.kafka import KafkaOutput  # noqa: E402
 from actors.runtime.producer import DeliveryStats, ProducerActor, Pump  # noqa: E402
@@ -273,7 +274,7 @@ def output_options(bootstrap: str, topic: str) -> dict[str, Any]:
     """The agent's effective `output.kafka` options (settings.yaml defaults) for this broker and topic."""
     settings = load_settings(overrides=["output.file.enabled=false", "output.kafka.enabled=true",
                                         f"output.kafka.hosts=[{bootstrap}]", f"output.kafka.topic={topic}",
-                                        "path.data=/nonexistent-bench"], environ={})
+                                        "path.data=/nonexistent-bench"], environ={}, catalog=CATALOG)
     assert settings.output.type == "kafka"
     return dict(settings.output.options)
 

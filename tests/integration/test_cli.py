@@ -112,8 +112,10 @@ def test_a_yaml_alias_bomb_is_refused_by_test_config_in_well_under_a_second(tmp_
     lines += [f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 9)}]" for level in range(1, 8)]
     path = tmp_path / "bomb.yml"
     path.write_text("\n".join(lines) + "\n")  # 9**7 values once expanded: 30 s of CPU without the limit
+    plain = tmp_path / "plain.yml"
+    plain.write_text("logging.level: info\n")
     baseline = time.monotonic()
-    hostaudit("version")
+    hostaudit("test", "config", "-c", str(plain), "-E", f"path.data={tmp_path}")  # the same work but the bomb
     startup = time.monotonic() - baseline
     started = time.monotonic()
     result = hostaudit("test", "config", "-c", str(path), "-E", f"path.data={tmp_path}")
@@ -142,8 +144,8 @@ def test_test_config_warns_of_a_kafka_topic_field_an_enabled_dataset_never_sets(
 
 
 @pytest.mark.parametrize("option, expected", [
-    ("process.backend: foo", "process.backend: 'foo' is not one of auto, netlink, procfs"),
-    ('socket.include_localhost: "sometimes"', "socket.include_localhost: 'sometimes' is not true or false"),
+    ("process.backend: foo", "hostaudit.modules[0].process.backend: 'foo' is not one of auto, netlink, procfs"),
+    ('socket.include_localhost: "sometimes"', "hostaudit.modules[0].socket.include_localhost: 'sometimes' is not true or false"),
 ])
 def test_test_config_and_run_refuse_a_bad_dataset_option_before_forking(tmp_path: Path, option: str,
                                                                         expected: str) -> None:

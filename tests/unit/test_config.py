@@ -15,7 +15,7 @@ import yaml
 from actors import config
 from actors.config import Secret, Settings, export_yaml, load_settings
 from actors.options import ConfigError, parse_duration, parse_size
-from actors.datasets import BUILT_DATASETS, PLANNED_DATASETS
+from actors.datasets import BUILT_DATASETS, CATALOG, PLANNED_DATASETS
 
 REPO = Path(__file__).resolve().parent.parent.parent
 ANNOUNCEMENT_MODULES = """\
@@ -37,7 +37,7 @@ def load(tmp_path: Path, text: str | None = None, overrides: Sequence[str] = (),
     if text is not None:
         path = tmp_path / name
         path.write_text(text)
-    return load_settings(path, overrides, environ={} if environ is None else environ)
+    return load_settings(path, overrides, environ={} if environ is None else environ, catalog=CATALOG)
 
 
 def error(tmp_path: Path, text: str | None = None, overrides: Sequence[str] = (),
@@ -78,8 +78,37 @@ def test_default_module_list_is_filtered_to_the_built_datasets(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     listed = yaml.safe_load(config.DEFAULTS_FILE.read_text())["hostaudit"]["modules"]
     assert {name for entry in listed for name in entry["datasets"]} >= set(PLANNED_DATASETS) | set(BUILT_DATASETS)
-    monkeypatch.setattr(config, "BUILT_DATASETS", {**BUILT_DATASETS, "user": "actors.datasets.user.dataset"})
-    assert set(load(tmp_path).datasets) == set(BUILT_DATASETS) | {"user"}
+    fewer = type("FewerDatasets", (type(CATALOG),), {"built": ("host", "user")})()
+    settings = load_settings(None, environ={}, catalog=fewer)
+    assert list(settings.datasets) == ["host", "user"]
+
+
+def test_dataset_option_defaults_live_only_in_their_options_schema() -> None:
+    defaults = yaml.safe_load(config.DEFAULTS_FILE.read_text())["hostaudit"]["module_defaults"]
+    for name in CATALOG.built:
+        assert set(defaults.get(name) or {}) <= {"state"}, f"{name}'s defaults belong in its options.py"
+        schema = CATALOG.options_schema(name)
+        assert all(not field.is_required() for field in schema.model_fields.values()), name
+        assert schema.model_validate({}) == type(schema.model_validate({}))(), name
+
+
+def test_the_framework_schema_declares_no_default_settings_yaml_has_them_all() -> None:
+    from actors.config.schema import Framework
+
+    # A partitioner's options: only the chosen partitioner's section exists, so its defaults are the schema's
+    # (settings.yaml says `partition.hash: {}`).
+    alternatives = {"Partition"}
+
+    def required(model: type) -> None:
+        if model.__name__ in alternatives:
+            return
+        for name, field in model.model_fields.items():
+            inner = getattr(field.annotation, "model_fields", None)
+            assert field.is_required(), f"{model.__name__}.{name} has a default: it belongs in settings.yaml"
+            if inner is not None:
+                required(field.annotation)
+
+    required(Framework)
 
 
 def test_every_default_in_settings_yaml_is_documented_by_a_comment() -> None:
@@ -204,7 +233,7 @@ def test_the_announcement_example_configures_host_right_once_unbuilt_datasets_ar
     host = settings.datasets["host"]
     assert (host.period, host.state_period, dict(host.options)) == (60.0, 3600.0, {})
     if "user" in BUILT_DATASETS:
-        assert settings.datasets["user"].options == {"detect_password_changes": True, "source": "files"}
+        assert settings.datasets["user"].options == {"detect_password_changes": True}  # defaults: options.py
 
 
 def test_the_shipped_example_file_is_the_announcement_example(tmp_path: Path) -> None:
@@ -212,7 +241,7 @@ def test_the_shipped_example_file_is_the_announcement_example(tmp_path: Path) ->
     assert yaml.safe_load(example.read_text()) == {"hostaudit.modules": yaml.safe_load(ANNOUNCEMENT_MODULES)}
     if set(BUILT_DATASETS) == {"host"}:
         with pytest.raises(ConfigError, match=r"^hostaudit.modules: datasets not built yet: process, socket, user"):
-            load_settings(example, environ={})
+            load_settings(example, environ={}, catalog=CATALOG)
 
 
 def test_an_unknown_module_is_an_error_naming_it(tmp_path: Path) -> None:
@@ -353,7 +382,7 @@ def test_environment_variables_without_the_prefix_and_dynaconf_switches_are_igno
                         "AUTO_CAST_FOR_DYNACONF": "true", "ENVVAR_PREFIX_FOR_DYNACONF": "false",
                         "ENVIRONMENTS_FOR_DYNACONF": "true", "HOSTAUDIT_HTTP__PORT": "6000"}.items():
         monkeypatch.setenv(name, value)
-    settings = load_settings(None, (), environ=None)  # os.environ, as the CLI does
+    settings = load_settings(None, (), environ=None, catalog=CATALOG)  # os.environ, as the CLI does
     assert settings.logging_level == "info"
     assert settings.http_port == 6000  # HOSTAUDIT_ variables of os.environ are read
     assert settings.tree["output"]["kafka"]["topic"] == "hostaudit"  # maps still merged, not replaced
@@ -381,7 +410,7 @@ def test_only_the_defaults_and_the_user_file_are_opened(tmp_path: Path, monkeypa
 
     sys.addaudithook(hook)
     try:
-        load_settings(user_file, (), environ={})
+        load_settings(user_file, (), environ={}, catalog=CATALOG)
     finally:
         recording[0] = False
     read = {Path(path).resolve() for path in opened if not path.endswith((".py", ".pyc", ".so"))}
@@ -423,7 +452,14 @@ def test_unknown_top_level_keys_are_accepted_and_logged_at_debug(tmp_path: Path,
     ("debug.hangfile: /x\n", "debug.hangfile: unknown setting"),
 ])
 def test_unknown_keys_in_sections_hostaudit_owns_are_errors(tmp_path: Path, text: str, message: str) -> None:
-    assert error(tmp_path, text) == message
+    assert error(tmp_path, text).startswith(message)
+
+
+def test_an_unknown_key_names_the_nearest_known_one_or_the_few_known_ones(tmp_path: Path) -> None:
+    assert error(tmp_path, "supervisor.restarts: 3\n") == \
+        "supervisor.restarts: unknown setting (did you mean max_restarts?)"
+    assert error(tmp_path, "output.console.colour: red\n") == \
+        "output.console.colour: unknown setting (known: enabled, pretty)"
 
 
 # --- files --------------------------------------------------------------------------------------------------
@@ -432,7 +468,7 @@ def test_unknown_keys_in_sections_hostaudit_owns_are_errors(tmp_path: Path, text
 def test_a_missing_config_file_is_an_error_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yml"
     with pytest.raises(ConfigError) as raised:
-        load_settings(missing, environ={})
+        load_settings(missing, environ={}, catalog=CATALOG)
     assert str(raised.value) == f"{missing}: config file not found"
 
 
@@ -455,7 +491,7 @@ def test_an_empty_config_file_means_the_defaults(tmp_path: Path) -> None:
 
 
 def test_path_data_defaults_to_var_lib_as_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "_effective_uid", lambda: 0)
+    monkeypatch.setattr(config.load, "_effective_uid", lambda: 0)
     settings = load(tmp_path)
     assert settings.path_data == Path("/var/lib/hostaudit")
     assert settings.output.type == "console"
@@ -463,7 +499,7 @@ def test_path_data_defaults_to_var_lib_as_root(tmp_path: Path, monkeypatch: pyte
 
 
 def test_path_data_defaults_to_the_users_home_otherwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "_effective_uid", lambda: 1000)
+    monkeypatch.setattr(config.load, "_effective_uid", lambda: 1000)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert load(tmp_path).path_data == tmp_path / ".local" / "share" / "hostaudit"
 
@@ -513,7 +549,7 @@ def test_disabling_every_output_is_an_error(tmp_path: Path) -> None:
     ("output.kafka.headers: [{key: a, value: b, colour: c}]\n", "output.kafka.headers[0].colour: unknown setting"),
 ])
 def test_an_unknown_key_under_an_output_is_an_error(tmp_path: Path, text: str, message: str) -> None:
-    assert error(tmp_path, text) == message
+    assert error(tmp_path, text).startswith(message)
 
 
 def test_an_output_hostaudit_lacks_is_an_error_unless_disabled(tmp_path: Path) -> None:
@@ -910,20 +946,20 @@ def test_no_routing_warning_when_kafka_is_not_the_output(tmp_path: Path, caplog:
 
 
 @pytest.mark.parametrize("extra, message", [
-    ("  process.backend: foo\n", "process.backend: 'foo' is not one of auto, netlink, procfs"),
-    ('  socket.include_localhost: "sometimes"\n', "socket.include_localhost: 'sometimes' is not true or false"),
-    ("  user.detect_password_changes: 3\n", "user.detect_password_changes: 3 is not true or false"),
+    ("  process.backend: foo\n", "hostaudit.modules[0].process.backend: 'foo' is not one of auto, netlink, procfs"),
+    ('  socket.include_localhost: "sometimes"\n', "hostaudit.modules[0].socket.include_localhost: 'sometimes' is not true or false"),
+    ("  user.detect_password_changes: 3\n", "hostaudit.modules[0].user.detect_password_changes: 3 is not true or false"),
     ("  process.hash.max_file_size: -1\n",
-     "process.hash.max_file_size: -1 is not a size (use e.g. 1GiB, 100 MiB, 50MB, 1024)"),
+     "hostaudit.modules[0].process.hash.max_file_size: -1 is not a size (use e.g. 1GiB, 100 MiB, 50MB, 1024)"),
     ("  period: 0s\n", "hostaudit.modules[0].period: '0s' must be greater than 0 (use e.g. 500ms, 1s, 1m, 12h)"),
     ("  period: -1s\n", "hostaudit.modules[0].period: '-1s' must be greater than 0 (use e.g. 500ms, 1s, 1m, 12h)"),
     ("  state.period: abc\n",
      "hostaudit.modules[0].state.period: 'abc' is not a duration (use e.g. 500ms, 1s, 1m, 12h)"),
     ("  perod: 1s\n", "hostaudit.modules[0].perod: unknown setting (did you mean period?)"),
-    ("  process.backnd: auto\n", "process.backnd: unknown option (did you mean process.backend?)"),
-    ("  socket.include_udp: 1\n", "socket.include_udp: 1 is not true or false"),
-    ("  user.source: ldap\n", "user.source: 'ldap' is not one of files, nss"),
-    ("  host.anything: 1\n", "host.anything: unknown option (known: )"),
+    ("  process.backnd: auto\n", "hostaudit.modules[0].process.backnd: unknown setting (did you mean backend?)"),
+    ("  socket.include_udp: 1\n", "hostaudit.modules[0].socket.include_udp: 1 is not true or false"),
+    ("  user.source: ldap\n", "hostaudit.modules[0].user.source: 'ldap' is not one of files, nss"),
+    ("  host.anything: 1\n", "hostaudit.modules[0].host.anything: unknown setting (known: none)"),
 ])
 def test_bad_dataset_and_module_values_are_one_line_naming_key_value_and_what_is_allowed(
         tmp_path: Path, extra: str, message: str) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from actors.config import load_settings
+from actors.datasets import CATALOG
 from actors.outputs.kafka import HashPartitioner, RoundRobinPartitioner, producer_config
 
 
 def kafka_options(tmp_path: Path, *overrides: str) -> dict:
     settings = load_settings(None, [f"path.data={tmp_path}", "output.kafka.hosts=[127.0.0.1:9092]", *overrides],
-                             environ={})
+                             environ={}, catalog=CATALOG)
     return producer_config(settings.output.options)
 
 

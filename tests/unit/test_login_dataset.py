@@ -23,7 +23,7 @@ import pytest
 from actors.datasets import BUILT_DATASETS, PLANNED_DATASETS, DatasetContext
 from actors.datasets.login import dataset as login_dataset
 from actors.datasets.login import files, utmp
-from actors.datasets.login.options import LoginOptions, parse_options
+from actors.datasets.login.options import SCHEMA, LoginOptions, parse_options
 from actors.datasets.login.watch import FILES_CHANGED, FilesWatch
 from actors.ecs import assert_ecs
 from actors.event import ECS_VERSION, Event
@@ -628,7 +628,8 @@ def test_the_machines_own_wtmp_reads_as_utmpdump_reads_it() -> None:
 # --------------------------------------------------------------------------------------------------------
 
 def test_options_defaults_and_one_line_errors() -> None:
-    assert parse_options(None) == LoginOptions("/var/log/wtmp*", "/var/log/btmp*")
+    assert parse_options(None) == LoginOptions() == SCHEMA()
+    assert (LoginOptions().wtmp_file_pattern, LoginOptions().btmp_file_pattern) == ("/var/log/wtmp*", "/var/log/btmp*")
     assert parse_options({"btmp_file_pattern": ""}).btmp_file_pattern == ""
     with pytest.raises(ConfigError) as error:
         parse_options({"wtmp_file_pattern": "var/log/wtmp*"})
@@ -639,7 +640,7 @@ def test_options_defaults_and_one_line_errors() -> None:
     assert str(error.value).startswith("login.btmp_file_pattern: 5 is not an absolute path pattern")
     with pytest.raises(ConfigError) as error:
         parse_options({"wtmp_pattern": "/x"})
-    assert str(error.value) == "login.wtmp_pattern: unknown option (did you mean login.wtmp_file_pattern?)"
+    assert str(error.value) == "login.wtmp_pattern: unknown setting (did you mean wtmp_file_pattern?)"
 
 
 def test_login_is_built() -> None:

@@ -24,8 +24,8 @@ from actors.datasets.process.dataset import (CHANGED_IMAGE, ERROR, EXISTING, STA
 from actors.datasets.process.options import parse_options as process_options
 from actors.ecs import assert_ecs
 from actors.event import CHANGE, ECS_VERSION, STATE, Event
-from actors.datasets.process.exe_hash import (HASH_TYPES, ExecutableHasher, HashOptions, TokenBucket, Xxh64, hash_options,
-                             new_digest)
+from actors.datasets.process.exe_hash import HASH_TYPES, ExecutableHasher, TokenBucket, Xxh64, new_digest
+from actors.datasets.process.options import HashOptions, hash_options
 from actors.datasets.process.proc_connector import (PROC_EVENT_EXEC, PROC_EVENT_EXIT, PROC_EVENT_FORK, PROC_EVENT_NONE,
                                    ProcessExec, ProcessExit, decode_datagram, exit_status_code,
                                    subscribe_message)

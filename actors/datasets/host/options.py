@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from actors.options import check_known
+from actors.options import DatasetOptions, validate
 
 
-@dataclass(frozen=True)
-class HostOptions:
+class HostOptions(DatasetOptions):
     """No options."""
 
 
 def parse_options(raw: Any) -> HostOptions:
     """Check `host.*` (there is nothing to set); ConfigError naming the key otherwise."""
-    check_known("host", raw, ())
-    return HostOptions()
+    return validate(HostOptions, raw, "host")
+
+
+SCHEMA = HostOptions  # what the dataset catalog hands the configuration

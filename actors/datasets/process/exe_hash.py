@@ -10,9 +10,10 @@ import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
-from actors.options import ConfigError, parse_size
+if TYPE_CHECKING:
+    from actors.datasets.process.options import HashOptions
 
 # Auditbeat's hasher (auditbeat/helper/hasher/hasher.go), in its order.
 HASH_TYPES: tuple[str, ...] = (
@@ -22,9 +23,6 @@ HASH_TYPES: tuple[str, ...] = (
 # The types ECS 9.4 has a `process.hash.<type>` field for; the others go under `system.audit.process.hash.*`.
 ECS_HASH_TYPES = frozenset({"md5", "sha1", "sha256", "sha384", "sha512"})
 
-DEFAULT_HASH_TYPES: tuple[str, ...] = ("sha1",)
-DEFAULT_MAX_FILE_SIZE = 100 * 1024 * 1024  # "100 MiB"
-DEFAULT_SCAN_RATE = 50 * 1024 * 1024  # "50 MiB" per second
 DEFAULT_CACHE_ENTRIES = 4096
 CHUNK_BYTES = 1024 * 1024
 
@@ -125,56 +123,6 @@ def new_digest(hash_type: str) -> Digest:
     if hash_type == "xxh64":
         return Xxh64()
     return hashlib.new(hash_type)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Options
-# ---------------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class HashOptions:
-    """`process.hash.*`: which digests to compute, the largest file hashed, and the read rate limit."""
-
-    enabled: bool = True
-    hash_types: tuple[str, ...] = DEFAULT_HASH_TYPES
-    max_file_size: int = DEFAULT_MAX_FILE_SIZE
-    scan_rate_per_sec: int = DEFAULT_SCAN_RATE
-
-
-def hash_options(raw: Mapping[str, Any] | None, where: str = "process.hash") -> HashOptions:
-    """Read `process.hash.*` (sizes as "100 MiB" or bytes); raise ConfigError naming the setting when wrong."""
-    raw = raw or {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: expected a mapping (hash_types, max_file_size, scan_rate_per_sec, enabled)")
-    known = {"enabled", "hash_types", "max_file_size", "scan_rate_per_sec"}
-    if unknown := sorted(set(raw) - known):
-        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    enabled = raw.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise ConfigError(f"{where}.enabled: expected true or false, got {enabled!r}")
-    types = raw.get("hash_types", DEFAULT_HASH_TYPES)
-    if isinstance(types, str) or not isinstance(types, (list, tuple)):
-        raise ConfigError(f"{where}.hash_types: expected a list such as [sha1, sha256], got {types!r}")
-    lowered = tuple(dict.fromkeys(str(name).lower() for name in types))
-    if unknown := [name for name in lowered if name not in HASH_TYPES]:
-        raise ConfigError(f"{where}.hash_types: unknown hash type(s) {', '.join(unknown)} "
-                          f"(allowed: {', '.join(HASH_TYPES)})")
-    return HashOptions(
-        enabled=enabled,
-        hash_types=lowered,
-        max_file_size=_size(f"{where}.max_file_size", raw.get("max_file_size", DEFAULT_MAX_FILE_SIZE)),
-        scan_rate_per_sec=_size(f"{where}.scan_rate_per_sec", raw.get("scan_rate_per_sec", DEFAULT_SCAN_RATE)),
-    )
-
-
-def _size(setting: str, value: Any) -> int:
-    try:
-        size = parse_size(value)
-    except ConfigError as error:
-        raise ConfigError(f"{setting}: {error}") from None
-    if size <= 0:
-        raise ConfigError(f"{setting}: must be more than 0 bytes, got {value!r}")
-    return size
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,28 +1,26 @@
-"""The user dataset's options: `user.detect_password_changes` and `user.source`."""
+"""The user dataset's options, declared once with their defaults: `user.detect_password_changes`, `user.source`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from actors.options import boolean, check_known, choice
+from actors.options import Boolean, Choice, DatasetOptions, validate
 
 SOURCES = ("files", "nss")
 
 
-@dataclass(frozen=True)
-class UserOptions:
-    """`detect_password_changes` (default true) and `source` (files, the default, or nss)."""
+class UserOptions(DatasetOptions):
+    """`detect_password_changes` and `source`."""
 
-    detect_password_changes: bool = True
-    source: str = "files"
+    # Detect password changes (a keyed digest of the shadow hash is kept, never the hash).
+    detect_password_changes: Boolean = True
+    # files: /etc/passwd, /etc/group, /etc/shadow under hostfs; nss: the agent's name service (LDAP, SSSD).
+    source: Choice(*SOURCES) = "files"
 
 
 def parse_options(raw: Any) -> UserOptions:
     """Read and check `user.*`; ConfigError naming the key, the value and what is allowed."""
-    options = check_known("user", raw, ("detect_password_changes", "source"))
-    return UserOptions(
-        detect_password_changes=boolean("user.detect_password_changes",
-                                        options.get("detect_password_changes", True)),
-        source=choice("user.source", options.get("source", "files"), SOURCES),
-    )
+    return validate(UserOptions, raw, "user")
+
+
+SCHEMA = UserOptions  # what the dataset catalog hands the configuration
