@@ -147,6 +147,33 @@ def test_records_parse_as_utmpdump_reads_them(tmp_path: Path) -> None:
         assert (stamp, int(micros)) == (seconds, record.microseconds), line
 
 
+def test_records_written_by_utmpdump_read_as_events(root: Path) -> None:
+    """A wtmp written by another program (util-linux's `utmpdump -r`, from its text form), not by these tests."""
+    utmpdump = shutil.which("utmpdump")
+    if utmpdump is None:
+        pytest.skip("utmpdump (util-linux) is not installed")
+    text = ("[2] [00000] [~~  ] [reboot  ] [~           ] [6.1.0-13-amd64      ] [0.0.0.0        ] "
+            "[2023-11-14T22:13:20,000000+00:00]\n"
+            "[7] [04242] [ts/0] [alice   ] [pts/0       ] [laptop.example.com  ] [192.0.2.10     ] "
+            "[2023-11-14T22:13:30,500000+00:00]\n"
+            "[7] [04343] [ts/1] [bob     ] [pts/1       ] [2001:db8::7         ] [2001:db8::7    ] "
+            "[2023-11-14T22:13:40,000000+00:00]\n"
+            "[8] [04242] [ts/0] [        ] [pts/0       ] [                    ] [0.0.0.0        ] "
+            "[2023-11-14T22:13:50,000000+00:00]\n")
+    written = subprocess.run([utmpdump, "-r"], input=text.encode(), capture_output=True, check=True).stdout
+    assert len(written) == 4 * utmp.RECORD_SIZE
+    wtmp(root).write_bytes(written)
+    events = read_all(make(root), None)[1]
+    assert summary(events) == [
+        ("boot", "System boot"),
+        ("user_login", ALICE_LOGIN_MESSAGE),
+        ("user_login", "Login by user bob (UID: -1) on pts/1 (PID: 4343) from 2001:db8::7 (IP: 2001:db8::7)"),
+        ("user_logout", ALICE_LOGIN_MESSAGE.replace("Login", "Logout")),
+    ]
+    assert [event.stamped(1).to_document({})["@timestamp"] for event in events] == [
+        "2023-11-14T22:13:20.000Z", "2023-11-14T22:13:30.500Z", "2023-11-14T22:13:40.000Z", "2023-11-14T22:13:50.000Z"]
+
+
 def test_source_ip_rules() -> None:
     assert utmp.source_ip(bytes(16), "") is None, "a local login has no source.ip, never 0.0.0.0"
     assert utmp.source_ip(bytes(16), ":0") is None
