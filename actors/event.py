@@ -42,6 +42,14 @@ def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
     return base
 
 
+def put_dotted(target: dict[str, Any], dotted_name: str, value: Any) -> None:
+    """Set `value` at a dotted field name in a nested document: put_dotted(d, "package.version", "1.0")."""
+    *parents, leaf = dotted_name.split(".")
+    for key in parents:
+        target = target.setdefault(key, {})
+    target[leaf] = value
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One observation of a dataset: what happened (action), how ECS classifies it, and its fields.

@@ -141,10 +141,21 @@ def checked(check: Callable[[Any], Any]) -> BeforeValidator:
     def run(value: Any) -> Any:
         try:
             return check(value)
+        except _ItemError as error:
+            raise PydanticCustomError("hostaudit_item", "[{index}]: {problem}",
+                                      {"index": error.index, "problem": str(error)}) from None
         except ConfigError as error:
             raise problem(str(error)) from None
 
     return BeforeValidator(run)
+
+
+class _ItemError(ConfigError):
+    """A problem with item `index` of a list value (the key becomes `<key>[index]`)."""
+
+    def __init__(self, index: int, text: str) -> None:
+        super().__init__(text)
+        self.index = index
 
 
 def _boolean(value: Any) -> bool:
@@ -183,7 +194,7 @@ def _text_list(value: Any) -> tuple[str, ...]:
         try:
             items.append(_text(False)(item))
         except ConfigError as error:
-            raise ConfigError(f"[{index}]: {error}") from None
+            raise _ItemError(index, str(error)) from None
     return tuple(items)
 
 
@@ -319,8 +330,9 @@ def describe(error: ValidationError, model: type[BaseModel], where: str, value_o
     key = _loc_text(where, loc)
     kind = first["type"]
     if kind == "hostaudit":
-        text = first["ctx"]["problem"]
-        return f"{key}{text}" if text.startswith("[") else f"{key}: {text}"
+        return f"{key}: {first['ctx']['problem']}"
+    if kind == "hostaudit_item":
+        return f"{key}[{first['ctx']['index']}]: {first['ctx']['problem']}"
     if kind == "extra_forbidden":
         holder = _model_at(model, loc[:-1])
         return unknown_key(key, loc[-1], holder.model_fields if holder else ())

@@ -12,13 +12,14 @@ from actors.event import Event
 # Dataset name -> module under actors.datasets. Adding a dataset touches its module and this line.
 BUILT_DATASETS: dict[str, str] = {
     "host": "actors.datasets.host.dataset",
+    "login": "actors.datasets.login.dataset",
+    "package": "actors.datasets.package.dataset",
     "process": "actors.datasets.process.dataset",
     "socket": "actors.datasets.socket.dataset",
     "user": "actors.datasets.user.dataset",
-    "login": "actors.datasets.login.dataset",
 }
 # Datasets of the Auditbeat System module that hostaudit knows of but has not built yet.
-PLANNED_DATASETS: tuple[str, ...] = ("package",)
+PLANNED_DATASETS: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

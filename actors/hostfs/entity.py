@@ -1,4 +1,4 @@
-"""Auditbeat's entity_id algorithms (process, user, socket), byte for byte, so ids match Auditbeat's."""
+"""Auditbeat's entity_id algorithms (process, user, socket, package), byte for byte, so ids match Auditbeat's."""
 
 from __future__ import annotations
 
@@ -36,6 +36,11 @@ def process_entity_id(host_id: str, pid: int, start_ticks: int) -> str:
 def user_entity_id(host_id: str, name: str, uid: str | int) -> str:
     """`user.entity_id`: sha256(hostID || name || uid as decimal)[:12], base64 (the code writes name, then uid)."""
     return _entity_id(host_id.encode(), name.encode(), str(uid).encode())
+
+
+def package_entity_id(host_id: str, name: str, version: str) -> str:
+    """`system.audit.package.entity_id`: sha256(hostID || name || version)[:12], base64."""
+    return _entity_id(host_id.encode(), name.encode(), version.encode())
 
 
 def _ip16(address: str) -> bytes:

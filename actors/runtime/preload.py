@@ -11,6 +11,7 @@ import setproctitle  # noqa: F401
 import actors.runtime.collector  # noqa: F401
 import actors.datasets.host.dataset  # noqa: F401
 import actors.datasets.login.dataset  # noqa: F401
+import actors.datasets.package.dataset  # noqa: F401
 import actors.datasets.process.dataset  # noqa: F401
 import actors.datasets.socket.dataset  # noqa: F401
 import actors.datasets.user.dataset  # noqa: F401

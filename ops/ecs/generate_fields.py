@@ -26,7 +26,7 @@ DEFAULT_OUTPUT = REPO_ROOT / "actors" / "ecs_fields.json"
 
 # Field sets hostaudit emits (or may emit), as flat-name prefixes. Every ECS field whose flat name starts with
 # one of these goes into the table. Add a prefix here when a dataset starts using a new field set (for
-# example "package." for the package dataset, or "client."/"server." for socket flows), then re-run.
+# example "client."/"server." for socket flows), then re-run.
 FIELD_SET_PREFIXES: tuple[str, ...] = (
     "agent.",  # agent.type/version/id/ephemeral_id/name (libbeat's agent fields)
     "ecs.",  # ecs.version, on every event
@@ -43,6 +43,7 @@ FIELD_SET_PREFIXES: tuple[str, ...] = (
     "container.",  # add_docker_metadata-style enrichment
     "error.",  # error.message when a collection fails
     "file.",  # file metadata (paths, hashes, owners) when a dataset reports on a file
+    "package.",  # package dataset: package.name/version/architecture/installed/size/...
 )
 
 # Top-level ECS fields without a field-set prefix that hostaudit uses.

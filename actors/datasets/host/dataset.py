@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from actors.hostfs.host_facts import NANOS_PER_SECOND, ecs_host, observe_host, without_empty
 from actors.datasets import DatasetContext
-from actors.event import CHANGE, STATE, Event, iso_millis
+from actors.event import CHANGE, STATE, Event, iso_millis, put_dotted
 
 DATASET = "host"
 # Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field): none, the
@@ -176,13 +176,6 @@ def _same(before: Any, after: Any) -> bool:
     return before == after
 
 
-def _put_dotted(target: dict[str, Any], dotted_name: str, value: Any) -> None:
-    *parents, leaf = dotted_name.split(".")
-    for key in parents:
-        target = target.setdefault(key, {})
-    target[leaf] = value
-
-
 def describe_changes(
     previous: Mapping[str, Any], fields: Sequence[TrackedField]
 ) -> dict[str, Any]:
@@ -194,7 +187,7 @@ def describe_changes(
     for field in fields:
         old_value = field.value(previous)
         if old_value not in (None, "", []):
-            _put_dotted(old_values, field.name, old_value)
+            put_dotted(old_values, field.name, old_value)
     return {"fields": [field.name for field in fields], "previous": old_values}
 
 

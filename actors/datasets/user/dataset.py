@@ -18,7 +18,7 @@ from actors.datasets import DatasetContext
 from actors.datasets.user.options import parse_options
 from actors.hostfs.entity import user_entity_id
 from actors.hostfs.etc_files import FileSignature, GroupEntry, LoadedFile, Parsed, PasswdEntry, ShadowEntry
-from actors.event import CHANGE, STATE, Event, iso_millis
+from actors.event import CHANGE, STATE, Event, iso_millis, put_dotted
 
 DATASET = "user"
 # Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field).
@@ -387,13 +387,6 @@ def _flatten(document: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _put_dotted(target: dict[str, Any], dotted_name: str, value: Any) -> None:
-    *parents, leaf = dotted_name.split(".")
-    for key in parents:
-        target = target.setdefault(key, {})
-    target[leaf] = value
-
-
 def _same(before: Any, after: Any) -> bool:
     """Compare two field values; lists compare as multisets, so a reordered /etc/group is no change."""
     if isinstance(before, list) and isinstance(after, list):
@@ -412,7 +405,7 @@ def describe_changes(old_fields: Mapping[str, Any], changed: Sequence[str]) -> d
     for name in changed:
         value = old_fields.get(name)
         if name != PASSWORD_HASH_FIELD and value not in (None, "", []):
-            _put_dotted(previous, name, value)
+            put_dotted(previous, name, value)
     return {"fields": list(changed), "previous": previous}
 
 
