@@ -12,13 +12,14 @@ from actors.event import Event
 # Dataset name -> module under actors.datasets. Adding a dataset touches its module and this line.
 BUILT_DATASETS: dict[str, str] = {
     "host": "actors.datasets.host.dataset",
+    "login": "actors.datasets.login.dataset",
     "package": "actors.datasets.package.dataset",
     "process": "actors.datasets.process.dataset",
     "socket": "actors.datasets.socket.dataset",
     "user": "actors.datasets.user.dataset",
 }
 # Datasets of the Auditbeat System module that hostaudit knows of but has not built yet.
-PLANNED_DATASETS: tuple[str, ...] = ("login",)
+PLANNED_DATASETS: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,25 @@ class StreamingDataset(Dataset, Protocol):
 
         Runs in the collector actor, serialised with observe/diff, so a change reported from the stream is not
         reported again by the next poll's diff."""
+
+
+class LogDataset(Protocol):
+    """A dataset that follows files records are appended to (wtmp, btmp). What is new depends on where the
+    committed snapshot stopped reading, so observing and diffing are one step: `advance` replaces `observe` and
+    `diff`. The runtime calls it every period, and at once when the dataset's stream (`open_stream`, optional)
+    notifies a change; the snapshot it returns is committed after its events are spooled.
+    """
+
+    name: str
+
+    def advance(self, previous: Any) -> tuple[Any, Sequence[Event]]:
+        """Read on from the cursors of `previous` (None on a first run); return the new snapshot and the events
+        of the records read. Return `previous` itself when nothing changed. A dataset that reads a bounded
+        batch per call notifies its stream when more is waiting. It marks the events of what was there when
+        it started (`system.audit.detected_at_startup`) itself: a backlog may take several calls."""
+
+    def state_report(self, current: Any) -> Sequence[Event]:
+        """Return the full state events for a snapshot (none for a log of events)."""
 
 
 # The fields every event carries whatever its dataset (added by Event.to_document and the collector runtime):

@@ -406,6 +406,30 @@ def read_group(hostfs: Path, log: logging.Logger = LOG) -> dict[int, GroupEntry]
     return _read_indexed(hostfs, GROUP, parse_group, lambda entry: entry.gid, log)
 
 
+_uids_by_name: dict[str, tuple[LoadedFile, dict[str, int]]] = {}
+
+
+def user_ids(hostfs: Path, log: logging.Logger = LOG) -> Mapping[str, int]:
+    """Return user name -> uid from `<hostfs>/etc/passwd`, the first entry of each name as getpwnam(3) finds it
+    ({} when absent or unreadable, with one warning); built again only when the file changed."""
+    path = procfs.host_path(Path(hostfs), PASSWD)
+    try:
+        loaded = load_cached(path, parse_passwd, log)
+    except procfs.Unreadable as error:
+        _warn_unreadable(path, error, log)
+        return {}
+    with _cache_lock:
+        cached = _uids_by_name.get(str(path))
+    if cached is not None and cached[0] is loaded:
+        return cached[1]
+    index: dict[str, int] = {}
+    for entry in loaded.parsed.entries:
+        index.setdefault(entry.name, entry.uid)
+    with _cache_lock:
+        _uids_by_name[str(path)] = (loaded, index)
+    return index
+
+
 def user_names(hostfs: Path) -> Mapping[int, str]:
     """Return uid -> user name from `<hostfs>/etc/passwd` (cached while the file is unchanged)."""
     return {uid: entry.name for uid, entry in read_passwd(hostfs).items()}

@@ -70,6 +70,9 @@ class DatasetRunner:
         committed = store.load(self.name)
         self.committed = replace(committed, sequence=max(committed.sequence, spool.last_sequence))
         self.restored = committed.snapshot is not None  # the first diff then covers the agent's downtime
+        # A LogDataset (actors.datasets) reads on from its committed cursors: `advance` replaces observe + diff.
+        self.follows_log = hasattr(dataset, "advance")
+        self._persisted_snapshot: Any = committed.snapshot
         self.events_emitted = 0
         self.events_dropped = 0  # events that could not be kept (spool write failed on kernel notifications)
         self._persisted_at = 0.0
@@ -86,22 +89,28 @@ class DatasetRunner:
         now = time.time()
         if self._spool_full():
             return CycleResult(blocked=True, duration=time.monotonic() - started)
-        current = self.dataset.observe()
+        changes: Sequence[Event] = []
+        if self.follows_log:  # it marks what it found at startup itself (a backlog may take several calls)
+            current, changes = self.dataset.advance(self.committed.snapshot)
+        else:
+            current = self.dataset.observe()
         events: list[Event] = []
         report_due = self.state_report_due(now)
         if report_due:
             report = {"system": {"audit": {"report": {"id": str(uuid.uuid4())}}}}
             events += [with_fields(event, report) for event in self.dataset.state_report(current)]
-        if self.committed.snapshot is not None:
+        if not self.follows_log and self.committed.snapshot is not None:
             changes = self.dataset.diff(self.committed.snapshot, current, at_startup=self.restored)
             if self.restored:
                 changes = [with_fields(event, {"system": {"audit": {"detected_at_startup": True}}})
                            for event in changes]
-            events += changes
+        events += changes
         first_commit = self.committed.snapshot is None
+        # A log dataset's cursors also move without events (records that make none): they are persisted too.
+        moved = self.follows_log and current is not self._persisted_snapshot
         try:
             self._spool_and_commit(events, current, now if report_due else self.committed.last_state_report,
-                                   persist=bool(events) or report_due or first_commit)
+                                   persist=bool(events) or report_due or first_commit or moved)
         except OSError as error:  # e.g. the disk is full: nothing committed, the next cycle diffs again
             self._resync_sequence()
             self._held = len(events)
@@ -116,10 +125,14 @@ class DatasetRunner:
         return CycleResult(events=len(events), duration=time.monotonic() - started)
 
     def apply_stream(self, items: Sequence[Any]) -> bool:
-        """Fold kernel notifications into the committed snapshot and spool their events.
+        """Fold kernel notifications into the committed snapshot and spool their events (a log dataset's
+        notifications run a cycle).
 
         Returns False (nothing done) while the spool is full: the caller keeps the items and offers them again.
         """
+        if self.follows_log:  # its files changed: read on now, as a poll does (a failed spool write is read again)
+            self.cycle()
+            return True
         if self._spool_full():
             return False
         snapshot, events = self.dataset.apply_stream(self.committed.snapshot, items)
@@ -162,6 +175,7 @@ class DatasetRunner:
                        self.name, self.store.path, error)
             return
         self._persisted_at = time.monotonic()
+        self._persisted_snapshot = self.committed.snapshot
         self._unpersisted = False
 
     def _resync_sequence(self) -> None:

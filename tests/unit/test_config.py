@@ -968,7 +968,7 @@ def test_bad_dataset_and_module_values_are_one_line_naming_key_value_and_what_is
 
 def test_unknown_dataset_and_two_outputs_are_refused(tmp_path: Path) -> None:
     assert error(tmp_path, modules("host", "tcp")) == \
-        "hostaudit.modules[0].datasets: unknown dataset 'tcp' (known: host, package, process, socket, user, login)"
+        "hostaudit.modules[0].datasets: unknown dataset 'tcp' (known: host, login, package, process, socket, user)"
     assert "output" in error(tmp_path, "output.file.enabled: true\noutput.console.enabled: true\n")
 
 

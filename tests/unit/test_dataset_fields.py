@@ -40,4 +40,4 @@ def test_dataset_sets_field_knows_objects_and_leaves() -> None:
     assert dataset_sets_field("host", "event") and not dataset_sets_field("host", "process.name")
     assert not dataset_sets_field("user", "user.na") and not dataset_sets_field("socket", "process.args")
     with pytest.raises(KeyError):
-        dataset_fields("login")
+        dataset_fields("tcp")
