@@ -167,7 +167,8 @@ def _dataset_settings(tree: dict[str, Any], layers: Layers, catalog: DatasetCata
             if key in BEATS_MODULE_OPTIONS:
                 log.warning("%s.%s: not supported by hostaudit, ignored", where, key)
             elif key in catalog.known and key not in entry.datasets:
-                log.debug("%s.%s: options of a dataset this module does not run, ignored", where, key)
+                _dataset_block(catalog, key, raw_entry[key], f"{where}.{key}")  # still checked: a wrong value is
+                log.debug("%s.%s: options of a dataset this module does not run, ignored", where, key)  # a mistake
             elif key not in ENTRY_KEYS and key not in catalog.known:
                 raise ConfigError(unknown_key(f"{where}.{key}", key, [*ENTRY_KEYS, *entry.datasets]))
         period = entry.period if entry.period is not None else defaults.period

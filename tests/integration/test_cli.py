@@ -145,7 +145,15 @@ def test_test_config_warns_of_a_kafka_topic_field_an_enabled_dataset_never_sets(
 
 @pytest.mark.parametrize("option, expected", [
     ("process.backend: foo", "hostaudit.modules[0].process.backend: 'foo' is not one of auto, netlink, procfs"),
-    ('socket.include_localhost: "sometimes"', "hostaudit.modules[0].socket.include_localhost: 'sometimes' is not true or false"),
+    ('socket.include_localhost: "sometimes"',
+     "hostaudit.modules[0].socket.include_localhost: 'sometimes' is not true or false"),
+    ("user.detect_password_changes: 3", "hostaudit.modules[0].user.detect_password_changes: 3 is not true or false"),
+    ("process.hash.max_file_size: -1",
+     "hostaudit.modules[0].process.hash.max_file_size: -1 is not a size (use e.g. 1GiB, 100 MiB, 50MB, 1024)"),
+    ("period: 0s", "hostaudit.modules[0].period: '0s' must be greater than 0 (use e.g. 500ms, 1s, 1m, 12h)"),
+    ("period: -1s", "hostaudit.modules[0].period: '-1s' must be greater than 0 (use e.g. 500ms, 1s, 1m, 12h)"),
+    ("state.period: abc", "hostaudit.modules[0].state.period: 'abc' is not a duration (use e.g. 500ms, 1s, 1m, 12h)"),
+    ("perod: 1s", "hostaudit.modules[0].perod: unknown setting (did you mean period?)"),
 ])
 def test_test_config_and_run_refuse_a_bad_dataset_option_before_forking(tmp_path: Path, option: str,
                                                                         expected: str) -> None:
@@ -157,4 +165,21 @@ def test_test_config_and_run_refuse_a_bad_dataset_option_before_forking(tmp_path
     ran = hostaudit("run", "-E", f"path.data={data}", "-E", modules)
     assert ran.returncode == 1
     assert ran.stderr == f"hostaudit: configuration error: {expected}\n", "one line, no traceback, no child logs"
+    assert not data.exists(), "refused before anything was created or forked"
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["hostaudit.modules=[{module: system, datasets: [host, tcp]}]"],
+     "hostaudit.modules[0].datasets: unknown dataset 'tcp' (known: host, login, package, process, socket, user)"),
+    (["output.file.enabled=true", "output.console.enabled=true"],
+     "output: only one output can be enabled, found: console, file"),
+])
+def test_run_refuses_an_unknown_dataset_and_two_outputs_before_forking(tmp_path: Path, overrides: list[str],
+                                                                        expected: str) -> None:
+    arguments = [item for override in overrides for item in ("-E", override)]
+    checked = hostaudit("test", "config", *arguments)
+    assert (checked.returncode, checked.stderr) == (1, f"hostaudit: configuration error: {expected}\n")
+    data = tmp_path / "data"
+    ran = hostaudit("run", "-E", f"path.data={data}", *arguments)
+    assert (ran.returncode, ran.stderr) == (1, f"hostaudit: configuration error: {expected}\n")
     assert not data.exists(), "refused before anything was created or forked"
