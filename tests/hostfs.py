@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 OS_RELEASE = """PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"
@@ -41,12 +42,19 @@ def make_hostfs(root: Path, hostname: str = "testhost", machine_id: str = "01234
     return root
 
 
+def _replace_text(path: Path, text: str) -> None:
+    """Write `text` as the kernel shows such a file: all at once (a reader never sees it empty or half written)."""
+    partial = path.with_name(path.name + ".new")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def set_hostname(root: Path, hostname: str) -> None:
-    (root / "proc/sys/kernel/hostname").write_text(hostname + "\n")
+    _replace_text(root / "proc/sys/kernel/hostname", hostname + "\n")
 
 
 def set_boot_time(root: Path, boot_time: int) -> None:
-    (root / "proc/stat").write_text(f"cpu  1 2 3 4\nbtime {boot_time}\nprocesses 10\n")
+    _replace_text(root / "proc/stat", f"cpu  1 2 3 4\nbtime {boot_time}\nprocesses 10\n")
 
 
 def add_user(root: Path, name: str, uid: int, password_hash: str) -> None:
