@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from actors.ecs import assert_ecs
 from actors.event import ECS_VERSION
 
 DATASETS_DIR = Path(__file__).resolve().parent.parent / "actors" / "datasets"
@@ -33,3 +36,19 @@ def flat_field_names(document: Any, prefix: str = "") -> set[str]:
     for key, value in document.items():
         names |= flat_field_names(value, f"{prefix}.{key}" if prefix else key)
     return names
+
+
+def checked_sample(dataset: str, document: dict[str, Any]) -> dict[str, Any]:
+    """ECS-check a generated sample `document`, rewrite `dataset`'s sample.json from it when
+    HOSTAUDIT_UPDATE_SAMPLES=1, and return the stored sample once it is ECS-valid, of this ECS version, with
+    exactly the document's fields and message."""
+    assert_ecs(document)
+    path = sample_path(dataset)
+    if os.environ.get("HOSTAUDIT_UPDATE_SAMPLES") == "1":
+        path.write_text(json.dumps(document, indent=2) + "\n")
+    sample = json.loads(path.read_text())
+    assert_ecs(sample)
+    assert flat_field_names(document) == flat_field_names(sample)
+    assert sample["message"] == document["message"]
+    assert sample["ecs"]["version"] == ECS_VERSION
+    return sample
