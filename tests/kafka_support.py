@@ -11,6 +11,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from actors.ecs import assert_ecs
+from tests.sample_support import EVENT_FIELDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ops" / "kafka"))
 from broker import KafkaBroker, SslMaterial, make_ssl_material  # noqa: E402
@@ -36,7 +37,7 @@ def consume_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[tuple
             for records in consumer.poll(timeout_ms=500).values():
                 for record in records:
                     document = json.loads(record.value)
-                    assert_ecs(document)
+                    assert_ecs(document, EVENT_FIELDS)
                     messages.append((record.key, document))
         return messages
     finally:
