@@ -11,6 +11,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from actors.ecs import assert_ecs
+from tests.sample_support import EVENT_FIELDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ops" / "kafka"))
 from broker import KafkaBroker, SslMaterial, make_ssl_material  # noqa: E402
@@ -45,7 +46,7 @@ def consume_by_partition(bootstrap: str, topic: str, timeout: float = 10.0) -> d
             for partition, records in consumer.poll(timeout_ms=500).items():
                 for record in records:
                     document = json.loads(record.value)
-                    assert_ecs(document)
+                    assert_ecs(document, EVENT_FIELDS)
                     messages.setdefault(partition.partition, []).append((record.key, document))
         return messages
     finally:

@@ -1,4 +1,5 @@
-"""The fields every dataset's sample document (actors/datasets/<name>/sample.json) shares, and where it lives."""
+"""The fields every dataset's sample document (actors/datasets/<name>/sample.json) shares, where it lives, and
+the field table every test checks hostaudit's documents against."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from actors.datasets import event_field_table
 from actors.ecs import assert_ecs
 from actors.event import ECS_VERSION
 
 DATASETS_DIR = Path(__file__).resolve().parent.parent / "actors" / "datasets"
+
+
+# The ECS table plus the declared system.audit.* fields (the datasets' AUDIT_FIELDS and COMMON_AUDIT_FIELDS):
+# `assert_ecs(document, EVENT_FIELDS)` also type-checks hostaudit's own fields, as the index template maps them.
+EVENT_FIELDS = event_field_table()
 
 
 def sample_path(dataset: str) -> Path:
@@ -42,12 +49,12 @@ def checked_sample(dataset: str, document: dict[str, Any]) -> dict[str, Any]:
     """ECS-check a generated sample `document`, rewrite `dataset`'s sample.json from it when
     HOSTAUDIT_UPDATE_SAMPLES=1, and return the stored sample once it is ECS-valid, of this ECS version, with
     exactly the document's fields and message."""
-    assert_ecs(document)
+    assert_ecs(document, EVENT_FIELDS)
     path = sample_path(dataset)
     if os.environ.get("HOSTAUDIT_UPDATE_SAMPLES") == "1":
         path.write_text(json.dumps(document, indent=2) + "\n")
     sample = json.loads(path.read_text())
-    assert_ecs(sample)
+    assert_ecs(sample, EVENT_FIELDS)
     assert flat_field_names(document) == flat_field_names(sample)
     assert sample["message"] == document["message"]
     assert sample["ecs"]["version"] == ECS_VERSION

@@ -34,7 +34,7 @@ from actors.runtime.state import StateStore
 from tests import utmp_files as u
 from tests.agent_harness import wait_for
 from tests.hostfs import make_hostfs
-from tests.sample_support import checked_sample, sample_common
+from tests.sample_support import EVENT_FIELDS, checked_sample, sample_common
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
@@ -67,7 +67,7 @@ def make(root: Path, **options: Any) -> login_dataset.LoginDataset:
 def checked(events: Sequence[Event]) -> list[Event]:
     """The events, after asserting each one becomes a valid ECS document."""
     for event in events:
-        assert_ecs(event.stamped(1).to_document({}))
+        assert_ecs(event.stamped(1).to_document({}), EVENT_FIELDS)
     return list(events)
 
 
@@ -621,7 +621,7 @@ def test_the_runner_spools_then_commits_cursors_and_a_restart_sends_nothing_twic
                                                                                  ("user_logout", 2)]
     assert events[1]["system"]["audit"]["detected_at_startup"] is True
     for event in events:
-        assert_ecs(event)
+        assert_ecs(event, EVENT_FIELDS)
 
 
 # --------------------------------------------------------------------------------------------------------

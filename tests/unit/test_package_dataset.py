@@ -29,7 +29,7 @@ from actors.event import CHANGE, STATE, Event, iso_millis
 from actors.hostfs import etc_files
 from actors.hostfs.entity import package_entity_id
 from actors.options import ConfigError
-from tests.sample_support import checked_sample, sample_common
+from tests.sample_support import EVENT_FIELDS, checked_sample, sample_common
 
 HOST_ID = "4d8e7f5b0a2c4e1f9b3a6c5d7e8f9a0b"
 INSTALLED_AT = 1_700_000_000
@@ -207,7 +207,7 @@ def by_action(events: Sequence[Event]) -> dict[str, list[str]]:
 
 def document(event: Event) -> dict[str, Any]:
     doc = event.stamped(1).to_document(sample_common({"id": HOST_ID, "name": "h", "hostname": "h"}))
-    assert_ecs(doc)
+    assert_ecs(doc, EVENT_FIELDS)
     return doc
 
 

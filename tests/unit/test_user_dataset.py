@@ -22,7 +22,7 @@ from actors.datasets.user import dataset as user_dataset
 from actors.ecs import assert_ecs
 from actors.hostfs.entity import user_entity_id
 from actors.event import CHANGE, STATE, Event
-from tests.sample_support import checked_sample, sample_common
+from tests.sample_support import EVENT_FIELDS, checked_sample, sample_common
 
 
 HOST_ID = "4d8e7f5b0a2c4e1f9b3a6c5d7e8f9a0b"
@@ -87,7 +87,7 @@ def make_dataset(root: Path, digest_key: bytes = DIGEST_KEY, host_id: str = HOST
 def checked(events: Sequence[Event]) -> list[Event]:
     """Return the events after asserting each one becomes a valid ECS document."""
     for event in events:
-        assert_ecs(event.stamped(1).to_document({}))
+        assert_ecs(event.stamped(1).to_document({}), EVENT_FIELDS)
     return list(events)
 
 

@@ -16,6 +16,7 @@ from actors.datasets.login import files, utmp
 from actors.datasets.login.files import BTMP, WTMP, Found, NotUtmp, Source
 from actors.datasets.login.options import parse_options
 from actors.datasets.login.watch import FilesWatch
+from actors.ecs import EcsField
 from actors.event import CHANGE, Event
 from actors.hostfs import etc_files, procfs
 
@@ -23,6 +24,11 @@ DATASET = "login"
 # Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field).
 FIELDS: frozenset[str] = frozenset({"user.name", "user.id", "related.user", "related.ip", "process.pid",
                                     "source.ip", "source.domain"})
+# Its own fields, with their types: the file a record came from and the terminal (ECS has no field for either).
+AUDIT_FIELDS: Mapping[str, EcsField] = {
+    "system.audit.login.origin": EcsField("keyword", array=False),
+    "system.audit.login.terminal": EcsField("keyword", array=False),
+}
 LOG = logging.getLogger("hostaudit.login")
 
 SNAPSHOT_FORMAT = 1

@@ -14,6 +14,7 @@ from actors.datasets.package.dpkg import DpkgReader
 from actors.datasets.package.options import parse_options
 from actors.datasets.package.records import DatabaseRead, Package
 from actors.datasets.package.rpmdb import RpmReader
+from actors.ecs import EcsField
 from actors.event import CHANGE, STATE, Event, changed_fields, describe_changes, iso_millis
 from actors.hostfs import etc_files, procfs
 from actors.hostfs.entity import package_entity_id
@@ -25,6 +26,14 @@ FIELDS: frozenset[str] = frozenset({
     "package.name", "package.version", "package.architecture", "package.installed", "package.size",
     "package.description", "package.reference", "package.license", "package.type",
 })
+_KEYWORD = EcsField("keyword", array=False)
+# Its own fields (Auditbeat's package/_meta/fields.yml plus the entity id), with their types.
+AUDIT_FIELDS: Mapping[str, EcsField] = {
+    **{f"system.audit.package.{key}": _KEYWORD
+       for key in ("name", "version", "release", "epoch", "arch", "license", "summary", "url", "entity_id")},
+    "system.audit.package.installtime": EcsField("date", array=False),
+    "system.audit.package.size": EcsField("long", array=False),
+}
 LOG = logging.getLogger("hostaudit.package")
 
 SNAPSHOT_FORMAT = 1
