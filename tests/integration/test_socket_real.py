@@ -301,10 +301,13 @@ def test_user_names_come_from_the_hostfs_passwd(cleanup: contextlib.ExitStack, t
 # Sockets whose process exited
 # --------------------------------------------------------------------------------------------------------
 
+# TCP_LINGER2 past the 60 s of TIME_WAIT keeps a socket closed in FIN_WAIT2 a full (orphaned) socket; with the
+# default, the kernel destroys it at once and leaves a timewait minisocket, which is not a socket any more.
 ORPHAN_MAKER = f"""
     import os, socket, sys
     {DROP_TO_NOBODY}
     client = socket.socket()
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_LINGER2, 120)
     client.connect(("127.0.0.1", int(sys.argv[1])))
     print(client.getsockname()[1], flush=True)
     sys.stdin.readline()
@@ -559,6 +562,38 @@ def test_a_close_the_poll_reported_first_is_not_reported_again_by_the_stream(cle
 
     assert [event.action for event in by_poll] == ["socket_closed"]
     assert events_for(by_stream, key) == []
+
+
+def test_a_connection_closed_into_timewait_is_closed_once(cleanup: contextlib.ExitStack) -> None:
+    """A client that closes first (default TCP_LINGER2) is destroyed at once and leaves a timewait minisocket that
+    the kernel dumps as FIN_WAIT2 under the same cookie until the peer closes: the stream reports the close, and
+    the polls that still find those remains neither open the socket again nor close it a second time."""
+    dataset = make_dataset(cleanup, include_localhost=True)
+    stream = open_stream(cleanup, dataset)
+    listener = listen(cleanup)
+    first = dataset.observe()
+    client, server = connect(cleanup, listener)
+    client_port = port(client)
+    seen = dataset.observe()
+    key, _ = find(seen, client_port, port(listener))
+    client.close()  # FIN_WAIT2 once the server's kernel acknowledges; the server side waits in CLOSE_WAIT
+    received = read_stream(stream, lambda items: key in {str(item.cookie) for item in items}, "the client's destroy")
+    committed, streamed = dataset.apply_stream(seen, received)
+    polls = [committed]
+    for _ in range(3):
+        polls.append(dataset.observe())
+    server.close()
+    gone = wait_until(lambda: (lambda snapshot: snapshot if find(snapshot, port(listener), client_port) is None
+                               else None)(dataset.observe()), "the server side to close")
+    received = read_stream(stream, lambda items: bool(items), "the server side's destroy")
+    after_stream, _ = dataset.apply_stream(polls[-1], received)
+    polls += [after_stream, gone, dataset.observe()]
+    events = [*dataset.diff(first, seen, at_startup=False), *streamed]
+    events += [event for before, after in zip(polls, polls[1:])
+               for event in dataset.diff(json.loads(json.dumps(before)), after, at_startup=False)]
+
+    assert [event.action for event in events_for(events, key)] == ["socket_opened", "socket_closed"]
+    assert not any(events_for(dataset.state_report(poll), key) for poll in polls)
 
 
 def test_the_stream_has_a_large_receive_buffer(cleanup: contextlib.ExitStack) -> None:

@@ -19,14 +19,15 @@ from actors.datasets.socket.options import parse_options as parse_socket_options
 from actors.datasets import DatasetContext
 from actors.datasets.socket import dataset as socket_dataset
 from actors.datasets.socket.dataset import (
-    INBOUND, LISTENING, OUTBOUND, R_PROCESS, SOCKET_CLOSED, SOCKET_OPENED, TCP, UDP, ListenerTable, ScannedProcess,
-    SocketDataset, SocketObserver, SocketOptions, community_id, new_record, new_snapshot, socket_message,
+    INBOUND, LISTENING, OUTBOUND, R_PROCESS, SOCKET_CLOSED, SOCKET_OPENED, TCP, UDP, ClosedCookies, ListenerTable,
+    ScannedProcess, SocketDataset, SocketObserver, SocketOptions, community_id, new_record, new_snapshot, socket_message,
 )
 from actors.ecs import assert_ecs
 from actors.hostfs.entity import process_entity_id, socket_entity_id
 from actors.event import CHANGE, STATE, Event
 from actors.datasets.socket.sock_diag import (
-    NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, TCP_CLOSE, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN, DiagEntry,
+    NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, TCP_CLOSE, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN,
+    TIMEWAIT_TIMER, DiagEntry,
     Destroyed, DumpError, decode_sockid, dump_request, parse_destroyed, parse_dump, parse_tcp_info,
 )
 from actors.hostfs.etc_files import AccountNames
@@ -538,6 +539,19 @@ def test_a_never_bound_socket_is_not_reported(hostfs: Path) -> None:
     assert events == []
 
 
+def test_a_socket_that_changed_endpoints_is_still_closed_by_its_destroy(hostfs: Path) -> None:
+    """The poll reports a new-endpoints socket as closed and opened under the same cookie: the socket lives on,
+    so its later destroy notification is its one close, not a repeat to drop."""
+    unconnected = new_record(UDP, 4, "10.0.2.15", 5000, "0.0.0.0", 0, 77, 0, LISTENING, "", None, 7)
+    connected = new_record(UDP, 4, "10.0.2.15", 5000, "10.0.2.3", 53, 77, 0, OUTBOUND, "", None, 1)
+    monitored = dataset(hostfs, include_udp=True)
+    monitored.diff(snapshot({"5": unconnected}), snapshot({"5": connected}), at_startup=False)
+    _, events = monitored.apply_stream(snapshot({"5": connected}), [
+        destroyed(("10.0.2.15", 5000), ("10.0.2.3", 53), 5, protocol=socket.IPPROTO_UDP, acked=None, received=None)])
+
+    assert [(event.action, event.fields["network"]["direction"]) for event in events] == [("socket_closed", "outbound")]
+
+
 def test_stream_before_the_first_poll_still_reports(hostfs: Path) -> None:
     committed, events = dataset(hostfs).apply_stream(None, [destroyed(("10.0.2.15", 40000), ("1.1.1.1", 443), 80)])
 
@@ -627,6 +641,60 @@ def test_the_attribution_of_an_inode_is_forgotten_when_its_socket_is_gone(hostfs
     assert 77 in scans.forgotten and record[R_PROCESS] == ""
 
 
+def polled_dataset(hostfs: Path, dumps: list[list[DiagEntry]]) -> SocketDataset:
+    """A dataset whose polls return `dumps` (UDP) one after the other and find no process."""
+    monitored = dataset(hostfs, include_localhost=True, include_udp=True)
+    monitored.observer.owners = ScanStandIn()  # type: ignore[assignment]
+    queue = iter(dumps)
+    monitored.observer._dumps = lambda: [(UDP, next(queue))]  # type: ignore[method-assign]
+    return monitored
+
+
+def udp_destroyed(entry: DiagEntry) -> Destroyed:
+    endpoints = decode_sockid(entry.family, entry.sockid)
+    return destroyed((endpoints.local_ip, endpoints.local_port), (endpoints.remote_ip, endpoints.remote_port),
+                     endpoints.cookie, protocol=socket.IPPROTO_UDP, acked=None, received=None)
+
+
+def test_a_socket_the_stream_closed_is_not_opened_again_by_a_dump_that_still_lists_it(hostfs: Path) -> None:
+    """One close per socket, whichever path sees it first: were a dump to list a socket after its destroy
+    notification (the kernel's timewait remains keep the cookie), the polls neither open it again nor close it
+    a second time."""
+    entry = udp_entry(("10.0.2.3", 53))
+    monitored = polled_dataset(hostfs, [[entry], [entry], [entry], []])
+    first = monitored.observe()
+    committed, streamed = monitored.apply_stream(first, [udp_destroyed(entry)])
+    polls = [committed]
+    for _ in range(3):
+        polls.append(monitored.observe())
+    later = [event for before, after in zip(polls, polls[1:])
+             for event in monitored.diff(round_trip(before), after, at_startup=False)]
+
+    assert [event.action for event in streamed] == ["socket_closed"]
+    assert later == [] and all(monitored.state_report(poll) == [] for poll in polls)
+
+
+def test_a_destroy_notification_after_the_polls_close_is_dropped_and_the_cookie_not_reopened(hostfs: Path) -> None:
+    entry = udp_entry(("10.0.2.3", 53))
+    monitored = polled_dataset(hostfs, [[entry], [], [entry]])
+    first = monitored.observe()
+    gone = monitored.observe()
+    [closed] = monitored.diff(first, gone, at_startup=False)
+    _, late = monitored.apply_stream(gone, [udp_destroyed(entry)])
+
+    assert closed.action == "socket_closed" and late == []
+    assert monitored.diff(gone, monitored.observe(), at_startup=False) == []
+
+
+def test_closed_cookie_memory_is_bounded() -> None:
+    memory = ClosedCookies(capacity=2)
+    for key in ("1", "2", "3"):
+        memory.add(key, by_stream=key != "2")
+
+    assert "1" not in memory and "2" in memory and "3" in memory
+    assert memory.take_closed_by_stream() == {"1", "3"} and memory.take_closed_by_stream() == set()
+
+
 def test_attribution_memory_is_bounded(hostfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket_dataset, "ATTRIBUTION_MEMORY", 2)
     entries = [udp_entry(("10.0.2.3", 53), inode=inode, cookie=inode) for inode in (71, 72, 73)]
@@ -654,8 +722,10 @@ def kernel_message(kind: int, sequence: int, body: bytes) -> bytes:
     return struct.pack("=IHHII", length, kind, 2, sequence, 0) + body + b"\x00" * (-length % 4)
 
 
-def inet_diag_msg(family: int, state: int, sockid: bytes, uid: int, inode: int, attributes: bytes = b"") -> bytes:
-    return struct.pack("=BBBB", family, state, 0, 0) + sockid + struct.pack("=IIIII", 0, 0, 0, uid, inode) + attributes
+def inet_diag_msg(family: int, state: int, sockid: bytes, uid: int, inode: int, attributes: bytes = b"",
+                  timer: int = 0) -> bytes:
+    return (struct.pack("=BBBB", family, state, timer, 0) + sockid + struct.pack("=IIIII", 0, 0, 0, uid, inode)
+            + attributes)
 
 
 def attribute(kind: int, payload: bytes) -> bytes:
@@ -682,6 +752,22 @@ def test_parse_dump_reads_entries_until_done() -> None:
     [entry] = entries
     assert (entry.family, entry.state, entry.uid, entry.inode) == (socket.AF_INET, TCP_ESTABLISHED, 0, 4242)
     assert decode_sockid(entry.family, entry.sockid) == (22, 55270, "10.0.2.15", "10.0.2.2", 0, (5 << 32) | 9)
+
+
+def test_parse_dump_skips_timewait_remains_of_destroyed_sockets() -> None:
+    """A socket closed in FIN_WAIT2 leaves a timewait minisocket the kernel dumps as FIN_WAIT2 (its substate), with
+    the destroyed socket's cookie, no inode and uid 0, and idiag_timer 3; a live orphan in FIN_WAIT2 has timer 2."""
+    remains = kernel_sockid(socket.AF_INET, 40000, 443, "10.0.2.15", "1.1.1.1", 11)
+    orphan = kernel_sockid(socket.AF_INET, 40001, 443, "10.0.2.15", "1.1.1.1", 12)
+    data = (kernel_message(SOCK_DIAG_BY_FAMILY, 5, inet_diag_msg(socket.AF_INET, TCP_FIN_WAIT2, remains, 0, 0,
+                                                                 timer=TIMEWAIT_TIMER))
+            + kernel_message(SOCK_DIAG_BY_FAMILY, 5, inet_diag_msg(socket.AF_INET, TCP_FIN_WAIT2, orphan, 0, 0,
+                                                                   timer=2))
+            + kernel_message(NLMSG_DONE, 5, struct.pack("=i", 0)))
+    entries: list = []
+
+    assert parse_dump(data, 5, entries) is True
+    assert [decode_sockid(entry.family, entry.sockid).cookie for entry in entries] == [12]
 
 
 def test_parse_dump_raises_the_kernels_error() -> None:

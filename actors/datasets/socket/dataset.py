@@ -325,6 +325,41 @@ class SocketOwners:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# One close per socket
+# ---------------------------------------------------------------------------------------------------------
+
+class ClosedCookies:
+    """The keys (kernel cookies) of the sockets reported closed lately, by a poll's diff or by the stream.
+
+    Whichever path sees a close first reports it; the other finds the key here and stays silent: the stream
+    skips a destroy notification of a socket a poll already reported closed, and a poll drops a dumped socket
+    the stream has closed (a cookie is unique per boot, so a closed socket never comes back under it). Bounded:
+    the oldest keys are forgotten past `capacity`.
+    """
+
+    def __init__(self, capacity: int = CLOSED_MEMORY) -> None:
+        self.capacity = capacity
+        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._by_stream: set[str] = set()  # closed by the stream since the last poll
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    def add(self, key: str, by_stream: bool = False) -> None:
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        while len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+        if by_stream:
+            self._by_stream.add(key)
+
+    def take_closed_by_stream(self) -> set[str]:
+        """The keys the stream closed since the last call (a poll's), and forget that they were new."""
+        taken, self._by_stream = self._by_stream, set()
+        return taken
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Observation: one poll of the kernel's socket tables -> a JSON-serialisable snapshot
 # ---------------------------------------------------------------------------------------------------------
 
@@ -359,9 +394,10 @@ class SocketObserver:
     """Dumps sockets, keeps what it learnt about each (by its raw sockid) from one poll to the next, and
     attributes new ones to processes."""
 
-    def __init__(self, hostfs: Path, options: SocketOptions) -> None:
+    def __init__(self, hostfs: Path, options: SocketOptions, closed: ClosedCookies | None = None) -> None:
         self.hostfs = hostfs
         self.options = options
+        self.closed = closed if closed is not None else ClosedCookies()
         self.owners = SocketOwners(hostfs, options.full_scan_interval)
         self.listeners = ListenerTable()
         self._diag: DiagSocket | None = None
@@ -403,15 +439,18 @@ class SocketObserver:
     def _carry_over(self, dumps: list[tuple[str, list[DiagEntry]]], listeners: ListenerTable
                     ) -> tuple[dict[bytes, _Known], list[tuple[str, DiagEntry]]]:
         """Keep the previous poll's record of every socket still there (by raw sockid: no decoding); return
-        them and the entries never seen."""
+        them and the entries never seen. A socket the stream closed since is not kept, even if dumped."""
         known: dict[bytes, _Known] = {}
         fresh: list[tuple[str, DiagEntry]] = []
         previous = self._known
+        closed_by_stream = self.closed.take_closed_by_stream()
         for transport, entries in dumps:
             for entry in entries:
                 seen = previous.get(entry.sockid)
                 if seen is None:
                     fresh.append((transport, entry))
+                    continue
+                if closed_by_stream and seen.key in closed_by_stream:
                     continue
                 record = seen.record
                 if record[R_STATE] != entry.state:
@@ -440,7 +479,7 @@ class SocketObserver:
         if entry.inode == 0 and transport == TCP and entry.state in NOT_YET_ACCEPTED:
             return None
         endpoints = decode_sockid(entry.family, entry.sockid)
-        if endpoints.local_port == 0:
+        if endpoints.local_port == 0 or str(endpoints.cookie) in self.closed:
             return None
         uid = entry.uid if entry.inode else None  # without an inode the kernel says 0 whoever owned it
         record = new_record(transport, 4 if entry.family == socket.AF_INET else 6, endpoints.local_ip,
@@ -756,9 +795,9 @@ class SocketDataset:
         self.hostfs = Path(context.hostfs)
         self.host_id = context.host_id
         self.options = parse_options(context.options)
-        self.observer = SocketObserver(self.hostfs, self.options)
+        self.closed = ClosedCookies()
+        self.observer = SocketObserver(self.hostfs, self.options, self.closed)
         self.users = AccountNames(self.hostfs)  # from <hostfs>/etc/passwd, not NSS
-        self._recently_closed: OrderedDict[str, None] = OrderedDict()
         self._stream_warned = False
 
     # -- polling ------------------------------------------------------------------------------------------
@@ -790,7 +829,8 @@ class SocketDataset:
         closed, opened = changed_keys(before_map, after_map)
         events: list[Event] = []
         for key in closed:
-            self._remember_closed(key)
+            if key not in after_map:  # gone; not a socket that only changed endpoints (closed, then opened)
+                self.closed.add(key)
             events.append(socket_event(before_map[key], key, SOCKET_CLOSED, closed_context, timestamp,
                                        closed_at=timestamp))
         for key in opened:
@@ -824,9 +864,9 @@ class SocketDataset:
             if not isinstance(item, Destroyed) or not self._wanted(item):
                 continue
             key = str(item.cookie)
-            if key in self._recently_closed:
+            if key in self.closed:
                 continue
-            self._remember_closed(key)
+            self.closed.add(key, by_stream=True)
             record = sockets.get(key) if sockets is not None else None
             if record is not None:
                 closed.append(key)
@@ -859,12 +899,6 @@ class SocketDataset:
     def _context(self, snapshot: Any) -> EventContext:
         processes = snapshot.get("processes", {}) if isinstance(snapshot, Mapping) else {}
         return EventContext(self.host_id, self.users, processes)
-
-    def _remember_closed(self, key: str) -> None:
-        self._recently_closed[key] = None
-        self._recently_closed.move_to_end(key)
-        while len(self._recently_closed) > CLOSED_MEMORY:
-            self._recently_closed.popitem(last=False)
 
     def close(self) -> None:
         self.observer.close()

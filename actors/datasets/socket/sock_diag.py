@@ -55,6 +55,10 @@ TCP_STATE_NAMES = {
     TCP_LAST_ACK: "LAST_ACK", TCP_LISTEN: "LISTEN", TCP_CLOSING: "CLOSING", TCP_NEW_SYN_RECV: "NEW_SYN_RECV",
 }
 ALL_STATES = 0xFFF  # bit (1 << state) for states 0..11; a dump asks for the states it wants
+# idiag_timer of a timewait minisocket (inet_twsk_diag_fill): what remains of a TCP socket the kernel has already
+# destroyed (and announced to the destroy groups), dumped under its substate (TIME_WAIT, or FIN_WAIT2 when the
+# socket was closed in FIN_WAIT2) with the destroyed socket's cookie. Full sockets report 0, 1, 2 or 4.
+TIMEWAIT_TIMER = 3
 
 # struct nlmsghdr; inet_diag_req_v2; inet_diag_msg (72 bytes, the 48-byte inet_diag_sockid kept raw)
 _NLMSGHDR = struct.Struct("=IHHII")
@@ -115,7 +119,10 @@ def dump_request(family: int, protocol: int, states: int, sequence: int, extensi
 
 
 class DiagEntry(NamedTuple):
-    """One socket of a dump, kept raw: its sockid bytes (identity: addresses, ports, cookie) and a few fields."""
+    """One socket of a dump, kept raw: its sockid bytes (identity: addresses, ports, cookie) and a few fields.
+
+    `uid` is the owner of the socket's file (idiag_uid): real only while a process holds the socket (`inode` not
+    0); the kernel reports 0 for an orphan, whoever owned it."""
 
     sockid: bytes
     family: int
@@ -131,7 +138,8 @@ class DumpError(OSError):
 def parse_dump(data: bytes, sequence: int, into: list[DiagEntry]) -> bool:
     """Append the inet_diag_msg entries of one netlink datagram to `into`; return True at NLMSG_DONE.
 
-    Messages of another sequence number (a stale dump) are skipped. Raises DumpError on NLMSG_ERROR.
+    Messages of another sequence number (a stale dump) are skipped, and so are timewait minisockets (the remains
+    of sockets already destroyed, see TIMEWAIT_TIMER). Raises DumpError on NLMSG_ERROR.
     """
     offset, end = 0, len(data)
     unpack = _MESSAGE.unpack_from
@@ -149,7 +157,8 @@ def parse_dump(data: bytes, sequence: int, into: list[DiagEntry]) -> bool:
                 raise DumpError(code, f"sock_diag dump failed: {os.strerror(code)}")
             if kind == SOCK_DIAG_BY_FAMILY and offset + _MESSAGE_END <= end:
                 fields = unpack(data, offset)
-                append(make(DiagEntry, (fields[9], fields[5], fields[6], fields[13], fields[14])))
+                if fields[7] != TIMEWAIT_TIMER:
+                    append(make(DiagEntry, (fields[9], fields[5], fields[6], fields[13], fields[14])))
         offset += (length + 3) & ~3
     return False
 
