@@ -1,4 +1,5 @@
-"""Auditbeat's entity_id algorithms (process, user, socket, package), byte for byte, so ids match Auditbeat's."""
+"""Auditbeat's entity_id algorithms (process, user, socket, package), byte for byte, so ids match Auditbeat's, and
+the process start time (go-sysinfo's) they hash."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import ipaddress
 import struct
 
+from actors.event import iso_millis
 from actors.hostfs.procfs import USER_HZ
 
 
@@ -23,6 +25,12 @@ def start_offset_ns(start_ticks: int) -> int:
     """A process's start after boot in ns, as go-sysinfo computes it: `Duration(int64(float64(ticks) / 100 *
     1e9))` (the same IEEE double arithmetic as Go, truncated); its start time is `time.Unix(btime, 0)` plus this."""
     return int(start_ticks / USER_HZ * 1e9)
+
+
+def process_start_iso(boot_time: int, start_ticks: int) -> str:
+    """`process.start` as go-sysinfo computes it (btime + Duration(float(ticks)/100*1e9)), in ISO UTC millis."""
+    nanos = start_offset_ns(start_ticks)
+    return iso_millis((boot_time * 1000 + nanos // 1_000_000) / 1000)
 
 
 def start_time_nanosecond(start_ticks: int) -> int:

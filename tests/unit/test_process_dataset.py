@@ -920,7 +920,7 @@ def test_exit_status_becomes_exit_code_or_minus_signal(status: int, code: int) -
 
 
 def test_cmdline_padding_left_by_a_rewritten_title_is_not_arguments() -> None:
-    from actors.datasets.process.dataset import parse_cmdline
+    from actors.hostfs.procfs import parse_cmdline
 
     assert parse_cmdline(b"hostaudit: supervisor" + b"\0" * 40) == ("hostaudit: supervisor",)
     assert parse_cmdline(b"ls\0-l\0\0x\0") == ("ls", "-l", "", "x")

@@ -13,11 +13,12 @@ from typing import Any, Mapping, Sequence, TypedDict
 
 from actors.hostfs import procfs
 from actors.hostfs.outcome import Outcome
-from actors.hostfs.procfs import NANOS_PER_TICK, ProcStat, read_stat
+from actors.hostfs.procfs import (NANOS_PER_TICK, ProcStat, parse_cmdline, parse_status_ids, read_stat,
+                                  status_values)
 from actors.hostfs.etc_files import AccountNames
 from actors.datasets import DatasetContext
 from actors.hostfs.host_facts import read_boot_id, read_boot_time
-from actors.hostfs.entity import process_entity_id, start_offset_ns
+from actors.hostfs.entity import process_entity_id, process_start_iso
 from actors.event import CHANGE, STATE, Event, iso_millis
 from actors.datasets.process.exe_hash import (ECS_HASH_TYPES, BackgroundHasher, ExecutableHasher, FileId, HashJob,
                                               HashResult, file_id)
@@ -152,31 +153,10 @@ class ProcessDetails:
     vanished: bool = False  # the process exited while it was read
 
 
-def _status_line(raw: bytes, key: bytes) -> list[bytes]:
-    """The values of one "Key:\tv1\tv2" line of /proc/PID/status ([] when missing)."""
-    start = raw.find(key)
-    if start < 0:
-        return []
-    end = raw.find(b"\n", start + 1)
-    return raw[start + len(key):end if end >= 0 else len(raw)].split()
-
-
 def parse_status(raw: bytes) -> tuple[tuple[str, str, str, str, str, str] | None, int, int]:
     """Return (uid, euid, suid, gid, egid, sgid) and the effective and permitted capability masks."""
-    uids, gids = _status_line(raw, b"\nUid:"), _status_line(raw, b"\nGid:")
-    effective, permitted = _status_line(raw, b"\nCapEff:"), _status_line(raw, b"\nCapPrm:")
-    ids = None
-    if len(uids) >= 3 and len(gids) >= 3:
-        ids = (uids[0].decode(), uids[1].decode(), uids[2].decode(), gids[0].decode(), gids[1].decode(),
-               gids[2].decode())
-    return ids, int(effective[0], 16) if effective else 0, int(permitted[0], 16) if permitted else 0
-
-
-def parse_cmdline(raw: bytes) -> tuple[str, ...]:
-    """Split /proc/PID/cmdline on NUL. Trailing NULs are dropped: the last argument's terminator, and the
-    padding a process leaves when it rewrites its own title (setproctitle), which are not arguments."""
-    raw = raw.rstrip(b"\0")
-    return tuple(part.decode("utf-8", "replace") for part in raw.split(b"\0")) if raw else ()
+    effective, permitted = status_values(raw, b"\nCapEff:"), status_values(raw, b"\nCapPrm:")
+    return parse_status_ids(raw), int(effective[0], 16) if effective else 0, int(permitted[0], 16) if permitted else 0
 
 
 def container_id(cgroup: str) -> str | None:
@@ -310,12 +290,6 @@ def is_kernel_thread(details: ProcessDetails) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 # Events (pure functions of records)
 # ---------------------------------------------------------------------------------------------------------
-
-def start_iso(boot_time: int, ticks: int) -> str:
-    """process.start as go-sysinfo computes it (btime + Duration(float(ticks)/100*1e9)), in ISO UTC millis."""
-    nanos = start_offset_ns(ticks)
-    return iso_millis((boot_time * 1000 + nanos // 1_000_000) / 1000)
-
 
 def put_hash(record: ProcessRecord, result: HashResult | None) -> None:
     """Record an executable's digests, or why it has none (reported as error.message); nothing for None (the file
@@ -741,7 +715,7 @@ class ProcessDataset:
 
     def _add_identity(self, record: ProcessRecord) -> None:
         if self.boot_time is not None:
-            record["start"] = start_iso(self.boot_time, record["ticks"])
+            record["start"] = process_start_iso(self.boot_time, record["ticks"])
         if self.host_id:
             record["entity_id"] = process_entity_id(self.host_id, record["pid"], record["ticks"])
 
