@@ -33,6 +33,7 @@ FIELDS: frozenset[str] = frozenset({
     *(f"process.hash.{name}" for name in ECS_HASH_TYPES),
     "process.thread.capabilities.effective", "process.thread.capabilities.permitted",
     "user.id", "user.name", "user.group.id", "user.group.name", "user.effective.id", "user.effective.group.id",
+    "process.user.id", "process.group.id", "process.saved_user.id", "process.saved_group.id",
     "container.id", "error.message",
 })
 LOG = logging.getLogger("hostaudit.process")
@@ -331,11 +332,13 @@ def process_fields(record: Mapping[str, Any]) -> dict[str, Any]:
         user["effective"] = effective
     if user:
         fields["user"] = user
-    if saved:
-        # Auditbeat's user.saved.id / user.saved.group.id are not ECS 9.4 fields: they go under
-        # system.audit.process.user.saved.* (ECS's own spelling would be process.saved_user.id /
-        # process.saved_group.id).
-        custom["user"] = {"saved": saved}
+    # ECS's own process credentials: process.user / process.group are the effective ids, process.saved_user /
+    # process.saved_group the saved ones (Auditbeat's user.saved.id / user.saved.group.id, not ECS fields).
+    for ids, user_key, group_key in ((effective, "user", "group"), (saved, "saved_user", "saved_group")):
+        if "id" in ids:
+            process[user_key] = {"id": ids["id"]}
+        if "group" in ids:
+            process[group_key] = dict(ids["group"])
     if custom:
         fields["system"] = {"audit": {"process": custom}}
     if record.get("container"):
