@@ -23,7 +23,7 @@ from actors.datasets.socket.dataset import (
 )
 from actors.datasets.socket.options import DEFAULT_STREAM_BUFFER
 from actors.ecs import assert_ecs
-from actors.hostfs.entity import process_entity_id
+from actors.hostfs.entity import process_entity_id, process_start_iso
 from actors.event import Event
 from actors.datasets.socket.sock_diag import (
     NETLINK_ADD_MEMBERSHIP, NETLINK_SOCK_DIAG, SKNLGRP_INET_TCP_DESTROY, SOCK_DIAG_BY_FAMILY, SOL_NETLINK,
@@ -142,14 +142,26 @@ def without_unknowns(events: Sequence[Event]) -> Sequence[Event]:
     return events
 
 
-def own_process() -> dict[str, Any]:
-    """What the dataset should say of this test process."""
-    pid = os.getpid()
+def boot_time() -> int:
+    [line] = [line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")]
+    return int(line.split()[1])
+
+
+def process_of(pid: int) -> dict[str, Any]:
+    """What the dataset should say of a live process: from its /proc files, read here."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     start_ticks = int(stat[stat.rfind(")") + 2:].split()[19])
     return {"pid": pid, "name": Path(f"/proc/{pid}/comm").read_text().strip(),
             "executable": os.readlink(f"/proc/{pid}/exe"),
+            "args": Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0"),
+            "start": process_start_iso(boot_time(), start_ticks),
+            "parent": {"pid": int(stat[stat.rfind(")") + 2:].split()[1])},
             "entity_id": process_entity_id(HOST_ID, pid, start_ticks)}
+
+
+def own_process() -> dict[str, Any]:
+    """What the dataset should say of this test process."""
+    return process_of(os.getpid())
 
 
 def read_stream(stream: DestroyListener, done: Callable[[list[Destroyed]], bool], what: str) -> list[Destroyed]:
@@ -208,6 +220,11 @@ def test_listener_inbound_and_outbound_sockets_are_described(cleanup: contextlib
     assert outbound.fields["network"]["direction"] == "outbound"
     assert outbound.fields["source"] == {"ip": ip, "port": port(client)}
     assert outbound.fields["destination"] == {"ip": ip, "port": port(listener)}
+    assert (outbound.fields["client"], outbound.fields["server"]) == (outbound.fields["source"],
+                                                                      outbound.fields["destination"])
+    assert (inbound.fields["client"], inbound.fields["server"]) == (outbound.fields["client"],
+                                                                    outbound.fields["server"])
+    assert listening.fields["server"] == listening.fields["destination"] and "client" not in listening.fields
     assert inbound.fields["network"]["direction"] == "inbound"
     assert inbound.fields["source"] == {"ip": ip, "port": port(client)}
     assert inbound.fields["destination"] == {"ip": ip, "port": port(listener)}
@@ -215,6 +232,7 @@ def test_listener_inbound_and_outbound_sockets_are_described(cleanup: contextlib
     for event in (listening, outbound, inbound):
         assert event.fields["process"] == me
         assert event.fields["user"] == {"id": "0", "name": "root"}
+        assert event.fields["group"] == {"id": str(os.getgid()), "name": "root"}
         assert event.fields["system"]["audit"]["socket"]["entity_id"]
     bracket = (lambda address: f"[{address}]") if ":" in ip else (lambda address: address)
     assert inbound.message == (f"Inbound socket ({bracket(ip)}:{port(client)} -> {bracket(ip)}:{port(listener)}) "

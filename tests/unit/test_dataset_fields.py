@@ -38,6 +38,6 @@ def test_dataset_sets_field_knows_objects_and_leaves() -> None:
     assert dataset_sets_field("process", "process.name") and dataset_sets_field("process", "process")
     assert dataset_sets_field("process", "user.group") and dataset_sets_field("host", "host.os.kernel")
     assert dataset_sets_field("host", "event") and not dataset_sets_field("host", "process.name")
-    assert not dataset_sets_field("user", "user.na") and not dataset_sets_field("socket", "process.args")
+    assert not dataset_sets_field("user", "user.na") and not dataset_sets_field("socket", "process.exit_code")
     with pytest.raises(KeyError):
         dataset_fields("tcp")

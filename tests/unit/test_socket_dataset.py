@@ -20,14 +20,14 @@ from actors.datasets import DatasetContext
 from actors.datasets.socket import dataset as socket_dataset
 from actors.datasets.socket.dataset import (
     INBOUND, LISTENING, OUTBOUND, R_PROCESS, SOCKET_CLOSED, SOCKET_OPENED, TCP, UDP, ClosedCookies, ListenerTable,
-    ScannedProcess, SocketDataset, SocketObserver, SocketOptions, community_id, new_record, new_snapshot, socket_message,
+    ScannedProcess, SocketDataset, Traffic, SocketObserver, SocketOptions, community_id, new_record, new_snapshot, socket_message,
 )
 from actors.ecs import assert_ecs
 from actors.hostfs.entity import process_entity_id, socket_entity_id
 from actors.event import CHANGE, STATE, Event
 from actors.datasets.socket.sock_diag import (
     NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, TCP_CLOSE, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN,
-    TIMEWAIT_TIMER, DiagEntry,
+    INET_DIAG_INFO, INET_DIAG_INFO_EXTENSION, TIMEWAIT_TIMER, DiagEntry,
     Destroyed, DumpError, decode_sockid, dump_request, parse_destroyed, parse_dump, parse_tcp_info,
 )
 from actors.hostfs.etc_files import AccountNames
@@ -38,9 +38,13 @@ HOST_ID = "4d8e7f5b0a2c4e1f9b3a6c5d7e8f9a0b"
 BOOT_ID = "6a2f4c1e-3b5d-4e7f-8a9b-0c1d2e3f4a5b"
 OBSERVED_AT = 1_700_018_680.123
 SSHD = "22799:104857"  # the process key ("pid:start ticks") of the sample sshd
-SSHD_INFO = [22799, 104857, "sshd", "/usr/sbin/sshd"]
+SSHD_ARGS = ["sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups"]
+SSHD_INFO = [22799, 104857, "sshd", "/usr/sbin/sshd", SSHD_ARGS, 1, "0"]  # pid, ticks, name, exe, args, ppid, gid
+BOOT_TIME = 1_700_000_000
+SSHD_START = "2023-11-14T22:30:48.569Z"  # BOOT_TIME + 104,857 ticks, in go-sysinfo's float arithmetic (truncated)
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n" \
          "alice:x:1000:1000:Alice:/home/alice:/bin/bash\n"
+GROUP = "root:x:0:\nnogroup:x:65534:\nalice:x:1000:\n"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -49,9 +53,13 @@ PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexist
 
 @pytest.fixture
 def hostfs(tmp_path: Path) -> Path:
-    """A host root with just /etc/passwd (nothing here touches /proc or netlink)."""
+    """A host root with /etc/passwd, /etc/group and the boot time in /proc/stat (nothing here scans /proc or
+    dumps sockets: the polls are stood in for)."""
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "passwd").write_text(PASSWD)
+    (tmp_path / "etc" / "group").write_text(GROUP)
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "stat").write_text(f"cpu  1 2 3 4\nbtime {BOOT_TIME}\n")
     return tmp_path
 
 
@@ -238,11 +246,14 @@ def test_inbound_fields_put_the_remote_end_in_source(hostfs: Path) -> None:
 
     assert fields["source"] == {"ip": "10.0.2.2", "port": 55270}
     assert fields["destination"] == {"ip": "10.0.2.15", "port": 22}
+    # the remote end initiated: ECS's client, as Auditbeat's socket flows set it beside source
+    assert fields["client"] == fields["source"] and fields["server"] == fields["destination"]
     assert fields["network"] == {"direction": "inbound", "transport": "tcp", "type": "ipv4", "iana_number": "6",
                                  "community_id": community_id(TCP, "10.0.2.2", 55270, "10.0.2.15", 22)}
-    assert fields["process"] == {"pid": 22799, "name": "sshd", "executable": "/usr/sbin/sshd",
+    assert fields["process"] == {"pid": 22799, "name": "sshd", "executable": "/usr/sbin/sshd", "args": SSHD_ARGS,
+                                 "start": SSHD_START, "parent": {"pid": 1},
                                  "entity_id": process_entity_id(HOST_ID, 22799, 104857)}
-    assert fields["user"] == {"id": "0", "name": "root"}
+    assert fields["user"] == {"id": "0", "name": "root"} and fields["group"] == {"id": "0", "name": "root"}
     assert fields["related"] == {"ip": ["10.0.2.15", "10.0.2.2"], "user": ["root"]}
     assert fields["system"]["audit"]["socket"]["state"] == "ESTABLISHED"
     assert (event.kind, event.category, event.type) == (STATE, ("network",), ("connection", "info"))
@@ -251,15 +262,32 @@ def test_inbound_fields_put_the_remote_end_in_source(hostfs: Path) -> None:
 def test_outbound_fields_put_the_local_end_in_source(hostfs: Path) -> None:
     [event] = dataset(hostfs).state_report(snapshot({"2": curl_outbound()}))
 
-    assert event.fields["source"] == {"ip": "10.0.2.15", "port": 40512}
-    assert event.fields["destination"] == {"ip": "93.184.216.34", "port": 443}
+    assert event.fields["source"] == event.fields["client"] == {"ip": "10.0.2.15", "port": 40512}
+    assert event.fields["destination"] == event.fields["server"] == {"ip": "93.184.216.34", "port": 443}
 
 
 def test_listening_socket_has_only_a_destination_and_no_community_id(hostfs: Path) -> None:
     [event] = dataset(hostfs).state_report(snapshot({"1": sshd_listener()}))
 
     assert "source" not in event.fields and event.fields["destination"] == {"ip": "0.0.0.0", "port": 22}
+    assert "client" not in event.fields and event.fields["server"] == {"ip": "0.0.0.0", "port": 22}
     assert "community_id" not in event.fields["network"]
+
+
+def test_a_process_from_a_snapshot_written_before_args_were_kept_is_still_named(hostfs: Path) -> None:
+    old = new_snapshot({"7": sshd_inbound()}, {SSHD: SSHD_INFO[:4]}, None, BOOT_ID, OBSERVED_AT)
+    [event] = dataset(hostfs).state_report(round_trip(old))
+
+    assert event.fields["process"] == {"pid": 22799, "name": "sshd", "executable": "/usr/sbin/sshd",
+                                       "start": SSHD_START, "entity_id": process_entity_id(HOST_ID, 22799, 104857)}
+    assert "group" not in event.fields
+
+
+def test_a_group_without_a_name_has_its_id_alone(hostfs: Path) -> None:
+    orphaned_group = new_snapshot({"7": sshd_inbound()}, {SSHD: [*SSHD_INFO[:6], "4242"]}, None, BOOT_ID, OBSERVED_AT)
+    [event] = dataset(hostfs).state_report(orphaned_group)
+
+    assert event.fields["group"] == {"id": "4242"}
 
 
 def test_user_id_is_a_string_and_an_unknown_uid_has_no_name(hostfs: Path) -> None:
@@ -416,8 +444,15 @@ def test_closing_a_socket_seen_opening_reports_its_duration(hostfs: Path) -> Non
     before = snapshot({"2": curl_outbound()})
     [closed] = dataset(hostfs).diff(before, snapshot({}, observed_at=1_700_018_630.0), at_startup=False)
 
-    assert closed.fields["event"]["duration"] == 30 * 1_000_000_000
-    assert closed.fields["event"]["start"] == "2023-11-15T03:23:20.000Z"
+    assert closed.fields["event"] == {"start": "2023-11-15T03:23:20.000Z", "end": "2023-11-15T03:23:50.000Z",
+                                      "duration": 30 * 1_000_000_000}
+
+
+def test_a_close_of_a_socket_there_since_the_first_poll_has_its_end_but_no_start(hostfs: Path) -> None:
+    [closed] = dataset(hostfs).diff(snapshot({"7": sshd_inbound()}), snapshot({}, observed_at=1_700_018_630.0),
+                                    at_startup=False)
+
+    assert closed.fields["event"] == {"end": "2023-11-15T03:23:50.000Z"}
 
 
 def test_same_cookie_with_new_endpoints_is_a_closed_and_an_opened_socket(hostfs: Path) -> None:
@@ -464,8 +499,10 @@ def test_destroyed_known_socket_is_closed_with_its_process_traffic_and_duration(
     # inbound: the remote end is the source, so what this host received came from the source
     assert closed.fields["source"] == {"ip": "10.0.2.2", "port": 55270, "bytes": 300, "packets": 9}
     assert closed.fields["destination"] == {"ip": "10.0.2.15", "port": 22, "bytes": 1500, "packets": 12}
+    assert closed.fields["client"] == closed.fields["source"] and closed.fields["server"] == closed.fields["destination"]
     assert closed.fields["network"]["bytes"] == 1800 and closed.fields["network"]["packets"] == 21
-    assert closed.fields["event"]["duration"] == 65 * 1_000_000_000
+    assert closed.fields["event"] == {"start": "2023-11-15T03:23:40.123Z", "end": "2023-11-15T03:24:45.123Z",
+                                      "duration": 65 * 1_000_000_000}
     assert after["closed"] == ["7"] and before["closed"] == []
 
 
@@ -474,6 +511,35 @@ def test_outbound_traffic_counts_sent_bytes_from_the_source(hostfs: Path) -> Non
                                                [destroyed(("10.0.2.15", 40512), ("93.184.216.34", 443), 2)])
 
     assert closed.fields["source"]["bytes"] == 1500 and closed.fields["destination"]["bytes"] == 300
+
+
+def test_a_state_report_carries_the_traffic_of_each_connection_so_far(hostfs: Path) -> None:
+    monitored = dataset(hostfs)
+    monitored.observer.traffic = lambda: {"7": Traffic(sent_bytes=4096, received_bytes=1 << 20, sent_packets=40,
+                                                       received_packets=800)}  # type: ignore[method-assign]
+    inbound, listener = monitored.state_report(snapshot({"7": sshd_inbound(), "1": sshd_listener()}))
+
+    assert inbound.fields["source"] == inbound.fields["client"] == {"ip": "10.0.2.2", "port": 55270,
+                                                                    "bytes": 1 << 20, "packets": 800}
+    assert inbound.fields["destination"] == {"ip": "10.0.2.15", "port": 22, "bytes": 4096, "packets": 40}
+    assert (inbound.fields["network"]["bytes"], inbound.fields["network"]["packets"]) == ((1 << 20) + 4096, 840)
+    assert "bytes" not in listener.fields["destination"] and "bytes" not in listener.fields["network"]
+
+
+def test_a_state_report_without_the_kernels_counters_warns_once_and_goes_out(
+        hostfs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    monitored = dataset(hostfs)
+
+    def refused() -> dict[str, Traffic]:
+        raise DumpError(13, "sock_diag dump failed: Permission denied")
+    monitored.observer.traffic = refused  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING):
+        reports = [monitored.state_report(snapshot({"7": sshd_inbound()})) for _ in range(2)]
+
+    assert [len(report) for report in reports] == [1, 1] and "bytes" not in reports[0][0].fields["source"]
+    assert [record.getMessage() for record in caplog.records].count(
+        "Cannot read the TCP counters of the sockets (sock_diag dump failed: Permission denied): state reports "
+        "carry no bytes") == 1
 
 
 def test_the_next_poll_does_not_report_a_socket_the_stream_closed(hostfs: Path) -> None:
@@ -505,8 +571,8 @@ def test_a_socket_never_seen_gets_a_synthesized_open_and_its_close(hostfs: Path)
         "short_lived": True, "synthesized": True}
     assert closed.fields["system"]["audit"]["socket"]["short_lived"] is True
     assert closed.fields["network"]["direction"] == "inbound"  # by the listener of the snapshot
-    assert "user" not in closed.fields and "process" not in closed.fields and "duration" not in closed.fields.get(
-        "event", {})
+    assert "user" not in closed.fields and "process" not in closed.fields and "group" not in closed.fields
+    assert closed.fields["event"] == {"end": "2023-11-15T03:24:45.123Z"}  # opened since the last poll: when, unknown
     assert closed.fields["error"]["message"].startswith("socket opened and closed between two polls")
     assert closed.message == "Inbound socket (10.0.2.9:61000 -> 10.0.2.15:22) CLOSED"
     assert opened.message == "Inbound socket (10.0.2.9:61000 -> 10.0.2.15:22) OPENED"
@@ -596,7 +662,7 @@ def udp_entry(remote: tuple[str, int], inode: int = 77, uid: int = 1000, cookie:
     return DiagEntry(sockid, socket.AF_INET, state, uid, inode)
 
 
-DIG = ScannedProcess(4321, 99, "dig", "/usr/bin/dig", 0, {77})
+DIG = ScannedProcess(4321, 99, "dig", "/usr/bin/dig", 0, {77}, ppid=4000, args=("dig", "example.com"), gid="1000")
 
 
 def test_a_socket_keeps_the_process_of_its_inode_after_the_process_exited(hostfs: Path) -> None:
@@ -610,11 +676,15 @@ def test_a_socket_keeps_the_process_of_its_inode_after_the_process_exited(hostfs
     after = watching.observe()
     [record] = after["sockets"].values()
 
-    assert record[R_PROCESS] == DIG.key and after["processes"][DIG.key] == [4321, 99, "dig", "/usr/bin/dig"]
+    assert record[R_PROCESS] == DIG.key and after["processes"][DIG.key] == [
+        4321, 99, "dig", "/usr/bin/dig", ["dig", "example.com"], 4000, "1000"]
     assert 77 not in scans.forgotten  # the inode lives on in the new record
     events = dataset(hostfs).diff(round_trip(before), round_trip(after), at_startup=False)
     assert [(event.action, event.fields["process"]["pid"]) for event in events] == [
         (SOCKET_CLOSED.name, 4321), (SOCKET_OPENED.name, 4321)]
+    assert events[1].fields["process"]["args"] == ["dig", "example.com"]
+    assert events[1].fields["process"]["parent"] == {"pid": 4000}
+    assert events[1].fields["group"] == {"id": "1000", "name": "alice"}
     assert events[1].message == ("Outbound socket (10.0.2.15:5000 -> 10.0.2.3:53) OPENED by process dig (PID: 4321) "
                                  "and user alice (UID: 1000)")
 
@@ -770,6 +840,25 @@ def test_parse_dump_skips_timewait_remains_of_destroyed_sockets() -> None:
     assert [decode_sockid(entry.family, entry.sockid).cookie for entry in entries] == [12]
 
 
+def test_parse_dump_maps_each_sockid_to_its_tcp_counters_when_asked() -> None:
+    tcp_info = bytearray(232)
+    struct.pack_into("=QQII", tcp_info, 120, 1 << 20, 4096, 800, 40)
+    with_info = kernel_sockid(socket.AF_INET, 40000, 443, "10.0.2.15", "1.1.1.1", 21)
+    old_kernel = kernel_sockid(socket.AF_INET, 40001, 443, "10.0.2.15", "1.1.1.1", 22)
+    data = (kernel_message(SOCK_DIAG_BY_FAMILY, 6, inet_diag_msg(socket.AF_INET, TCP_ESTABLISHED, with_info, 0, 5,
+                                                                 attribute(INET_DIAG_INFO, bytes(tcp_info))))
+            + kernel_message(SOCK_DIAG_BY_FAMILY, 6, inet_diag_msg(socket.AF_INET, TCP_ESTABLISHED, old_kernel, 0, 6,
+                                                                   attribute(INET_DIAG_INFO, bytes(104))))
+            + kernel_message(NLMSG_DONE, 6, struct.pack("=i", 0)))
+    entries: list = []
+    counters: dict = {}
+
+    assert parse_dump(data, 6, entries, counters) is True
+    assert len(entries) == 2 and counters == {with_info: (1 << 20, 4096, 800, 40)}
+    request = dump_request(socket.AF_INET, socket.IPPROTO_TCP, 0xABC, 7, INET_DIAG_INFO_EXTENSION)
+    assert struct.unpack_from("=BBB", request, 16)[2] == 1 << (INET_DIAG_INFO - 1)  # idiag_ext asks for tcp_info
+
+
 def test_parse_dump_raises_the_kernels_error() -> None:
     data = kernel_message(NLMSG_ERROR, 4, struct.pack("=i", -13) + b"\x00" * 16)
     with pytest.raises(DumpError) as raised:
@@ -829,12 +918,12 @@ def test_registry_style_construction(hostfs: Path) -> None:
 # --------------------------------------------------------------------------------------------------------
 
 def sample_document(hostfs: Path) -> dict[str, Any]:
-    """The `socket_opened` document for Auditbeat's documented sshd connection, as the runtime would write it."""
+    """The `socket_closed` document of Auditbeat's documented sshd connection (Auditbeat's v1 sample is a close),
+    as the runtime writes it: seen opening by a poll, closed by the kernel's destroy notification (traffic)."""
     common = sample_common({"id": HOST_ID, "name": "ubuntu-jammy", "hostname": "ubuntu-jammy", "architecture": "x86_64"})
-    before = snapshot({"1": sshd_listener()})
-    after = snapshot({"1": sshd_listener(), "7": sshd_inbound(opened_at=OBSERVED_AT)})
-    [opened] = dataset(hostfs).diff(before, after, at_startup=False)
-    return opened.stamped(1).to_document(common)
+    seen = snapshot({"1": sshd_listener(), "7": sshd_inbound(opened_at=OBSERVED_AT - 95)})
+    _, [closed] = dataset(hostfs).apply_stream(seen, [destroyed(("10.0.2.15", 22), ("10.0.2.2", 55270), 7)])
+    return closed.stamped(1).to_document(common)
 
 
 def test_sample_document_has_the_fields_we_emit(hostfs: Path) -> None:
@@ -847,5 +936,5 @@ def test_sample_document_has_the_fields_we_emit(hostfs: Path) -> None:
 
     assert flat_field_names(generated) == flat_field_names(sample)
     assert sample["message"] == generated["message"]
-    assert sample["event"]["action"] == "socket_opened"
+    assert sample["event"]["action"] == "socket_closed"
     assert_ecs(sample)

@@ -23,22 +23,25 @@ from actors.hostfs.outcome import Outcome, denied, outcome
 from actors.hostfs.etc_files import AccountNames
 from actors.datasets.socket.options import SocketOptions, parse_options
 from actors.datasets import DatasetContext
-from actors.hostfs.host_facts import read_boot_id
-from actors.hostfs.entity import process_entity_id, socket_entity_id
+from actors.hostfs.host_facts import read_boot_id, read_boot_time
+from actors.hostfs.entity import process_entity_id, process_start_iso, socket_entity_id
 from actors.event import CHANGE, STATE, Event, iso_millis
 from actors.datasets.socket.sock_diag import (
-    ALL_STATES, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_NEW_SYN_RECV, TCP_STATE_NAMES, TCP_SYN_RECV, TCP_TIME_WAIT,
-    DestroyListener, Destroyed, DiagEntry, DiagSocket, DumpError, decode_sockid, destroy_groups,
+    ALL_STATES, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, TCP_NEW_SYN_RECV, TCP_STATE_NAMES, TCP_SYN_RECV,
+    TCP_TIME_WAIT, DestroyListener, Destroyed, DiagEntry, DiagSocket, DumpError, TcpCounters, decode_sockid,
+    destroy_groups,
 )
 
 DATASET = "socket"
 # Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field).
 FIELDS: frozenset[str] = frozenset({
     "network.direction", "network.transport", "network.type", "network.iana_number", "network.community_id",
-    "network.bytes", "network.packets", "source.ip", "source.port", "source.bytes", "source.packets",
-    "destination.ip", "destination.port", "destination.bytes", "destination.packets", "related.ip",
-    "related.user", "process.pid", "process.name", "process.executable", "process.entity_id", "user.id",
-    "user.name", "error.message",
+    "network.bytes", "network.packets",
+    *(f"{end}.{name}" for end in ("source", "destination", "client", "server")
+      for name in ("ip", "port", "bytes", "packets")),
+    "related.ip", "related.user", "process.pid", "process.name", "process.executable", "process.args",
+    "process.start", "process.parent.pid", "process.entity_id", "user.id", "user.name", "group.id", "group.name",
+    "error.message",
 })
 LOG = logging.getLogger("hostaudit.socket")
 
@@ -55,8 +58,10 @@ INBOUND = "inbound"
 OUTBOUND = "outbound"
 LISTENING = "listening"
 
-# TCP states a dump asks for: all but TIME_WAIT and the SYN_RECV request sockets (see the notes at the top).
+# TCP states a dump asks for: all but TIME_WAIT and the SYN_RECV request sockets (see README.md).
 TCP_STATES = ALL_STATES & ~(1 << TCP_TIME_WAIT | 1 << TCP_SYN_RECV | 1 << TCP_NEW_SYN_RECV)
+# ... and those of the connections whose traffic a state report gives (listeners carry none).
+TCP_CONNECTION_STATES = TCP_STATES & ~(1 << TCP_LISTEN)
 # A TCP socket without inode in these states waits in a listener's accept queue: no process has it yet.
 NOT_YET_ACCEPTED = frozenset({TCP_ESTABLISHED, TCP_SYN_RECV, TCP_CLOSE_WAIT})
 
@@ -145,7 +150,8 @@ class ListenerTable:
 
 @dataclass
 class ScannedProcess:
-    """What one scan of /proc/PID learnt: identity, names, how many files were open, which socket inodes."""
+    """What one scan of /proc/PID learnt: identity, names, how many files were open, which socket inodes, and,
+    for a process holding sockets, its arguments and group."""
 
     pid: int
     start_ticks: int
@@ -153,10 +159,23 @@ class ScannedProcess:
     executable: str
     open_files: int  # st_size of /proc/PID/fd at the scan (0 when the kernel does not report it)
     inodes: set[int] = field(default_factory=set)
+    ppid: int | None = None
+    args: tuple[str, ...] | None = None  # /proc/PID/cmdline; None when not read (no socket) or unreadable
+    gid: str | None = None  # the real group id (/proc/PID/status Gid), a string as ECS's group.id
 
     @property
     def key(self) -> str:
         return f"{self.pid}:{self.start_ticks}"
+
+    def info(self) -> list[Any]:
+        """What a snapshot keeps of the process ("processes" values; see PI_*)."""
+        return [self.pid, self.start_ticks, self.name, self.executable,
+                None if self.args is None else list(self.args), self.ppid, self.gid]
+
+
+# A process in a snapshot's "processes": a JSON list indexed by these. Snapshots written before args, ppid and gid
+# were kept have the first four only.
+PI_PID, PI_START_TICKS, PI_NAME, PI_EXECUTABLE, PI_ARGS, PI_PPID, PI_GID = range(7)
 
 
 class SocketOwners:
@@ -277,15 +296,18 @@ class SocketOwners:
         if identity is None or inodes is None:
             self._forget_process(pid)
             return None
-        name, start_ticks, executable = identity
+        name, start_ticks, ppid, executable = identity
+        previous = self.processes.get(pid)
         self._forget_process(pid)
-        process = ScannedProcess(pid, start_ticks, name, executable, open_files, inodes)
+        process = ScannedProcess(pid, start_ticks, name, executable, open_files, inodes, ppid)
+        if inodes:
+            self._describe(process, base, previous)
         self.processes[pid] = process
         for inode in inodes:
             self.owner.setdefault(inode, pid)
         return process
 
-    def _identity(self, base: Path) -> tuple[str, int, str] | None:
+    def _identity(self, base: Path) -> tuple[str, int, int, str] | None:
         stat = procfs.read_stat(base)
         if stat is None:
             return None
@@ -293,7 +315,27 @@ class SocketOwners:
             executable = procfs.read_link(base / "exe") or ""
         except procfs.Unreadable:  # a kernel thread, or not ours to read
             executable = ""
-        return stat.comm, stat.start_ticks, executable
+        return stat.comm, stat.start_ticks, stat.ppid, executable
+
+    @staticmethod
+    def _describe(process: ScannedProcess, base: Path, previous: ScannedProcess | None) -> None:
+        """Read the arguments and group of a process that holds sockets, once per process image: a rescan of
+        the same process (pid, start) with the same name and executable keeps what the last one read."""
+        if previous is not None and previous.args is not None and (
+                previous.start_ticks, previous.name, previous.executable) == (
+                process.start_ticks, process.name, process.executable):
+            process.args, process.gid = previous.args, previous.gid
+            return
+        try:
+            cmdline = procfs.read_bytes(base / "cmdline")
+            status = procfs.read_bytes(base / "status", whole=False)
+        except procfs.Unreadable:  # not ours to read: the process is still named by its stat and exe
+            return
+        if cmdline is not None:
+            process.args = procfs.parse_cmdline(cmdline)
+        ids = procfs.parse_status_ids(status) if status is not None else None
+        if ids is not None:
+            process.gid = ids[3]
 
     @staticmethod
     def _socket_inodes(fd_dir: Path) -> set[int] | None:
@@ -376,7 +418,8 @@ def new_record(transport: str, family: int, local_ip: str, local_port: int, remo
 def new_snapshot(sockets: Mapping[str, list[Any]], processes: Mapping[str, list[Any]] | None = None,
                  listeners: ListenerTable | None = None, boot_id: str = "", observed_at: float = 0.0) -> dict[str, Any]:
     """A snapshot: sockets by kernel cookie, the processes they reference ("pid:start" -> [pid, start_ticks,
-    name, executable]), the listener table, the boot it belongs to, and the keys the stream has closed since."""
+    name, executable, args, ppid, gid], see PI_*), the listener table, the boot it belongs to, and the keys the
+    stream has closed since."""
     return {"version": SNAPSHOT_VERSION, "boot_id": boot_id, "observed_at": observed_at, "sockets": dict(sockets),
             "processes": dict(processes or {}), "listeners": (listeners or ListenerTable()).to_json(), "closed": []}
 
@@ -403,7 +446,7 @@ class SocketObserver:
         self._diag: DiagSocket | None = None
         self._known: dict[bytes, _Known] = {}
         self._process_info: dict[str, list[Any]] = {}
-        # inode -> (process key, [pid, start_ticks, name, executable]) of its last attribution, least recent first
+        # inode -> (process key, its "processes" value, see PI_*) of its last attribution, least recent first
         self._attributed: OrderedDict[int, tuple[str, list[Any]]] = OrderedDict()
         self._polled = False
         self._udp_unavailable = False
@@ -503,7 +546,7 @@ class SocketObserver:
             if process is not None:
                 info = self._process_info.get(process.key)
                 if info is None:
-                    info = [process.pid, process.start_ticks, process.name, process.executable]
+                    info = process.info()
                 attribution = (process.key, info)
             else:
                 attribution = self._attributed.get(inode)
@@ -539,6 +582,19 @@ class SocketObserver:
         self._process_info = {key: info for key, info in self._process_info.items() if key in referenced}
         return new_snapshot(sockets, self._process_info, listeners, read_boot_id(self.hostfs), now)
 
+    def traffic(self) -> dict[str, "Traffic"]:
+        """What the kernel has counted so far for each TCP connection the last poll reported, by key: one dump
+        with tcp_info per family, matched by raw sockid (the cookie and the endpoints)."""
+        if not self._known:
+            return {}
+        if self._diag is None:
+            self._diag = DiagSocket()
+        counters: dict[bytes, TcpCounters] = {}
+        for family in FAMILIES:
+            self._diag.dump(family, socket.IPPROTO_TCP, TCP_CONNECTION_STATES, counters)
+        return {seen.key: Traffic(*counted) for sockid, counted in counters.items()
+                if (seen := self._known.get(sockid)) is not None and seen.reported}
+
     def close(self) -> None:
         if self._diag is not None:
             self._diag.close()
@@ -571,7 +627,8 @@ SOCKET_CLOSED = SocketAction("socket_closed", CHANGE, "end", "CLOSED")
 
 @dataclass(frozen=True)
 class Traffic:
-    """What the kernel counted for a TCP socket by the time it was destroyed, from this host's side."""
+    """What the kernel counted for a TCP socket (tcp_info) so far or by the time it was destroyed, from this
+    host's side."""
 
     sent_bytes: int
     received_bytes: int
@@ -592,6 +649,7 @@ class EventContext:
     host_id: str
     users: AccountNames
     processes: Mapping[str, Sequence[Any]]
+    boot_time: int | None = None  # btime of /proc/stat, for process.start
 
 
 # A socket's opened and closed events share its id; actors.hostfs.entity parses addresses with ipaddress (slow).
@@ -626,7 +684,8 @@ def socket_message(record: Sequence[Any], verb: str, process: tuple[str, int] | 
 
 
 def _network_fields(record: Sequence[Any]) -> dict[str, Any]:
-    """network.*, source.* and destination.* of a record, source and destination by direction."""
+    """network.*, source.* and destination.* of a record, source and destination by direction, and the same
+    ends as client.* (who initiated) and server.*."""
     transport, direction = record[R_TRANSPORT], record[R_DIRECTION]
     local = {"ip": record[R_LOCAL_IP], "port": record[R_LOCAL_PORT]}
     remote = {"ip": record[R_REMOTE_IP], "port": record[R_REMOTE_PORT]}
@@ -634,11 +693,13 @@ def _network_fields(record: Sequence[Any]) -> dict[str, Any]:
                                           "type": network_type(record[R_LOCAL_IP]),
                                           "iana_number": str(IANA_NUMBER[transport])}}
     if direction == LISTENING:
-        fields["destination"] = local
+        fields["destination"], fields["server"] = local, dict(local)
         fields["related"] = {"ip": [local["ip"]]}
         return fields
+    # source is the end that initiated the connection: ECS's client, as Auditbeat's socket flows set it
     source, destination = (remote, local) if direction == INBOUND else (local, remote)
     fields["source"], fields["destination"] = source, destination
+    fields["client"], fields["server"] = dict(source), dict(destination)
     fields["network"]["community_id"] = community_id(transport, source["ip"], source["port"], destination["ip"],
                                                      destination["port"])
     fields["related"] = {"ip": list(dict.fromkeys([local["ip"], remote["ip"]]))}
@@ -646,15 +707,17 @@ def _network_fields(record: Sequence[Any]) -> dict[str, Any]:
 
 
 def _add_traffic(fields: dict[str, Any], direction: str, traffic: Traffic) -> None:
-    """source/destination bytes and packets by direction (local is the source of an outbound socket)."""
+    """source/destination (and client/server) bytes and packets by direction: what each end sent (local is the
+    source of an outbound socket), and their totals in network.*."""
     if direction == LISTENING:
         return
     local_sent = (traffic.sent_bytes, traffic.sent_packets)
     local_received = (traffic.received_bytes, traffic.received_packets)
     from_source, from_destination = (local_received, local_sent) if direction == INBOUND else (local_sent,
                                                                                                 local_received)
-    fields["source"].update(bytes=from_source[0], packets=from_source[1])
-    fields["destination"].update(bytes=from_destination[0], packets=from_destination[1])
+    for end, (sent_bytes, sent_packets) in (("source", from_source), ("client", from_source),
+                                            ("destination", from_destination), ("server", from_destination)):
+        fields[end].update(bytes=sent_bytes, packets=sent_packets)
     fields["network"].update(bytes=traffic.sent_bytes + traffic.received_bytes,
                              packets=traffic.sent_packets + traffic.received_packets)
 
@@ -689,9 +752,11 @@ def socket_event(record: Sequence[Any], key: str, action: SocketAction, context:
         fields["error"] = {"message": error or _error_message(record)}
     if traffic is not None:
         _add_traffic(fields, record[R_DIRECTION], traffic)
-    if closed_at is not None and record[R_OPENED] is not None:
-        fields["event"] = {"start": iso_millis(record[R_OPENED]), "end": iso_millis(closed_at),
-                           "duration": max(0, int((closed_at - record[R_OPENED]) * SECOND_NS))}
+    if closed_at is not None:
+        opened_at = record[R_OPENED]  # when a poll saw the socket open; None for one there at the first poll
+        fields["event"] = {"end": iso_millis(closed_at)} if opened_at is None else {
+            "start": iso_millis(opened_at), "end": iso_millis(closed_at),
+            "duration": max(0, round((closed_at - opened_at) * SECOND_NS))}
     return Event(
         dataset=DATASET, action=action.name, kind=action.kind, category=("network",),
         type=("connection", action.type),
@@ -701,19 +766,30 @@ def socket_event(record: Sequence[Any], key: str, action: SocketAction, context:
 
 
 def _add_process(fields: dict[str, Any], record: Sequence[Any], context: EventContext) -> tuple[str, int] | None:
-    """Add process.* of the record's process; return its (name, pid), None (and no process.*) when unknown."""
+    """Add process.* and group.* of the record's process; return its (name, pid), None (and neither) when
+    unknown. What the process's scan could not read is left out."""
     info = context.processes.get(record[R_PROCESS]) if record[R_PROCESS] else None
     if info is None:
         return None
-    pid, start_ticks, name, executable = info
+    pid, start_ticks, name, executable = info[PI_PID], info[PI_START_TICKS], info[PI_NAME], info[PI_EXECUTABLE]
+    args, ppid, gid = (list(info[PI_ARGS:PI_GID + 1]) + [None] * 3)[:3]  # absent from older snapshots
     process: dict[str, Any] = {"pid": pid}
     if name:
         process["name"] = name
     if executable:
         process["executable"] = executable
+    if args:
+        process["args"] = list(args)
+    if context.boot_time is not None:
+        process["start"] = process_start_iso(context.boot_time, start_ticks)
+    if ppid:
+        process["parent"] = {"pid": ppid}
     if context.host_id:
         process["entity_id"] = process_entity_id(context.host_id, pid, start_ticks)
     fields["process"] = process
+    if gid is not None:
+        group_name = context.users.group(gid)
+        fields["group"] = {"id": gid, **({"name": group_name} if group_name else {})}
     return name, pid
 
 
@@ -797,8 +873,10 @@ class SocketDataset:
         self.options = parse_options(context.options)
         self.closed = ClosedCookies()
         self.observer = SocketObserver(self.hostfs, self.options, self.closed)
-        self.users = AccountNames(self.hostfs)  # from <hostfs>/etc/passwd, not NSS
+        self.users = AccountNames(self.hostfs)  # from <hostfs>/etc/passwd and /etc/group, not NSS
+        self.boot_time = read_boot_time(self.hostfs)
         self._stream_warned = False
+        self._traffic_warned = False
 
     # -- polling ------------------------------------------------------------------------------------------
 
@@ -807,11 +885,25 @@ class SocketDataset:
         return self.observer.observe()
 
     def state_report(self, current: Any) -> Sequence[Event]:
-        """One `existing_socket` state event per socket of the snapshot."""
+        """One `existing_socket` state event per socket of the snapshot; a TCP connection the last poll saw also
+        carries what it has carried so far (the kernel's counters, read now), so a connection that lasts days
+        shows its traffic before it closes."""
         sockets = live_sockets(current) or LiveSockets({}, ())
         context = self._context(current)
         timestamp = float(current.get("observed_at") or time.time())
-        return [socket_event(record, key, EXISTING_SOCKET, context, timestamp) for key, record in sockets.items()]
+        traffic = self._traffic_now()
+        return [socket_event(record, key, EXISTING_SOCKET, context, timestamp, traffic.get(key))
+                for key, record in sockets.items()]
+
+    def _traffic_now(self) -> dict[str, Traffic]:
+        try:
+            return self.observer.traffic()
+        except OSError as error:  # DumpError included: the report goes out without the counters
+            if not self._traffic_warned:
+                self._traffic_warned = True
+                LOG.warning("Cannot read the TCP counters of the sockets (%s): state reports carry no bytes",
+                            error.strerror or error)
+            return {}
 
     def diff(self, previous: Any, current: Any, at_startup: bool) -> Sequence[Event]:
         """socket_closed for sockets of `previous` gone from `current`, then socket_opened for the new ones."""
@@ -898,7 +990,7 @@ class SocketDataset:
 
     def _context(self, snapshot: Any) -> EventContext:
         processes = snapshot.get("processes", {}) if isinstance(snapshot, Mapping) else {}
-        return EventContext(self.host_id, self.users, processes)
+        return EventContext(self.host_id, self.users, processes, self.boot_time)
 
     def close(self) -> None:
         self.observer.close()
