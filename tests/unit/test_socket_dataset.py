@@ -20,7 +20,7 @@ from actors.datasets import DatasetContext
 from actors.datasets.socket import dataset as socket_dataset
 from actors.datasets.socket.dataset import (
     INBOUND, LISTENING, OUTBOUND, R_PROCESS, SOCKET_CLOSED, SOCKET_OPENED, TCP, UDP, ClosedCookies, ListenerTable,
-    ScannedProcess, SocketDataset, Traffic, SocketObserver, SocketOptions, community_id, new_record, new_snapshot, socket_message,
+    PI_ARGS, ScannedProcess, SocketDataset, SocketOwners, Traffic, SocketObserver, SocketOptions, community_id, new_record, new_snapshot, socket_message,
 )
 from actors.ecs import assert_ecs
 from actors.hostfs.entity import process_entity_id, socket_entity_id
@@ -773,6 +773,68 @@ def test_attribution_memory_is_bounded(hostfs: Path, monkeypatch: pytest.MonkeyP
     watching.observe()
 
     assert list(watching._attributed) == [72, 73]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Attribution over a synthetic /proc (SocketOwners)
+# --------------------------------------------------------------------------------------------------------
+
+def fake_process(hostfs: Path, pid: int, comm: str, exe: str, inodes: list[int], cmdline: bytes | None,
+                 status: str | None, ppid: int = 1, ticks: int = 5000) -> None:
+    """/proc/PID under hostfs: stat, an exe link, fd/ links to socket inodes, and cmdline / status when given."""
+    base = hostfs / "proc" / str(pid)
+    (base / "fd").mkdir(parents=True, exist_ok=True)
+    (base / "stat").write_text(f"{pid} ({comm}) S {ppid} {pid} {pid} 0 -1 4194560 " + "0 " * 12 + f"{ticks} 0 0\n")
+    for name in ("exe", *(f"fd/{number}" for number in range(3, 3 + len(inodes)))):
+        (base / name).unlink(missing_ok=True)
+    (base / "exe").symlink_to(exe)
+    for number, inode in enumerate(inodes, start=3):
+        (base / "fd" / str(number)).symlink_to(f"socket:[{inode}]")
+    for name, content in (("cmdline", cmdline), ("status", None if status is None else status.encode())):
+        if content is None:
+            (base / name).unlink(missing_ok=True)
+        else:
+            (base / name).write_bytes(content)
+
+
+STATUS = "Name:\tnginx\nUid:\t33\t33\t33\t33\nGid:\t1000\t1000\t1000\t1000\n"
+
+
+def test_a_scan_reads_the_args_parent_and_group_of_a_process_holding_sockets(hostfs: Path) -> None:
+    fake_process(hostfs, 700, "nginx", "/usr/sbin/nginx", [9001], b"nginx: worker process\0", STATUS, ppid=690)
+    fake_process(hostfs, 701, "sleep", "/usr/bin/sleep", [], b"sleep\0600\0", STATUS)
+    owners = SocketOwners(hostfs, full_scan_interval=3600)
+    owners.resolve({9001, 9999})  # 9999 is nowhere: every process is scanned
+    holder = owners.lookup(9001)
+
+    assert holder is not None and (holder.pid, holder.ppid, holder.args, holder.gid) == (
+        700, 690, ("nginx: worker process",), "1000")
+    assert holder.info() == [700, 5000, "nginx", "/usr/sbin/nginx", ["nginx: worker process"], 690, "1000"]
+    assert owners.processes[701].args is None  # holds no socket: its cmdline is not read
+
+
+def test_args_and_group_are_read_once_per_process_image(hostfs: Path) -> None:
+    fake_process(hostfs, 700, "nginx", "/usr/sbin/nginx", [9001], b"nginx: master\0", STATUS)
+    owners = SocketOwners(hostfs, full_scan_interval=0)
+    owners.resolve({9001})
+    fake_process(hostfs, 700, "nginx", "/usr/sbin/nginx", [9001, 9002], b"nginx: renamed title\0", STATUS)
+    owners.resolve({9002})  # rescanned: the same image keeps what was read
+    same_image = owners.lookup(9002)
+    fake_process(hostfs, 700, "python3", "/usr/bin/python3", [9001, 9002, 9003], b"python3\0app.py\0", STATUS)
+    owners.resolve({9003})  # exec'd another image: read again
+
+    assert same_image is not None and same_image.args == ("nginx: master",)
+    assert owners.lookup(9003).args == ("python3", "app.py")  # type: ignore[union-attr]
+
+
+def test_a_process_whose_cmdline_and_status_are_gone_is_named_without_them(hostfs: Path) -> None:
+    fake_process(hostfs, 700, "nginx", "/usr/sbin/nginx", [9001], None, None)
+    owners = SocketOwners(hostfs, full_scan_interval=3600)
+    owners.resolve({9001})
+    holder = owners.lookup(9001)
+
+    assert holder is not None and (holder.name, holder.args, holder.gid) == ("nginx", None, None)
+    assert holder.info()[PI_ARGS:] == [None, 1, None]
 
 
 # --------------------------------------------------------------------------------------------------------
