@@ -152,6 +152,21 @@ def test_socket_entity_id_for_a_fixed_input_follows_auditbeats_bytes() -> None:
     assert socket_entity_id(HOST_ID, 123_456, "10.0.2.15", "10.0.2.2", 22, 55270) == expected == "arTre7CPLnr526gC"
 
 
+@pytest.mark.parametrize(("local_ip", "remote_ip"), [("10.0.2.15", "10.0.2.2"), ("2001:db8::1", "2001:db8::2"),
+                                                  ("::ffff:10.0.2.15", "::1"), ("0.0.0.0", "::")])
+def test_socket_entity_id_hashes_go_s_16_byte_addresses(local_ip: str, remote_ip: str) -> None:
+    import ipaddress
+
+    def go_ip16(address: str) -> bytes:  # net.IP: IPv4 as ::ffff:a.b.c.d
+        ip = ipaddress.ip_address(address)
+        return ipaddress.IPv6Address(f"::ffff:{address}").packed if ip.version == 4 else ip.packed
+    expected = base64.b64encode(hashlib.sha256(
+        HOST_ID.encode() + struct.pack("<q", 7) + go_ip16(local_ip) + go_ip16(remote_ip) + struct.pack("<q", 22)
+        + struct.pack("<q", 40000)).digest()[:12]).decode()
+
+    assert socket_entity_id(HOST_ID, 7, local_ip, remote_ip, 22, 40000) == expected
+
+
 def test_socket_event_carries_the_socket_and_process_entity_ids(hostfs: Path) -> None:
     [event] = dataset(hostfs).state_report(snapshot({"7": sshd_inbound()}))
 

@@ -650,9 +650,11 @@ class EventContext:
     users: AccountNames
     processes: Mapping[str, Sequence[Any]]
     boot_time: int | None = None  # btime of /proc/stat, for process.start
+    # process key -> its process.* and group.* fields, made once for all the events of one report, diff or batch
+    described: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = field(default_factory=dict)
 
 
-# A socket's opened and closed events share its id; actors.hostfs.entity parses addresses with ipaddress (slow).
+# A socket's opened, state and closed events share its id: hashed once while it is among the last 16,384.
 _socket_entity_id = functools.lru_cache(maxsize=16384)(socket_entity_id)
 
 
@@ -768,9 +770,22 @@ def socket_event(record: Sequence[Any], key: str, action: SocketAction, context:
 def _add_process(fields: dict[str, Any], record: Sequence[Any], context: EventContext) -> tuple[str, int] | None:
     """Add process.* and group.* of the record's process; return its (name, pid), None (and neither) when
     unknown. What the process's scan could not read is left out."""
-    info = context.processes.get(record[R_PROCESS]) if record[R_PROCESS] else None
-    if info is None:
-        return None
+    key = record[R_PROCESS]
+    described = context.described.get(key) if key else None
+    if described is None:
+        info = context.processes.get(key) if key else None
+        if info is None:
+            return None
+        described = context.described[key] = _process_fields(info, context)
+    process, group = described
+    fields["process"] = dict(process)
+    if group is not None:
+        fields["group"] = dict(group)
+    return process.get("name", ""), process["pid"]
+
+
+def _process_fields(info: Sequence[Any], context: EventContext) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """process.* and group.* (None when the gid is unknown) of a snapshot's process (see PI_*)."""
     pid, start_ticks, name, executable = info[PI_PID], info[PI_START_TICKS], info[PI_NAME], info[PI_EXECUTABLE]
     args, ppid, gid = (list(info[PI_ARGS:PI_GID + 1]) + [None] * 3)[:3]  # absent from older snapshots
     process: dict[str, Any] = {"pid": pid}
@@ -786,11 +801,10 @@ def _add_process(fields: dict[str, Any], record: Sequence[Any], context: EventCo
         process["parent"] = {"pid": ppid}
     if context.host_id:
         process["entity_id"] = process_entity_id(context.host_id, pid, start_ticks)
-    fields["process"] = process
-    if gid is not None:
-        group_name = context.users.group(gid)
-        fields["group"] = {"id": gid, **({"name": group_name} if group_name else {})}
-    return name, pid
+    if gid is None:
+        return process, None
+    group_name = context.users.group(gid)
+    return process, {"id": gid, **({"name": group_name} if group_name else {})}
 
 
 def _add_user(fields: dict[str, Any], record: Sequence[Any], context: EventContext) -> tuple[str, int] | None:
