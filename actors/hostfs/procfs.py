@@ -113,6 +113,32 @@ def parse_stat(raw: bytes) -> ProcStat | None:
         return None
 
 
+def status_values(raw: bytes, key: bytes) -> list[bytes]:
+    """The values of one "Key:\tv1\tv2" line of /proc/PID/status (`key` as b"\nUid:"), [] when missing."""
+    start = raw.find(key)
+    if start < 0:
+        return []
+    end = raw.find(b"\n", start + 1)
+    return raw[start + len(key):end if end >= 0 else len(raw)].split()
+
+
+def parse_status_ids(raw: bytes) -> tuple[str, str, str, str, str, str] | None:
+    """(uid, euid, suid, gid, egid, sgid) as decimal strings from /proc/PID/status; None when its Uid and Gid
+    lines are missing or short."""
+    uids, gids = status_values(raw, b"\nUid:"), status_values(raw, b"\nGid:")
+    if len(uids) < 3 or len(gids) < 3:
+        return None
+    return (uids[0].decode(), uids[1].decode(), uids[2].decode(), gids[0].decode(), gids[1].decode(),
+            gids[2].decode())
+
+
+def parse_cmdline(raw: bytes) -> tuple[str, ...]:
+    """Split /proc/PID/cmdline on NUL. Trailing NULs are dropped: the last argument's terminator, and the
+    padding a process leaves when it rewrites its own title (setproctitle), which are not arguments."""
+    raw = raw.rstrip(b"\0")
+    return tuple(part.decode("utf-8", "replace") for part in raw.split(b"\0")) if raw else ()
+
+
 def read_stat(process_dir: Path | str) -> ProcStat | None:
     """Read and parse `<process_dir>/stat` (process_dir: "<hostfs>/proc/PID"); None when the process is gone,
     or the file is unreadable or malformed."""

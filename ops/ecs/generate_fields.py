@@ -25,8 +25,7 @@ DEFAULT_SOURCE = REPO_ROOT / ".." / "shared" / "ecs" / "ecs_flat.yml"
 DEFAULT_OUTPUT = REPO_ROOT / "actors" / "ecs_fields.json"
 
 # Field sets hostaudit emits (or may emit), as flat-name prefixes. Every ECS field whose flat name starts with
-# one of these goes into the table. Add a prefix here when a dataset starts using a new field set (for
-# example "client."/"server." for socket flows), then re-run.
+# one of these goes into the table. Add a prefix here when a dataset starts using a new field set, then re-run.
 FIELD_SET_PREFIXES: tuple[str, ...] = (
     "agent.",  # agent.type/version/id/ephemeral_id/name (libbeat's agent fields)
     "ecs.",  # ecs.version, on every event
@@ -38,6 +37,8 @@ FIELD_SET_PREFIXES: tuple[str, ...] = (
     "group.",  # socket flows' group.id/group.name
     "source.",  # socket and login datasets
     "destination.",  # socket dataset
+    "client.",  # socket dataset: the end that initiated the connection (as Auditbeat's socket flows)
+    "server.",  # socket dataset: the end that accepted it
     "network.",  # socket dataset
     "related.",  # related.user / related.ip
     "container.",  # add_docker_metadata-style enrichment

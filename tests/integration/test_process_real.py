@@ -134,6 +134,27 @@ def test_a_spawned_process_appears_with_its_fields_and_its_exit_is_a_stop(spawn,
     assert stopped.action == STOPPED and valid(stopped)["process"]["args"] == [marker, "600"]
 
 
+def test_real_effective_and_saved_ids_of_a_real_process_go_to_their_fields(spawn) -> None:
+    """A process whose real, effective and saved ids all differ (setresuid/setresgid): Auditbeat's user.* and
+    user.effective.*, and ECS's process.user / process.group (effective) and process.saved_user / saved_group."""
+    ds = dataset()
+    before = ds.observe()
+    child = spawn([sys.executable, "-c", "import os, sys; os.setgroups([]); os.setresgid(100, 200, 300); "
+                   "os.setresuid(1000, 2000, 0); print('ready', flush=True); sys.stdin.readline()"],
+                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    current = ds.observe()
+    [started] = about(list(ds.diff(before, current, at_startup=False)), child.pid)
+    document = valid(started)
+    process = document["process"]
+
+    assert document["user"]["id"] == "1000" and document["user"]["group"]["id"] == "100"
+    assert document["user"]["effective"] == {"id": "2000", "group": {"id": "200"}}
+    assert (process["user"], process["group"]) == ({"id": "2000"}, {"id": "200"})
+    assert (process["saved_user"], process["saved_group"]) == ({"id": "0"}, {"id": "300"})
+    assert "process" not in document.get("system", {}).get("audit", {})
+
+
 def test_quickly_exiting_processes_never_break_a_scan(spawn) -> None:
     ds = dataset()
     loop = spawn(["bash", "-c", "for i in $(seq 400); do /bin/true; done"])

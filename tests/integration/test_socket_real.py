@@ -24,7 +24,7 @@ from actors.datasets.socket.dataset import (
 from actors.datasets.socket.options import DEFAULT_STREAM_BUFFER
 from actors.ecs import assert_ecs
 from tests.sample_support import EVENT_FIELDS
-from actors.hostfs.entity import process_entity_id
+from actors.hostfs.entity import process_entity_id, process_start_iso
 from actors.event import Event
 from actors.datasets.socket.sock_diag import (
     NETLINK_ADD_MEMBERSHIP, NETLINK_SOCK_DIAG, SKNLGRP_INET_TCP_DESTROY, SOCK_DIAG_BY_FAMILY, SOL_NETLINK,
@@ -143,14 +143,26 @@ def without_unknowns(events: Sequence[Event]) -> Sequence[Event]:
     return events
 
 
-def own_process() -> dict[str, Any]:
-    """What the dataset should say of this test process."""
-    pid = os.getpid()
+def boot_time() -> int:
+    [line] = [line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")]
+    return int(line.split()[1])
+
+
+def process_of(pid: int) -> dict[str, Any]:
+    """What the dataset should say of a live process: from its /proc files, read here."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     start_ticks = int(stat[stat.rfind(")") + 2:].split()[19])
     return {"pid": pid, "name": Path(f"/proc/{pid}/comm").read_text().strip(),
             "executable": os.readlink(f"/proc/{pid}/exe"),
+            "args": Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0"),
+            "start": process_start_iso(boot_time(), start_ticks),
+            "parent": {"pid": int(stat[stat.rfind(")") + 2:].split()[1])},
             "entity_id": process_entity_id(HOST_ID, pid, start_ticks)}
+
+
+def own_process() -> dict[str, Any]:
+    """What the dataset should say of this test process."""
+    return process_of(os.getpid())
 
 
 def read_stream(stream: DestroyListener, done: Callable[[list[Destroyed]], bool], what: str) -> list[Destroyed]:
@@ -209,6 +221,11 @@ def test_listener_inbound_and_outbound_sockets_are_described(cleanup: contextlib
     assert outbound.fields["network"]["direction"] == "outbound"
     assert outbound.fields["source"] == {"ip": ip, "port": port(client)}
     assert outbound.fields["destination"] == {"ip": ip, "port": port(listener)}
+    assert (outbound.fields["client"], outbound.fields["server"]) == (outbound.fields["source"],
+                                                                      outbound.fields["destination"])
+    assert (inbound.fields["client"], inbound.fields["server"]) == (outbound.fields["client"],
+                                                                    outbound.fields["server"])
+    assert listening.fields["server"] == listening.fields["destination"] and "client" not in listening.fields
     assert inbound.fields["network"]["direction"] == "inbound"
     assert inbound.fields["source"] == {"ip": ip, "port": port(client)}
     assert inbound.fields["destination"] == {"ip": ip, "port": port(listener)}
@@ -216,6 +233,7 @@ def test_listener_inbound_and_outbound_sockets_are_described(cleanup: contextlib
     for event in (listening, outbound, inbound):
         assert event.fields["process"] == me
         assert event.fields["user"] == {"id": "0", "name": "root"}
+        assert event.fields["group"] == {"id": str(os.getgid()), "name": "root"}
         assert event.fields["system"]["audit"]["socket"]["entity_id"]
     bracket = (lambda address: f"[{address}]") if ":" in ip else (lambda address: address)
     assert inbound.message == (f"Inbound socket ({bracket(ip)}:{port(client)} -> {bracket(ip)}:{port(listener)}) "
@@ -302,10 +320,13 @@ def test_user_names_come_from_the_hostfs_passwd(cleanup: contextlib.ExitStack, t
 # Sockets whose process exited
 # --------------------------------------------------------------------------------------------------------
 
+# TCP_LINGER2 past the 60 s of TIME_WAIT keeps a socket closed in FIN_WAIT2 a full (orphaned) socket; with the
+# default, the kernel destroys it at once and leaves a timewait minisocket, which is not a socket any more.
 ORPHAN_MAKER = f"""
     import os, socket, sys
     {DROP_TO_NOBODY}
     client = socket.socket()
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_LINGER2, 120)
     client.connect(("127.0.0.1", int(sys.argv[1])))
     print(client.getsockname()[1], flush=True)
     sys.stdin.readline()
@@ -343,7 +364,8 @@ def test_socket_left_by_an_exited_process_keeps_its_uid_only(cleanup: contextlib
     # the same socket, seen while its process held it: that process and its uid are kept
     assert carried.fields["process"]["pid"] == child.pid
     assert carried.fields["user"] == {"id": str(NOBODY), "name": "nobody"}
-    assert watcher.diff(alive, orphaned, at_startup=False) == []
+    # (only this socket: other sockets of the machine may open meanwhile)
+    assert events_for(watcher.diff(alive, orphaned, at_startup=False), key) == []
 
     server.close()  # the orphan gets its FIN and goes away
     gone = wait_until(lambda: (lambda snapshot: snapshot if find(snapshot, child_port) is None else None)(
@@ -562,6 +584,38 @@ def test_a_close_the_poll_reported_first_is_not_reported_again_by_the_stream(cle
     assert events_for(by_stream, key) == []
 
 
+def test_a_connection_closed_into_timewait_is_closed_once(cleanup: contextlib.ExitStack) -> None:
+    """A client that closes first (default TCP_LINGER2) is destroyed at once and leaves a timewait minisocket that
+    the kernel dumps as FIN_WAIT2 under the same cookie until the peer closes: the stream reports the close, and
+    the polls that still find those remains neither open the socket again nor close it a second time."""
+    dataset = make_dataset(cleanup, include_localhost=True)
+    stream = open_stream(cleanup, dataset)
+    listener = listen(cleanup)
+    first = dataset.observe()
+    client, server = connect(cleanup, listener)
+    client_port = port(client)
+    seen = dataset.observe()
+    key, _ = find(seen, client_port, port(listener))
+    client.close()  # FIN_WAIT2 once the server's kernel acknowledges; the server side waits in CLOSE_WAIT
+    received = read_stream(stream, lambda items: key in {str(item.cookie) for item in items}, "the client's destroy")
+    committed, streamed = dataset.apply_stream(seen, received)
+    polls = [committed]
+    for _ in range(3):
+        polls.append(dataset.observe())
+    server.close()
+    gone = wait_until(lambda: (lambda snapshot: snapshot if find(snapshot, port(listener), client_port) is None
+                               else None)(dataset.observe()), "the server side to close")
+    received = read_stream(stream, lambda items: bool(items), "the server side's destroy")
+    after_stream, _ = dataset.apply_stream(polls[-1], received)
+    polls += [after_stream, gone, dataset.observe()]
+    events = [*dataset.diff(first, seen, at_startup=False), *streamed]
+    events += [event for before, after in zip(polls, polls[1:])
+               for event in dataset.diff(json.loads(json.dumps(before)), after, at_startup=False)]
+
+    assert [event.action for event in events_for(events, key)] == ["socket_opened", "socket_closed"]
+    assert not any(events_for(dataset.state_report(poll), key) for poll in polls)
+
+
 def test_the_stream_has_a_large_receive_buffer(cleanup: contextlib.ExitStack) -> None:
     stream = open_stream(cleanup, make_dataset(cleanup))
     assert stream.receive_buffer() >= 2 * DEFAULT_STREAM_BUFFER  # SO_RCVBUFFORCE, past net.core.rmem_max
@@ -670,3 +724,161 @@ def test_polls_rescan_a_process_only_when_it_may_hold_a_new_socket(cleanup: cont
     assert owners.processes[os.getpid()] is not me  # rescanned: it had opened files
     assert owners._last_full_scan == full_scan_at  # found without a full scan
     assert len(held) == 100
+
+
+# --------------------------------------------------------------------------------------------------------
+# Issue 14: a loopback session as a new user tries it, driven as the collector runtime drives the dataset
+# --------------------------------------------------------------------------------------------------------
+
+class Collector:
+    """Drives a dataset as actors/runtime/collector.py does: each poll diffs against the committed snapshot (and
+    reports state when asked), each batch of the stream is folded into the committed snapshot; every snapshot
+    goes through JSON, as the state store keeps it. Keeps every event, in order."""
+
+    def __init__(self, dataset: SocketDataset, stream: DestroyListener) -> None:
+        self.dataset, self.stream = dataset, stream
+        self.committed: Any = None
+        self.events: list[Event] = []
+        self.reports: list[list[Event]] = []
+
+    def poll(self, state_report: bool = False) -> dict[str, Any]:
+        current = self.dataset.observe()
+        if state_report:
+            self.reports.append(list(self.dataset.state_report(current)))
+            self.events += self.reports[-1]
+        if self.committed is not None:
+            self.events += self.dataset.diff(self.committed, current, at_startup=False)
+        self.committed = json.loads(json.dumps(current))
+        return current
+
+    def read_stream(self, timeout: float = 0.2) -> int:
+        items = self.stream.read(timeout)
+        if items:
+            snapshot, events = self.dataset.apply_stream(self.committed, items)
+            self.committed = json.loads(json.dumps(snapshot))
+            self.events += events
+        return len(items)
+
+    def about(self, ports: set[int]) -> list[Event]:
+        return [event for event in self.events
+                if {event.fields.get(end, {}).get("port") for end in ("source", "destination")} & ports]
+
+
+def closes_by_cookie(events: Sequence[Event]) -> dict[str, list[Event]]:
+    closes: dict[str, list[Event]] = {}
+    for event in events:
+        if event.action == "socket_closed":
+            closes.setdefault(event.fields["system"]["audit"]["socket"]["cookie"], []).append(event)
+    return closes
+
+
+def test_a_loopback_session_is_reported_once_per_socket_with_every_field_users_query(
+        cleanup: contextlib.ExitStack) -> None:
+    """Issue 14, as a new user tried it (root): a loopback listener with include_localhost, a 1 MB upload on a
+    connection that lives across a state report, and a short connection from a child whose process exits between
+    the poll's dump and its /proc scan, so the socket is never attributed; then everything closes."""
+    dataset = make_dataset(cleanup, include_localhost=True)
+    collector = Collector(dataset, open_stream(cleanup, dataset))
+    listener = listen(cleanup)
+    collector.poll(state_report=True)
+
+    client, server = connect(cleanup, listener)
+    upload = b"u" * (1 << 20)
+    client.sendall(upload)
+    received = 0
+    while received < len(upload):
+        received += len(server.recv(1 << 16))
+    seen = collector.poll()
+    collector.poll(state_report=True)  # a periodic state report while the connection lives
+    session_keys = {find(seen, port(listener), 0)[0], find(seen, port(client), port(listener))[0],
+                    find(seen, port(listener), port(client))[0]}
+
+    child = spawn(cleanup, short_connection_maker(0), str(port(listener)))
+    child_port = int(child.stdout.readline())
+    child_server, _ = listener.accept()
+    owners = dataset.observer.owners
+    scan = owners.resolve
+
+    def child_exits_before_the_scan(unknown: set[int]) -> None:
+        if child.poll() is None:
+            child.communicate("exit\n", timeout=DEADLINE)
+        scan(unknown)
+    owners.resolve = child_exits_before_the_scan  # type: ignore[method-assign]
+    unattributed = collector.poll()
+    owners.resolve = scan  # type: ignore[method-assign]
+    child_key, child_record = find(unattributed, child_port, port(listener))
+    assert child.returncode == 0 and child_record[R_PROCESS] == "" and child_record[R_UID] == 0
+    session_keys |= {child_key, find(unattributed, port(listener), child_port)[0]}
+    # The child's exit closed its end: destroyed at once, its timewait remains listed as FIN_WAIT2 under its
+    # cookie while this end stays open. The stream reports the close; the polls meanwhile must not reopen it.
+    wait_until(lambda: collector.read_stream() >= 0 and child_key in closes_by_cookie(collector.events),
+               "the child's socket closed by the stream")
+    collector.poll()
+    collector.poll(state_report=True)
+
+    ports = {port(listener), port(client), child_port}
+    listener_port, client_port = port(listener), port(client)
+    for sock in (child_server, client, server, listener):
+        sock.close()
+    # The runtime's stream thread reads the destroys as they come, usually before the next poll: so here.
+    deadline = time.monotonic() + DEADLINE
+    while not session_keys <= set(closes_by_cookie(collector.events)):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the session's sockets did not all close: {[e.message for e in collector.about(ports)]}")
+        collector.read_stream()
+    for _ in range(2):  # the polls after: nothing of the session left to open or close again
+        collector.poll()
+        collector.read_stream(0.05)
+    session = without_unknowns(checked(collector.about(ports)))
+    assert {event.fields["system"]["audit"]["socket"]["cookie"] for event in session} == session_keys
+
+    # one socket, one open (or state) and one close, whichever path saw it first
+    actions: dict[str, list[str]] = {}
+    for event in session:
+        actions.setdefault(event.fields["system"]["audit"]["socket"]["cookie"], []).append(event.action)
+    for cookie, seen in actions.items():
+        assert seen.count("socket_closed") == 1 and seen.count("socket_opened") <= 1, (cookie, seen)
+    for report in collector.reports:
+        cookies = [event.fields["system"]["audit"]["socket"]["cookie"] for event in report]
+        assert len(cookies) == len(set(cookies))
+
+    # the unattributed connection: its user from the kernel's dump, no process, no -1
+    [child_closed] = closes_by_cookie(session)[child_key]
+    assert child_closed.fields["user"] == {"id": "0", "name": "root"} and "process" not in child_closed.fields
+    assert child_closed.message == (f"Outbound socket (127.0.0.1:{child_port} -> 127.0.0.1:{listener_port}) "
+                                    f"CLOSED by user root (UID: 0)")
+
+    # the long-lived connection: who initiated, the process and its group, times, and its traffic
+    me = own_process()
+    [[outbound_close], [inbound_close]] = [
+        [event for event in session if event.action == "socket_closed"
+         and event.fields["network"]["direction"] == direction and event.fields["client"]["port"] == client_port]
+        for direction in ("outbound", "inbound")]
+    for closed in (outbound_close, inbound_close):
+        fields = closed.fields
+        assert (fields["client"]["port"], fields["server"]["port"]) == (client_port, listener_port)
+        assert fields["client"] == fields["source"] and fields["server"] == fields["destination"]
+        assert 1 << 20 <= fields["client"]["bytes"] <= (1 << 20) + 2 and fields["server"]["bytes"] <= 2
+        assert fields["network"]["bytes"] == fields["client"]["bytes"] + fields["server"]["bytes"]
+        assert fields["process"] == me and fields["group"] == {"id": "0", "name": "root"}
+        assert fields["event"]["start"] < fields["event"]["end"] and fields["event"]["duration"] > 0
+    [_, report, _] = collector.reports
+    [long_lived_state] = [event for event in report if event.fields.get("client", {}).get("port") == client_port
+                          and event.fields["network"]["direction"] == "outbound"]
+    assert long_lived_state.fields["source"]["bytes"] >= 1 << 20  # its traffic before it closes
+    assert long_lived_state.fields["network"]["packets"] > 0
+    [listening_close] = [event for event in session if event.action == "socket_closed"
+                         and event.fields["network"]["direction"] == "listening"]
+    assert listening_close.fields["server"] == {"ip": "127.0.0.1", "port": listener_port}
+
+    # sample.json has the fields of a real close of this kind (those every event has aside)
+    sample = json.loads((Path(__file__).resolve().parents[2] / "actors/datasets/socket/sample.json").read_text())
+    real = inbound_close.stamped(1).to_document({})
+    assert dataset_field_names(real) == dataset_field_names(sample)
+
+
+def dataset_field_names(document: dict[str, Any]) -> set[str]:
+    """The dotted field names of a document that are the dataset's own (not @timestamp, event.*, host.*, ...)."""
+    from actors.datasets import is_common_field
+    from tests.sample_support import flat_field_names
+    return {name for name in flat_field_names(document) if not is_common_field(name)}

@@ -465,11 +465,13 @@ def test_scan_reads_every_field_under_hostfs(host: Path) -> None:
         "entity_id": process_dataset.process_entity_id(HOST_ID, 1234, 12_345),
         "thread": {"capabilities": {"effective": ["CAP_NET_BIND_SERVICE"],
                                     "permitted": ["CAP_NET_BIND_SERVICE", "CAP_NET_RAW"]}},
+        # ECS's process credentials: effective (process.user / process.group) and saved ids
+        "user": {"id": "1001"}, "group": {"id": "1003"}, "saved_user": {"id": "1002"}, "saved_group": {"id": "1004"},
         **({"hash": doc["process"]["hash"]} if os.path.exists("/bin/zsh") else {}),
     }
     assert doc["user"] == {"id": "1000", "name": "elastic", "group": {"id": "1000", "name": "elastic"},
                            "effective": {"id": "1001", "group": {"id": "1003"}}}
-    assert doc["system"]["audit"]["process"]["user"] == {"saved": {"id": "1002", "group": {"id": "1004"}}}
+    assert "process" not in doc.get("system", {}).get("audit", {})  # the saved ids are ECS fields now
     assert doc["container"] == {"id": DOCKER_ID}
     assert doc["message"] == "Process zsh (PID: 1234) by user elastic STARTED"
 
@@ -559,6 +561,8 @@ def test_unknown_uid_has_no_user_name_and_no_by_user_in_the_message(host: Path) 
     [event] = dataset(host).state_report(dataset(host).observe())
     doc = document(event)
     assert doc["user"] == {"id": "4242", "group": {"id": "4242"}, "effective": {"id": "4242", "group": {"id": "4242"}}}
+    assert {key: doc["process"][key] for key in ("user", "group", "saved_user", "saved_group")} == {
+        "user": {"id": "4242"}, "group": {"id": "4242"}, "saved_user": {"id": "4242"}, "saved_group": {"id": "4242"}}
     assert event.message == "Process cron (PID: 600) is RUNNING"
 
 
@@ -920,7 +924,7 @@ def test_exit_status_becomes_exit_code_or_minus_signal(status: int, code: int) -
 
 
 def test_cmdline_padding_left_by_a_rewritten_title_is_not_arguments() -> None:
-    from actors.datasets.process.dataset import parse_cmdline
+    from actors.hostfs.procfs import parse_cmdline
 
     assert parse_cmdline(b"hostaudit: supervisor" + b"\0" * 40) == ("hostaudit: supervisor",)
     assert parse_cmdline(b"ls\0-l\0\0x\0") == ("ls", "-l", "", "x")

@@ -19,14 +19,15 @@ from actors.datasets.socket.options import parse_options as parse_socket_options
 from actors.datasets import DatasetContext
 from actors.datasets.socket import dataset as socket_dataset
 from actors.datasets.socket.dataset import (
-    INBOUND, LISTENING, OUTBOUND, R_PROCESS, SOCKET_CLOSED, SOCKET_OPENED, TCP, UDP, ListenerTable, ScannedProcess,
-    SocketDataset, SocketObserver, SocketOptions, community_id, new_record, new_snapshot, socket_message,
+    INBOUND, LISTENING, OUTBOUND, R_PROCESS, SOCKET_CLOSED, SOCKET_OPENED, TCP, UDP, ClosedCookies, ListenerTable,
+    PI_ARGS, ScannedProcess, SocketDataset, SocketOwners, Traffic, SocketObserver, SocketOptions, community_id, new_record, new_snapshot, socket_message,
 )
 from actors.ecs import assert_ecs
 from actors.hostfs.entity import process_entity_id, socket_entity_id
 from actors.event import CHANGE, STATE, Event
 from actors.datasets.socket.sock_diag import (
-    NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, TCP_CLOSE, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN, DiagEntry,
+    NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, TCP_CLOSE, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN,
+    INET_DIAG_INFO, INET_DIAG_INFO_EXTENSION, TIMEWAIT_TIMER, DiagEntry,
     Destroyed, DumpError, decode_sockid, dump_request, parse_destroyed, parse_dump, parse_tcp_info,
 )
 from actors.hostfs.etc_files import AccountNames
@@ -37,9 +38,13 @@ HOST_ID = "4d8e7f5b0a2c4e1f9b3a6c5d7e8f9a0b"
 BOOT_ID = "6a2f4c1e-3b5d-4e7f-8a9b-0c1d2e3f4a5b"
 OBSERVED_AT = 1_700_018_680.123
 SSHD = "22799:104857"  # the process key ("pid:start ticks") of the sample sshd
-SSHD_INFO = [22799, 104857, "sshd", "/usr/sbin/sshd"]
+SSHD_ARGS = ["sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups"]
+SSHD_INFO = [22799, 104857, "sshd", "/usr/sbin/sshd", SSHD_ARGS, 1, "0"]  # pid, ticks, name, exe, args, ppid, gid
+BOOT_TIME = 1_700_000_000
+SSHD_START = "2023-11-14T22:30:48.569Z"  # BOOT_TIME + 104,857 ticks, in go-sysinfo's float arithmetic (truncated)
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n" \
          "alice:x:1000:1000:Alice:/home/alice:/bin/bash\n"
+GROUP = "root:x:0:\nnogroup:x:65534:\nalice:x:1000:\n"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -48,9 +53,13 @@ PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexist
 
 @pytest.fixture
 def hostfs(tmp_path: Path) -> Path:
-    """A host root with just /etc/passwd (nothing here touches /proc or netlink)."""
+    """A host root with /etc/passwd, /etc/group and the boot time in /proc/stat (nothing here scans /proc or
+    dumps sockets: the polls are stood in for)."""
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "passwd").write_text(PASSWD)
+    (tmp_path / "etc" / "group").write_text(GROUP)
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "stat").write_text(f"cpu  1 2 3 4\nbtime {BOOT_TIME}\n")
     return tmp_path
 
 
@@ -141,6 +150,21 @@ def test_socket_entity_id_for_a_fixed_input_follows_auditbeats_bytes() -> None:
     expected = base64.b64encode(hashlib.sha256(expected_bytes).digest()[:12]).decode()
 
     assert socket_entity_id(HOST_ID, 123_456, "10.0.2.15", "10.0.2.2", 22, 55270) == expected == "arTre7CPLnr526gC"
+
+
+@pytest.mark.parametrize(("local_ip", "remote_ip"), [("10.0.2.15", "10.0.2.2"), ("2001:db8::1", "2001:db8::2"),
+                                                  ("::ffff:10.0.2.15", "::1"), ("0.0.0.0", "::")])
+def test_socket_entity_id_hashes_go_s_16_byte_addresses(local_ip: str, remote_ip: str) -> None:
+    import ipaddress
+
+    def go_ip16(address: str) -> bytes:  # net.IP: IPv4 as ::ffff:a.b.c.d
+        ip = ipaddress.ip_address(address)
+        return ipaddress.IPv6Address(f"::ffff:{address}").packed if ip.version == 4 else ip.packed
+    expected = base64.b64encode(hashlib.sha256(
+        HOST_ID.encode() + struct.pack("<q", 7) + go_ip16(local_ip) + go_ip16(remote_ip) + struct.pack("<q", 22)
+        + struct.pack("<q", 40000)).digest()[:12]).decode()
+
+    assert socket_entity_id(HOST_ID, 7, local_ip, remote_ip, 22, 40000) == expected
 
 
 def test_socket_event_carries_the_socket_and_process_entity_ids(hostfs: Path) -> None:
@@ -237,11 +261,14 @@ def test_inbound_fields_put_the_remote_end_in_source(hostfs: Path) -> None:
 
     assert fields["source"] == {"ip": "10.0.2.2", "port": 55270}
     assert fields["destination"] == {"ip": "10.0.2.15", "port": 22}
+    # the remote end initiated: ECS's client, as Auditbeat's socket flows set it beside source
+    assert fields["client"] == fields["source"] and fields["server"] == fields["destination"]
     assert fields["network"] == {"direction": "inbound", "transport": "tcp", "type": "ipv4", "iana_number": "6",
                                  "community_id": community_id(TCP, "10.0.2.2", 55270, "10.0.2.15", 22)}
-    assert fields["process"] == {"pid": 22799, "name": "sshd", "executable": "/usr/sbin/sshd",
+    assert fields["process"] == {"pid": 22799, "name": "sshd", "executable": "/usr/sbin/sshd", "args": SSHD_ARGS,
+                                 "start": SSHD_START, "parent": {"pid": 1},
                                  "entity_id": process_entity_id(HOST_ID, 22799, 104857)}
-    assert fields["user"] == {"id": "0", "name": "root"}
+    assert fields["user"] == {"id": "0", "name": "root"} and fields["group"] == {"id": "0", "name": "root"}
     assert fields["related"] == {"ip": ["10.0.2.15", "10.0.2.2"], "user": ["root"]}
     assert fields["system"]["audit"]["socket"]["state"] == "ESTABLISHED"
     assert (event.kind, event.category, event.type) == (STATE, ("network",), ("connection", "info"))
@@ -250,15 +277,32 @@ def test_inbound_fields_put_the_remote_end_in_source(hostfs: Path) -> None:
 def test_outbound_fields_put_the_local_end_in_source(hostfs: Path) -> None:
     [event] = dataset(hostfs).state_report(snapshot({"2": curl_outbound()}))
 
-    assert event.fields["source"] == {"ip": "10.0.2.15", "port": 40512}
-    assert event.fields["destination"] == {"ip": "93.184.216.34", "port": 443}
+    assert event.fields["source"] == event.fields["client"] == {"ip": "10.0.2.15", "port": 40512}
+    assert event.fields["destination"] == event.fields["server"] == {"ip": "93.184.216.34", "port": 443}
 
 
 def test_listening_socket_has_only_a_destination_and_no_community_id(hostfs: Path) -> None:
     [event] = dataset(hostfs).state_report(snapshot({"1": sshd_listener()}))
 
     assert "source" not in event.fields and event.fields["destination"] == {"ip": "0.0.0.0", "port": 22}
+    assert "client" not in event.fields and event.fields["server"] == {"ip": "0.0.0.0", "port": 22}
     assert "community_id" not in event.fields["network"]
+
+
+def test_a_process_from_a_snapshot_written_before_args_were_kept_is_still_named(hostfs: Path) -> None:
+    old = new_snapshot({"7": sshd_inbound()}, {SSHD: SSHD_INFO[:4]}, None, BOOT_ID, OBSERVED_AT)
+    [event] = dataset(hostfs).state_report(round_trip(old))
+
+    assert event.fields["process"] == {"pid": 22799, "name": "sshd", "executable": "/usr/sbin/sshd",
+                                       "start": SSHD_START, "entity_id": process_entity_id(HOST_ID, 22799, 104857)}
+    assert "group" not in event.fields
+
+
+def test_a_group_without_a_name_has_its_id_alone(hostfs: Path) -> None:
+    orphaned_group = new_snapshot({"7": sshd_inbound()}, {SSHD: [*SSHD_INFO[:6], "4242"]}, None, BOOT_ID, OBSERVED_AT)
+    [event] = dataset(hostfs).state_report(orphaned_group)
+
+    assert event.fields["group"] == {"id": "4242"}
 
 
 def test_user_id_is_a_string_and_an_unknown_uid_has_no_name(hostfs: Path) -> None:
@@ -415,8 +459,15 @@ def test_closing_a_socket_seen_opening_reports_its_duration(hostfs: Path) -> Non
     before = snapshot({"2": curl_outbound()})
     [closed] = dataset(hostfs).diff(before, snapshot({}, observed_at=1_700_018_630.0), at_startup=False)
 
-    assert closed.fields["event"]["duration"] == 30 * 1_000_000_000
-    assert closed.fields["event"]["start"] == "2023-11-15T03:23:20.000Z"
+    assert closed.fields["event"] == {"start": "2023-11-15T03:23:20.000Z", "end": "2023-11-15T03:23:50.000Z",
+                                      "duration": 30 * 1_000_000_000}
+
+
+def test_a_close_of_a_socket_there_since_the_first_poll_has_its_end_but_no_start(hostfs: Path) -> None:
+    [closed] = dataset(hostfs).diff(snapshot({"7": sshd_inbound()}), snapshot({}, observed_at=1_700_018_630.0),
+                                    at_startup=False)
+
+    assert closed.fields["event"] == {"end": "2023-11-15T03:23:50.000Z"}
 
 
 def test_same_cookie_with_new_endpoints_is_a_closed_and_an_opened_socket(hostfs: Path) -> None:
@@ -463,8 +514,10 @@ def test_destroyed_known_socket_is_closed_with_its_process_traffic_and_duration(
     # inbound: the remote end is the source, so what this host received came from the source
     assert closed.fields["source"] == {"ip": "10.0.2.2", "port": 55270, "bytes": 300, "packets": 9}
     assert closed.fields["destination"] == {"ip": "10.0.2.15", "port": 22, "bytes": 1500, "packets": 12}
+    assert closed.fields["client"] == closed.fields["source"] and closed.fields["server"] == closed.fields["destination"]
     assert closed.fields["network"]["bytes"] == 1800 and closed.fields["network"]["packets"] == 21
-    assert closed.fields["event"]["duration"] == 65 * 1_000_000_000
+    assert closed.fields["event"] == {"start": "2023-11-15T03:23:40.123Z", "end": "2023-11-15T03:24:45.123Z",
+                                      "duration": 65 * 1_000_000_000}
     assert after["closed"] == ["7"] and before["closed"] == []
 
 
@@ -473,6 +526,35 @@ def test_outbound_traffic_counts_sent_bytes_from_the_source(hostfs: Path) -> Non
                                                [destroyed(("10.0.2.15", 40512), ("93.184.216.34", 443), 2)])
 
     assert closed.fields["source"]["bytes"] == 1500 and closed.fields["destination"]["bytes"] == 300
+
+
+def test_a_state_report_carries_the_traffic_of_each_connection_so_far(hostfs: Path) -> None:
+    monitored = dataset(hostfs)
+    monitored.observer.traffic = lambda: {"7": Traffic(sent_bytes=4096, received_bytes=1 << 20, sent_packets=40,
+                                                       received_packets=800)}  # type: ignore[method-assign]
+    inbound, listener = monitored.state_report(snapshot({"7": sshd_inbound(), "1": sshd_listener()}))
+
+    assert inbound.fields["source"] == inbound.fields["client"] == {"ip": "10.0.2.2", "port": 55270,
+                                                                    "bytes": 1 << 20, "packets": 800}
+    assert inbound.fields["destination"] == {"ip": "10.0.2.15", "port": 22, "bytes": 4096, "packets": 40}
+    assert (inbound.fields["network"]["bytes"], inbound.fields["network"]["packets"]) == ((1 << 20) + 4096, 840)
+    assert "bytes" not in listener.fields["destination"] and "bytes" not in listener.fields["network"]
+
+
+def test_a_state_report_without_the_kernels_counters_warns_once_and_goes_out(
+        hostfs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    monitored = dataset(hostfs)
+
+    def refused() -> dict[str, Traffic]:
+        raise DumpError(13, "sock_diag dump failed: Permission denied")
+    monitored.observer.traffic = refused  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING):
+        reports = [monitored.state_report(snapshot({"7": sshd_inbound()})) for _ in range(2)]
+
+    assert [len(report) for report in reports] == [1, 1] and "bytes" not in reports[0][0].fields["source"]
+    assert [record.getMessage() for record in caplog.records].count(
+        "Cannot read the TCP counters of the sockets (sock_diag dump failed: Permission denied): state reports "
+        "carry no bytes") == 1
 
 
 def test_the_next_poll_does_not_report_a_socket_the_stream_closed(hostfs: Path) -> None:
@@ -504,8 +586,8 @@ def test_a_socket_never_seen_gets_a_synthesized_open_and_its_close(hostfs: Path)
         "short_lived": True, "synthesized": True}
     assert closed.fields["system"]["audit"]["socket"]["short_lived"] is True
     assert closed.fields["network"]["direction"] == "inbound"  # by the listener of the snapshot
-    assert "user" not in closed.fields and "process" not in closed.fields and "duration" not in closed.fields.get(
-        "event", {})
+    assert "user" not in closed.fields and "process" not in closed.fields and "group" not in closed.fields
+    assert closed.fields["event"] == {"end": "2023-11-15T03:24:45.123Z"}  # opened since the last poll: when, unknown
     assert closed.fields["error"]["message"].startswith("socket opened and closed between two polls")
     assert closed.message == "Inbound socket (10.0.2.9:61000 -> 10.0.2.15:22) CLOSED"
     assert opened.message == "Inbound socket (10.0.2.9:61000 -> 10.0.2.15:22) OPENED"
@@ -536,6 +618,19 @@ def test_stream_honours_include_localhost_and_include_udp(hostfs: Path) -> None:
 def test_a_never_bound_socket_is_not_reported(hostfs: Path) -> None:
     _, events = dataset(hostfs).apply_stream(snapshot({}), [destroyed(("0.0.0.0", 0), ("0.0.0.0", 0), 70)])
     assert events == []
+
+
+def test_a_socket_that_changed_endpoints_is_still_closed_by_its_destroy(hostfs: Path) -> None:
+    """The poll reports a new-endpoints socket as closed and opened under the same cookie: the socket lives on,
+    so its later destroy notification is its one close, not a repeat to drop."""
+    unconnected = new_record(UDP, 4, "10.0.2.15", 5000, "0.0.0.0", 0, 77, 0, LISTENING, "", None, 7)
+    connected = new_record(UDP, 4, "10.0.2.15", 5000, "10.0.2.3", 53, 77, 0, OUTBOUND, "", None, 1)
+    monitored = dataset(hostfs, include_udp=True)
+    monitored.diff(snapshot({"5": unconnected}), snapshot({"5": connected}), at_startup=False)
+    _, events = monitored.apply_stream(snapshot({"5": connected}), [
+        destroyed(("10.0.2.15", 5000), ("10.0.2.3", 53), 5, protocol=socket.IPPROTO_UDP, acked=None, received=None)])
+
+    assert [(event.action, event.fields["network"]["direction"]) for event in events] == [("socket_closed", "outbound")]
 
 
 def test_stream_before_the_first_poll_still_reports(hostfs: Path) -> None:
@@ -582,7 +677,7 @@ def udp_entry(remote: tuple[str, int], inode: int = 77, uid: int = 1000, cookie:
     return DiagEntry(sockid, socket.AF_INET, state, uid, inode)
 
 
-DIG = ScannedProcess(4321, 99, "dig", "/usr/bin/dig", 0, {77})
+DIG = ScannedProcess(4321, 99, "dig", "/usr/bin/dig", 0, {77}, ppid=4000, args=("dig", "example.com"), gid="1000")
 
 
 def test_a_socket_keeps_the_process_of_its_inode_after_the_process_exited(hostfs: Path) -> None:
@@ -596,11 +691,15 @@ def test_a_socket_keeps_the_process_of_its_inode_after_the_process_exited(hostfs
     after = watching.observe()
     [record] = after["sockets"].values()
 
-    assert record[R_PROCESS] == DIG.key and after["processes"][DIG.key] == [4321, 99, "dig", "/usr/bin/dig"]
+    assert record[R_PROCESS] == DIG.key and after["processes"][DIG.key] == [
+        4321, 99, "dig", "/usr/bin/dig", ["dig", "example.com"], 4000, "1000"]
     assert 77 not in scans.forgotten  # the inode lives on in the new record
     events = dataset(hostfs).diff(round_trip(before), round_trip(after), at_startup=False)
     assert [(event.action, event.fields["process"]["pid"]) for event in events] == [
         (SOCKET_CLOSED.name, 4321), (SOCKET_OPENED.name, 4321)]
+    assert events[1].fields["process"]["args"] == ["dig", "example.com"]
+    assert events[1].fields["process"]["parent"] == {"pid": 4000}
+    assert events[1].fields["group"] == {"id": "1000", "name": "alice"}
     assert events[1].message == ("Outbound socket (10.0.2.15:5000 -> 10.0.2.3:53) OPENED by process dig (PID: 4321) "
                                  "and user alice (UID: 1000)")
 
@@ -627,6 +726,60 @@ def test_the_attribution_of_an_inode_is_forgotten_when_its_socket_is_gone(hostfs
     assert 77 in scans.forgotten and record[R_PROCESS] == ""
 
 
+def polled_dataset(hostfs: Path, dumps: list[list[DiagEntry]]) -> SocketDataset:
+    """A dataset whose polls return `dumps` (UDP) one after the other and find no process."""
+    monitored = dataset(hostfs, include_localhost=True, include_udp=True)
+    monitored.observer.owners = ScanStandIn()  # type: ignore[assignment]
+    queue = iter(dumps)
+    monitored.observer._dumps = lambda: [(UDP, next(queue))]  # type: ignore[method-assign]
+    return monitored
+
+
+def udp_destroyed(entry: DiagEntry) -> Destroyed:
+    endpoints = decode_sockid(entry.family, entry.sockid)
+    return destroyed((endpoints.local_ip, endpoints.local_port), (endpoints.remote_ip, endpoints.remote_port),
+                     endpoints.cookie, protocol=socket.IPPROTO_UDP, acked=None, received=None)
+
+
+def test_a_socket_the_stream_closed_is_not_opened_again_by_a_dump_that_still_lists_it(hostfs: Path) -> None:
+    """One close per socket, whichever path sees it first: were a dump to list a socket after its destroy
+    notification (the kernel's timewait remains keep the cookie), the polls neither open it again nor close it
+    a second time."""
+    entry = udp_entry(("10.0.2.3", 53))
+    monitored = polled_dataset(hostfs, [[entry], [entry], [entry], []])
+    first = monitored.observe()
+    committed, streamed = monitored.apply_stream(first, [udp_destroyed(entry)])
+    polls = [committed]
+    for _ in range(3):
+        polls.append(monitored.observe())
+    later = [event for before, after in zip(polls, polls[1:])
+             for event in monitored.diff(round_trip(before), after, at_startup=False)]
+
+    assert [event.action for event in streamed] == ["socket_closed"]
+    assert later == [] and all(monitored.state_report(poll) == [] for poll in polls)
+
+
+def test_a_destroy_notification_after_the_polls_close_is_dropped_and_the_cookie_not_reopened(hostfs: Path) -> None:
+    entry = udp_entry(("10.0.2.3", 53))
+    monitored = polled_dataset(hostfs, [[entry], [], [entry]])
+    first = monitored.observe()
+    gone = monitored.observe()
+    [closed] = monitored.diff(first, gone, at_startup=False)
+    _, late = monitored.apply_stream(gone, [udp_destroyed(entry)])
+
+    assert closed.action == "socket_closed" and late == []
+    assert monitored.diff(gone, monitored.observe(), at_startup=False) == []
+
+
+def test_closed_cookie_memory_is_bounded() -> None:
+    memory = ClosedCookies(capacity=2)
+    for key in ("1", "2", "3"):
+        memory.add(key, by_stream=key != "2")
+
+    assert "1" not in memory and "2" in memory and "3" in memory
+    assert memory.take_closed_by_stream() == {"1", "3"} and memory.take_closed_by_stream() == set()
+
+
 def test_attribution_memory_is_bounded(hostfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket_dataset, "ATTRIBUTION_MEMORY", 2)
     entries = [udp_entry(("10.0.2.3", 53), inode=inode, cookie=inode) for inode in (71, 72, 73)]
@@ -635,6 +788,68 @@ def test_attribution_memory_is_bounded(hostfs: Path, monkeypatch: pytest.MonkeyP
     watching.observe()
 
     assert list(watching._attributed) == [72, 73]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Attribution over a synthetic /proc (SocketOwners)
+# --------------------------------------------------------------------------------------------------------
+
+def fake_process(hostfs: Path, pid: int, comm: str, exe: str, inodes: list[int], cmdline: bytes | None,
+                 status: str | None, ppid: int = 1, ticks: int = 5000) -> None:
+    """/proc/PID under hostfs: stat, an exe link, fd/ links to socket inodes, and cmdline / status when given."""
+    base = hostfs / "proc" / str(pid)
+    (base / "fd").mkdir(parents=True, exist_ok=True)
+    (base / "stat").write_text(f"{pid} ({comm}) S {ppid} {pid} {pid} 0 -1 4194560 " + "0 " * 12 + f"{ticks} 0 0\n")
+    for name in ("exe", *(f"fd/{number}" for number in range(3, 3 + len(inodes)))):
+        (base / name).unlink(missing_ok=True)
+    (base / "exe").symlink_to(exe)
+    for number, inode in enumerate(inodes, start=3):
+        (base / "fd" / str(number)).symlink_to(f"socket:[{inode}]")
+    for name, content in (("cmdline", cmdline), ("status", None if status is None else status.encode())):
+        if content is None:
+            (base / name).unlink(missing_ok=True)
+        else:
+            (base / name).write_bytes(content)
+
+
+STATUS = "Name:\tnginx\nUid:\t33\t33\t33\t33\nGid:\t1000\t1000\t1000\t1000\n"
+
+
+def test_a_scan_reads_the_args_parent_and_group_of_a_process_holding_sockets(hostfs: Path) -> None:
+    fake_process(hostfs, 700, "nginx", "/usr/sbin/nginx", [9001], b"nginx: worker process\0", STATUS, ppid=690)
+    fake_process(hostfs, 701, "sleep", "/usr/bin/sleep", [], b"sleep\0600\0", STATUS)
+    owners = SocketOwners(hostfs, full_scan_interval=3600)
+    owners.resolve({9001, 9999})  # 9999 is nowhere: every process is scanned
+    holder = owners.lookup(9001)
+
+    assert holder is not None and (holder.pid, holder.ppid, holder.args, holder.gid) == (
+        700, 690, ("nginx: worker process",), "1000")
+    assert holder.info() == [700, 5000, "nginx", "/usr/sbin/nginx", ["nginx: worker process"], 690, "1000"]
+    assert owners.processes[701].args is None  # holds no socket: its cmdline is not read
+
+
+def test_args_and_group_are_read_once_per_process_image(hostfs: Path) -> None:
+    fake_process(hostfs, 700, "nginx", "/usr/sbin/nginx", [9001], b"nginx: master\0", STATUS)
+    owners = SocketOwners(hostfs, full_scan_interval=0)
+    owners.resolve({9001})
+    fake_process(hostfs, 700, "nginx", "/usr/sbin/nginx", [9001, 9002], b"nginx: renamed title\0", STATUS)
+    owners.resolve({9002})  # rescanned: the same image keeps what was read
+    same_image = owners.lookup(9002)
+    fake_process(hostfs, 700, "python3", "/usr/bin/python3", [9001, 9002, 9003], b"python3\0app.py\0", STATUS)
+    owners.resolve({9003})  # exec'd another image: read again
+
+    assert same_image is not None and same_image.args == ("nginx: master",)
+    assert owners.lookup(9003).args == ("python3", "app.py")  # type: ignore[union-attr]
+
+
+def test_a_process_whose_cmdline_and_status_are_gone_is_named_without_them(hostfs: Path) -> None:
+    fake_process(hostfs, 700, "nginx", "/usr/sbin/nginx", [9001], None, None)
+    owners = SocketOwners(hostfs, full_scan_interval=3600)
+    owners.resolve({9001})
+    holder = owners.lookup(9001)
+
+    assert holder is not None and (holder.name, holder.args, holder.gid) == ("nginx", None, None)
+    assert holder.info()[PI_ARGS:] == [None, 1, None]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -654,8 +869,10 @@ def kernel_message(kind: int, sequence: int, body: bytes) -> bytes:
     return struct.pack("=IHHII", length, kind, 2, sequence, 0) + body + b"\x00" * (-length % 4)
 
 
-def inet_diag_msg(family: int, state: int, sockid: bytes, uid: int, inode: int, attributes: bytes = b"") -> bytes:
-    return struct.pack("=BBBB", family, state, 0, 0) + sockid + struct.pack("=IIIII", 0, 0, 0, uid, inode) + attributes
+def inet_diag_msg(family: int, state: int, sockid: bytes, uid: int, inode: int, attributes: bytes = b"",
+                  timer: int = 0) -> bytes:
+    return (struct.pack("=BBBB", family, state, timer, 0) + sockid + struct.pack("=IIIII", 0, 0, 0, uid, inode)
+            + attributes)
 
 
 def attribute(kind: int, payload: bytes) -> bytes:
@@ -682,6 +899,41 @@ def test_parse_dump_reads_entries_until_done() -> None:
     [entry] = entries
     assert (entry.family, entry.state, entry.uid, entry.inode) == (socket.AF_INET, TCP_ESTABLISHED, 0, 4242)
     assert decode_sockid(entry.family, entry.sockid) == (22, 55270, "10.0.2.15", "10.0.2.2", 0, (5 << 32) | 9)
+
+
+def test_parse_dump_skips_timewait_remains_of_destroyed_sockets() -> None:
+    """A socket closed in FIN_WAIT2 leaves a timewait minisocket the kernel dumps as FIN_WAIT2 (its substate), with
+    the destroyed socket's cookie, no inode and uid 0, and idiag_timer 3; a live orphan in FIN_WAIT2 has timer 2."""
+    remains = kernel_sockid(socket.AF_INET, 40000, 443, "10.0.2.15", "1.1.1.1", 11)
+    orphan = kernel_sockid(socket.AF_INET, 40001, 443, "10.0.2.15", "1.1.1.1", 12)
+    data = (kernel_message(SOCK_DIAG_BY_FAMILY, 5, inet_diag_msg(socket.AF_INET, TCP_FIN_WAIT2, remains, 0, 0,
+                                                                 timer=TIMEWAIT_TIMER))
+            + kernel_message(SOCK_DIAG_BY_FAMILY, 5, inet_diag_msg(socket.AF_INET, TCP_FIN_WAIT2, orphan, 0, 0,
+                                                                   timer=2))
+            + kernel_message(NLMSG_DONE, 5, struct.pack("=i", 0)))
+    entries: list = []
+
+    assert parse_dump(data, 5, entries) is True
+    assert [decode_sockid(entry.family, entry.sockid).cookie for entry in entries] == [12]
+
+
+def test_parse_dump_maps_each_sockid_to_its_tcp_counters_when_asked() -> None:
+    tcp_info = bytearray(232)
+    struct.pack_into("=QQII", tcp_info, 120, 1 << 20, 4096, 800, 40)
+    with_info = kernel_sockid(socket.AF_INET, 40000, 443, "10.0.2.15", "1.1.1.1", 21)
+    old_kernel = kernel_sockid(socket.AF_INET, 40001, 443, "10.0.2.15", "1.1.1.1", 22)
+    data = (kernel_message(SOCK_DIAG_BY_FAMILY, 6, inet_diag_msg(socket.AF_INET, TCP_ESTABLISHED, with_info, 0, 5,
+                                                                 attribute(INET_DIAG_INFO, bytes(tcp_info))))
+            + kernel_message(SOCK_DIAG_BY_FAMILY, 6, inet_diag_msg(socket.AF_INET, TCP_ESTABLISHED, old_kernel, 0, 6,
+                                                                   attribute(INET_DIAG_INFO, bytes(104))))
+            + kernel_message(NLMSG_DONE, 6, struct.pack("=i", 0)))
+    entries: list = []
+    counters: dict = {}
+
+    assert parse_dump(data, 6, entries, counters) is True
+    assert len(entries) == 2 and counters == {with_info: (1 << 20, 4096, 800, 40)}
+    request = dump_request(socket.AF_INET, socket.IPPROTO_TCP, 0xABC, 7, INET_DIAG_INFO_EXTENSION)
+    assert struct.unpack_from("=BBB", request, 16)[2] == 1 << (INET_DIAG_INFO - 1)  # idiag_ext asks for tcp_info
 
 
 def test_parse_dump_raises_the_kernels_error() -> None:
@@ -743,12 +995,12 @@ def test_registry_style_construction(hostfs: Path) -> None:
 # --------------------------------------------------------------------------------------------------------
 
 def sample_document(hostfs: Path) -> dict[str, Any]:
-    """The `socket_opened` document for Auditbeat's documented sshd connection, as the runtime would write it."""
+    """The `socket_closed` document of Auditbeat's documented sshd connection (Auditbeat's v1 sample is a close),
+    as the runtime writes it: seen opening by a poll, closed by the kernel's destroy notification (traffic)."""
     common = sample_common({"id": HOST_ID, "name": "ubuntu-jammy", "hostname": "ubuntu-jammy", "architecture": "x86_64"})
-    before = snapshot({"1": sshd_listener()})
-    after = snapshot({"1": sshd_listener(), "7": sshd_inbound(opened_at=OBSERVED_AT)})
-    [opened] = dataset(hostfs).diff(before, after, at_startup=False)
-    return opened.stamped(1).to_document(common)
+    seen = snapshot({"1": sshd_listener(), "7": sshd_inbound(opened_at=OBSERVED_AT - 95)})
+    _, [closed] = dataset(hostfs).apply_stream(seen, [destroyed(("10.0.2.15", 22), ("10.0.2.2", 55270), 7)])
+    return closed.stamped(1).to_document(common)
 
 
 def test_sample_document_has_the_fields_we_emit(hostfs: Path) -> None:
@@ -761,5 +1013,5 @@ def test_sample_document_has_the_fields_we_emit(hostfs: Path) -> None:
 
     assert flat_field_names(generated) == flat_field_names(sample)
     assert sample["message"] == generated["message"]
-    assert sample["event"]["action"] == "socket_opened"
+    assert sample["event"]["action"] == "socket_closed"
     assert_ecs(sample, EVENT_FIELDS)

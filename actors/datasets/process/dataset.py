@@ -13,12 +13,13 @@ from typing import Any, Mapping, Sequence, TypedDict
 
 from actors.hostfs import procfs
 from actors.hostfs.outcome import Outcome
-from actors.hostfs.procfs import NANOS_PER_TICK, ProcStat, read_stat
+from actors.hostfs.procfs import (NANOS_PER_TICK, ProcStat, parse_cmdline, parse_status_ids, read_stat,
+                                  status_values)
 from actors.hostfs.etc_files import AccountNames
 from actors.datasets import DatasetContext
 from actors.ecs import EcsField
 from actors.hostfs.host_facts import read_boot_id, read_boot_time
-from actors.hostfs.entity import process_entity_id, start_offset_ns
+from actors.hostfs.entity import process_entity_id, process_start_iso
 from actors.event import CHANGE, STATE, Event, iso_millis
 from actors.datasets.process.exe_hash import (ECS_HASH_TYPES, HASH_TYPES, BackgroundHasher, ExecutableHasher, FileId,
                                               HashJob, HashResult, file_id)
@@ -33,14 +34,13 @@ FIELDS: frozenset[str] = frozenset({
     *(f"process.hash.{name}" for name in ECS_HASH_TYPES),
     "process.thread.capabilities.effective", "process.thread.capabilities.permitted",
     "user.id", "user.name", "user.group.id", "user.group.name", "user.effective.id", "user.effective.group.id",
+    "process.user.id", "process.group.id", "process.saved_user.id", "process.saved_group.id",
     "container.id", "error.message",
 })
-# Its own fields, with their types: the hashes ECS has no field for, and Auditbeat's saved ids.
+# Its own fields, with their types: the hashes ECS has no field for (the saved ids are ECS's process.saved_*).
 AUDIT_FIELDS: Mapping[str, EcsField] = {
-    **{f"system.audit.process.hash.{name}": EcsField("keyword", array=False)
-       for name in HASH_TYPES if name not in ECS_HASH_TYPES},
-    "system.audit.process.user.saved.id": EcsField("keyword", array=False),
-    "system.audit.process.user.saved.group.id": EcsField("keyword", array=False),
+    f"system.audit.process.hash.{name}": EcsField("keyword", array=False)
+    for name in HASH_TYPES if name not in ECS_HASH_TYPES
 }
 LOG = logging.getLogger("hostaudit.process")
 
@@ -160,31 +160,10 @@ class ProcessDetails:
     vanished: bool = False  # the process exited while it was read
 
 
-def _status_line(raw: bytes, key: bytes) -> list[bytes]:
-    """The values of one "Key:\tv1\tv2" line of /proc/PID/status ([] when missing)."""
-    start = raw.find(key)
-    if start < 0:
-        return []
-    end = raw.find(b"\n", start + 1)
-    return raw[start + len(key):end if end >= 0 else len(raw)].split()
-
-
 def parse_status(raw: bytes) -> tuple[tuple[str, str, str, str, str, str] | None, int, int]:
     """Return (uid, euid, suid, gid, egid, sgid) and the effective and permitted capability masks."""
-    uids, gids = _status_line(raw, b"\nUid:"), _status_line(raw, b"\nGid:")
-    effective, permitted = _status_line(raw, b"\nCapEff:"), _status_line(raw, b"\nCapPrm:")
-    ids = None
-    if len(uids) >= 3 and len(gids) >= 3:
-        ids = (uids[0].decode(), uids[1].decode(), uids[2].decode(), gids[0].decode(), gids[1].decode(),
-               gids[2].decode())
-    return ids, int(effective[0], 16) if effective else 0, int(permitted[0], 16) if permitted else 0
-
-
-def parse_cmdline(raw: bytes) -> tuple[str, ...]:
-    """Split /proc/PID/cmdline on NUL. Trailing NULs are dropped: the last argument's terminator, and the
-    padding a process leaves when it rewrites its own title (setproctitle), which are not arguments."""
-    raw = raw.rstrip(b"\0")
-    return tuple(part.decode("utf-8", "replace") for part in raw.split(b"\0")) if raw else ()
+    effective, permitted = status_values(raw, b"\nCapEff:"), status_values(raw, b"\nCapPrm:")
+    return parse_status_ids(raw), int(effective[0], 16) if effective else 0, int(permitted[0], 16) if permitted else 0
 
 
 def container_id(cgroup: str) -> str | None:
@@ -319,12 +298,6 @@ def is_kernel_thread(details: ProcessDetails) -> bool:
 # Events (pure functions of records)
 # ---------------------------------------------------------------------------------------------------------
 
-def start_iso(boot_time: int, ticks: int) -> str:
-    """process.start as go-sysinfo computes it (btime + Duration(float(ticks)/100*1e9)), in ISO UTC millis."""
-    nanos = start_offset_ns(ticks)
-    return iso_millis((boot_time * 1000 + nanos // 1_000_000) / 1000)
-
-
 def put_hash(record: ProcessRecord, result: HashResult | None) -> None:
     """Record an executable's digests, or why it has none (reported as error.message); nothing for None (the file
     was gone before it could be hashed)."""
@@ -365,11 +338,13 @@ def process_fields(record: Mapping[str, Any]) -> dict[str, Any]:
         user["effective"] = effective
     if user:
         fields["user"] = user
-    if saved:
-        # Auditbeat's user.saved.id / user.saved.group.id are not ECS 9.4 fields: they go under
-        # system.audit.process.user.saved.* (ECS's own spelling would be process.saved_user.id /
-        # process.saved_group.id).
-        custom["user"] = {"saved": saved}
+    # ECS's own process credentials: process.user / process.group are the effective ids, process.saved_user /
+    # process.saved_group the saved ones (Auditbeat's user.saved.id / user.saved.group.id, not ECS fields).
+    for ids, user_key, group_key in ((effective, "user", "group"), (saved, "saved_user", "saved_group")):
+        if "id" in ids:
+            process[user_key] = {"id": ids["id"]}
+        if "group" in ids:
+            process[group_key] = dict(ids["group"])
     if custom:
         fields["system"] = {"audit": {"process": custom}}
     if record.get("container"):
@@ -749,7 +724,7 @@ class ProcessDataset:
 
     def _add_identity(self, record: ProcessRecord) -> None:
         if self.boot_time is not None:
-            record["start"] = start_iso(self.boot_time, record["ticks"])
+            record["start"] = process_start_iso(self.boot_time, record["ticks"])
         if self.host_id:
             record["entity_id"] = process_entity_id(self.host_id, record["pid"], record["ticks"])
 

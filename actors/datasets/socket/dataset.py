@@ -24,22 +24,25 @@ from actors.hostfs.etc_files import AccountNames
 from actors.datasets.socket.options import SocketOptions, parse_options
 from actors.datasets import DatasetContext
 from actors.ecs import EcsField
-from actors.hostfs.host_facts import read_boot_id
-from actors.hostfs.entity import process_entity_id, socket_entity_id
+from actors.hostfs.host_facts import read_boot_id, read_boot_time
+from actors.hostfs.entity import process_entity_id, process_start_iso, socket_entity_id
 from actors.event import CHANGE, STATE, Event, iso_millis
 from actors.datasets.socket.sock_diag import (
-    ALL_STATES, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_NEW_SYN_RECV, TCP_STATE_NAMES, TCP_SYN_RECV, TCP_TIME_WAIT,
-    DestroyListener, Destroyed, DiagEntry, DiagSocket, DumpError, decode_sockid, destroy_groups,
+    ALL_STATES, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, TCP_NEW_SYN_RECV, TCP_STATE_NAMES, TCP_SYN_RECV,
+    TCP_TIME_WAIT, DestroyListener, Destroyed, DiagEntry, DiagSocket, DumpError, TcpCounters, decode_sockid,
+    destroy_groups,
 )
 
 DATASET = "socket"
 # Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field).
 FIELDS: frozenset[str] = frozenset({
     "network.direction", "network.transport", "network.type", "network.iana_number", "network.community_id",
-    "network.bytes", "network.packets", "source.ip", "source.port", "source.bytes", "source.packets",
-    "destination.ip", "destination.port", "destination.bytes", "destination.packets", "related.ip",
-    "related.user", "process.pid", "process.name", "process.executable", "process.entity_id", "user.id",
-    "user.name", "error.message",
+    "network.bytes", "network.packets",
+    *(f"{end}.{name}" for end in ("source", "destination", "client", "server")
+      for name in ("ip", "port", "bytes", "packets")),
+    "related.ip", "related.user", "process.pid", "process.name", "process.executable", "process.args",
+    "process.start", "process.parent.pid", "process.entity_id", "user.id", "user.name", "group.id", "group.name",
+    "error.message",
 })
 # Its own fields, with their types (Auditbeat's socket v1 fields, plus the marks of a short-lived socket).
 AUDIT_FIELDS: Mapping[str, EcsField] = {
@@ -64,8 +67,10 @@ INBOUND = "inbound"
 OUTBOUND = "outbound"
 LISTENING = "listening"
 
-# TCP states a dump asks for: all but TIME_WAIT and the SYN_RECV request sockets (see the notes at the top).
+# TCP states a dump asks for: all but TIME_WAIT and the SYN_RECV request sockets (see README.md).
 TCP_STATES = ALL_STATES & ~(1 << TCP_TIME_WAIT | 1 << TCP_SYN_RECV | 1 << TCP_NEW_SYN_RECV)
+# ... and those of the connections whose traffic a state report gives (listeners carry none).
+TCP_CONNECTION_STATES = TCP_STATES & ~(1 << TCP_LISTEN)
 # A TCP socket without inode in these states waits in a listener's accept queue: no process has it yet.
 NOT_YET_ACCEPTED = frozenset({TCP_ESTABLISHED, TCP_SYN_RECV, TCP_CLOSE_WAIT})
 
@@ -154,7 +159,8 @@ class ListenerTable:
 
 @dataclass
 class ScannedProcess:
-    """What one scan of /proc/PID learnt: identity, names, how many files were open, which socket inodes."""
+    """What one scan of /proc/PID learnt: identity, names, how many files were open, which socket inodes, and,
+    for a process holding sockets, its arguments and group."""
 
     pid: int
     start_ticks: int
@@ -162,10 +168,23 @@ class ScannedProcess:
     executable: str
     open_files: int  # st_size of /proc/PID/fd at the scan (0 when the kernel does not report it)
     inodes: set[int] = field(default_factory=set)
+    ppid: int | None = None
+    args: tuple[str, ...] | None = None  # /proc/PID/cmdline; None when not read (no socket) or unreadable
+    gid: str | None = None  # the real group id (/proc/PID/status Gid), a string as ECS's group.id
 
     @property
     def key(self) -> str:
         return f"{self.pid}:{self.start_ticks}"
+
+    def info(self) -> list[Any]:
+        """What a snapshot keeps of the process ("processes" values; see PI_*)."""
+        return [self.pid, self.start_ticks, self.name, self.executable,
+                None if self.args is None else list(self.args), self.ppid, self.gid]
+
+
+# A process in a snapshot's "processes": a JSON list indexed by these. Snapshots written before args, ppid and gid
+# were kept have the first four only.
+PI_PID, PI_START_TICKS, PI_NAME, PI_EXECUTABLE, PI_ARGS, PI_PPID, PI_GID = range(7)
 
 
 class SocketOwners:
@@ -286,15 +305,18 @@ class SocketOwners:
         if identity is None or inodes is None:
             self._forget_process(pid)
             return None
-        name, start_ticks, executable = identity
+        name, start_ticks, ppid, executable = identity
+        previous = self.processes.get(pid)
         self._forget_process(pid)
-        process = ScannedProcess(pid, start_ticks, name, executable, open_files, inodes)
+        process = ScannedProcess(pid, start_ticks, name, executable, open_files, inodes, ppid)
+        if inodes:
+            self._describe(process, base, previous)
         self.processes[pid] = process
         for inode in inodes:
             self.owner.setdefault(inode, pid)
         return process
 
-    def _identity(self, base: Path) -> tuple[str, int, str] | None:
+    def _identity(self, base: Path) -> tuple[str, int, int, str] | None:
         stat = procfs.read_stat(base)
         if stat is None:
             return None
@@ -302,7 +324,27 @@ class SocketOwners:
             executable = procfs.read_link(base / "exe") or ""
         except procfs.Unreadable:  # a kernel thread, or not ours to read
             executable = ""
-        return stat.comm, stat.start_ticks, executable
+        return stat.comm, stat.start_ticks, stat.ppid, executable
+
+    @staticmethod
+    def _describe(process: ScannedProcess, base: Path, previous: ScannedProcess | None) -> None:
+        """Read the arguments and group of a process that holds sockets, once per process image: a rescan of
+        the same process (pid, start) with the same name and executable keeps what the last one read."""
+        if previous is not None and previous.args is not None and (
+                previous.start_ticks, previous.name, previous.executable) == (
+                process.start_ticks, process.name, process.executable):
+            process.args, process.gid = previous.args, previous.gid
+            return
+        try:
+            cmdline = procfs.read_bytes(base / "cmdline")
+            status = procfs.read_bytes(base / "status", whole=False)
+        except procfs.Unreadable:  # not ours to read: the process is still named by its stat and exe
+            return
+        if cmdline is not None:
+            process.args = procfs.parse_cmdline(cmdline)
+        ids = procfs.parse_status_ids(status) if status is not None else None
+        if ids is not None:
+            process.gid = ids[3]
 
     @staticmethod
     def _socket_inodes(fd_dir: Path) -> set[int] | None:
@@ -334,6 +376,41 @@ class SocketOwners:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# One close per socket
+# ---------------------------------------------------------------------------------------------------------
+
+class ClosedCookies:
+    """The keys (kernel cookies) of the sockets reported closed lately, by a poll's diff or by the stream.
+
+    Whichever path sees a close first reports it; the other finds the key here and stays silent: the stream
+    skips a destroy notification of a socket a poll already reported closed, and a poll drops a dumped socket
+    the stream has closed (a cookie is unique per boot, so a closed socket never comes back under it). Bounded:
+    the oldest keys are forgotten past `capacity`.
+    """
+
+    def __init__(self, capacity: int = CLOSED_MEMORY) -> None:
+        self.capacity = capacity
+        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._by_stream: set[str] = set()  # closed by the stream since the last poll
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    def add(self, key: str, by_stream: bool = False) -> None:
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        while len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+        if by_stream:
+            self._by_stream.add(key)
+
+    def take_closed_by_stream(self) -> set[str]:
+        """The keys the stream closed since the last call (a poll's), and forget that they were new."""
+        taken, self._by_stream = self._by_stream, set()
+        return taken
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Observation: one poll of the kernel's socket tables -> a JSON-serialisable snapshot
 # ---------------------------------------------------------------------------------------------------------
 
@@ -350,7 +427,8 @@ def new_record(transport: str, family: int, local_ip: str, local_port: int, remo
 def new_snapshot(sockets: Mapping[str, list[Any]], processes: Mapping[str, list[Any]] | None = None,
                  listeners: ListenerTable | None = None, boot_id: str = "", observed_at: float = 0.0) -> dict[str, Any]:
     """A snapshot: sockets by kernel cookie, the processes they reference ("pid:start" -> [pid, start_ticks,
-    name, executable]), the listener table, the boot it belongs to, and the keys the stream has closed since."""
+    name, executable, args, ppid, gid], see PI_*), the listener table, the boot it belongs to, and the keys the
+    stream has closed since."""
     return {"version": SNAPSHOT_VERSION, "boot_id": boot_id, "observed_at": observed_at, "sockets": dict(sockets),
             "processes": dict(processes or {}), "listeners": (listeners or ListenerTable()).to_json(), "closed": []}
 
@@ -368,15 +446,16 @@ class SocketObserver:
     """Dumps sockets, keeps what it learnt about each (by its raw sockid) from one poll to the next, and
     attributes new ones to processes."""
 
-    def __init__(self, hostfs: Path, options: SocketOptions) -> None:
+    def __init__(self, hostfs: Path, options: SocketOptions, closed: ClosedCookies | None = None) -> None:
         self.hostfs = hostfs
         self.options = options
+        self.closed = closed if closed is not None else ClosedCookies()
         self.owners = SocketOwners(hostfs, options.full_scan_interval)
         self.listeners = ListenerTable()
         self._diag: DiagSocket | None = None
         self._known: dict[bytes, _Known] = {}
         self._process_info: dict[str, list[Any]] = {}
-        # inode -> (process key, [pid, start_ticks, name, executable]) of its last attribution, least recent first
+        # inode -> (process key, its "processes" value, see PI_*) of its last attribution, least recent first
         self._attributed: OrderedDict[int, tuple[str, list[Any]]] = OrderedDict()
         self._polled = False
         self._udp_unavailable = False
@@ -412,15 +491,18 @@ class SocketObserver:
     def _carry_over(self, dumps: list[tuple[str, list[DiagEntry]]], listeners: ListenerTable
                     ) -> tuple[dict[bytes, _Known], list[tuple[str, DiagEntry]]]:
         """Keep the previous poll's record of every socket still there (by raw sockid: no decoding); return
-        them and the entries never seen."""
+        them and the entries never seen. A socket the stream closed since is not kept, even if dumped."""
         known: dict[bytes, _Known] = {}
         fresh: list[tuple[str, DiagEntry]] = []
         previous = self._known
+        closed_by_stream = self.closed.take_closed_by_stream()
         for transport, entries in dumps:
             for entry in entries:
                 seen = previous.get(entry.sockid)
                 if seen is None:
                     fresh.append((transport, entry))
+                    continue
+                if closed_by_stream and seen.key in closed_by_stream:
                     continue
                 record = seen.record
                 if record[R_STATE] != entry.state:
@@ -449,7 +531,7 @@ class SocketObserver:
         if entry.inode == 0 and transport == TCP and entry.state in NOT_YET_ACCEPTED:
             return None
         endpoints = decode_sockid(entry.family, entry.sockid)
-        if endpoints.local_port == 0:
+        if endpoints.local_port == 0 or str(endpoints.cookie) in self.closed:
             return None
         uid = entry.uid if entry.inode else None  # without an inode the kernel says 0 whoever owned it
         record = new_record(transport, 4 if entry.family == socket.AF_INET else 6, endpoints.local_ip,
@@ -473,7 +555,7 @@ class SocketObserver:
             if process is not None:
                 info = self._process_info.get(process.key)
                 if info is None:
-                    info = [process.pid, process.start_ticks, process.name, process.executable]
+                    info = process.info()
                 attribution = (process.key, info)
             else:
                 attribution = self._attributed.get(inode)
@@ -509,6 +591,19 @@ class SocketObserver:
         self._process_info = {key: info for key, info in self._process_info.items() if key in referenced}
         return new_snapshot(sockets, self._process_info, listeners, read_boot_id(self.hostfs), now)
 
+    def traffic(self) -> dict[str, "Traffic"]:
+        """What the kernel has counted so far for each TCP connection the last poll reported, by key: one dump
+        with tcp_info per family, matched by raw sockid (the cookie and the endpoints)."""
+        if not self._known:
+            return {}
+        if self._diag is None:
+            self._diag = DiagSocket()
+        counters: dict[bytes, TcpCounters] = {}
+        for family in FAMILIES:
+            self._diag.dump(family, socket.IPPROTO_TCP, TCP_CONNECTION_STATES, counters)
+        return {seen.key: Traffic(*counted) for sockid, counted in counters.items()
+                if (seen := self._known.get(sockid)) is not None and seen.reported}
+
     def close(self) -> None:
         if self._diag is not None:
             self._diag.close()
@@ -541,7 +636,8 @@ SOCKET_CLOSED = SocketAction("socket_closed", CHANGE, "end", "CLOSED")
 
 @dataclass(frozen=True)
 class Traffic:
-    """What the kernel counted for a TCP socket by the time it was destroyed, from this host's side."""
+    """What the kernel counted for a TCP socket (tcp_info) so far or by the time it was destroyed, from this
+    host's side."""
 
     sent_bytes: int
     received_bytes: int
@@ -562,9 +658,12 @@ class EventContext:
     host_id: str
     users: AccountNames
     processes: Mapping[str, Sequence[Any]]
+    boot_time: int | None = None  # btime of /proc/stat, for process.start
+    # process key -> its process.* and group.* fields, made once for all the events of one report, diff or batch
+    described: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = field(default_factory=dict)
 
 
-# A socket's opened and closed events share its id; actors.hostfs.entity parses addresses with ipaddress (slow).
+# A socket's opened, state and closed events share its id: hashed once while it is among the last 16,384.
 _socket_entity_id = functools.lru_cache(maxsize=16384)(socket_entity_id)
 
 
@@ -596,7 +695,8 @@ def socket_message(record: Sequence[Any], verb: str, process: tuple[str, int] | 
 
 
 def _network_fields(record: Sequence[Any]) -> dict[str, Any]:
-    """network.*, source.* and destination.* of a record, source and destination by direction."""
+    """network.*, source.* and destination.* of a record, source and destination by direction, and the same
+    ends as client.* (who initiated) and server.*."""
     transport, direction = record[R_TRANSPORT], record[R_DIRECTION]
     local = {"ip": record[R_LOCAL_IP], "port": record[R_LOCAL_PORT]}
     remote = {"ip": record[R_REMOTE_IP], "port": record[R_REMOTE_PORT]}
@@ -604,11 +704,13 @@ def _network_fields(record: Sequence[Any]) -> dict[str, Any]:
                                           "type": network_type(record[R_LOCAL_IP]),
                                           "iana_number": str(IANA_NUMBER[transport])}}
     if direction == LISTENING:
-        fields["destination"] = local
+        fields["destination"], fields["server"] = local, dict(local)
         fields["related"] = {"ip": [local["ip"]]}
         return fields
+    # source is the end that initiated the connection: ECS's client, as Auditbeat's socket flows set it
     source, destination = (remote, local) if direction == INBOUND else (local, remote)
     fields["source"], fields["destination"] = source, destination
+    fields["client"], fields["server"] = dict(source), dict(destination)
     fields["network"]["community_id"] = community_id(transport, source["ip"], source["port"], destination["ip"],
                                                      destination["port"])
     fields["related"] = {"ip": list(dict.fromkeys([local["ip"], remote["ip"]]))}
@@ -616,15 +718,17 @@ def _network_fields(record: Sequence[Any]) -> dict[str, Any]:
 
 
 def _add_traffic(fields: dict[str, Any], direction: str, traffic: Traffic) -> None:
-    """source/destination bytes and packets by direction (local is the source of an outbound socket)."""
+    """source/destination (and client/server) bytes and packets by direction: what each end sent (local is the
+    source of an outbound socket), and their totals in network.*."""
     if direction == LISTENING:
         return
     local_sent = (traffic.sent_bytes, traffic.sent_packets)
     local_received = (traffic.received_bytes, traffic.received_packets)
     from_source, from_destination = (local_received, local_sent) if direction == INBOUND else (local_sent,
                                                                                                 local_received)
-    fields["source"].update(bytes=from_source[0], packets=from_source[1])
-    fields["destination"].update(bytes=from_destination[0], packets=from_destination[1])
+    for end, (sent_bytes, sent_packets) in (("source", from_source), ("client", from_source),
+                                            ("destination", from_destination), ("server", from_destination)):
+        fields[end].update(bytes=sent_bytes, packets=sent_packets)
     fields["network"].update(bytes=traffic.sent_bytes + traffic.received_bytes,
                              packets=traffic.sent_packets + traffic.received_packets)
 
@@ -659,9 +763,11 @@ def socket_event(record: Sequence[Any], key: str, action: SocketAction, context:
         fields["error"] = {"message": error or _error_message(record)}
     if traffic is not None:
         _add_traffic(fields, record[R_DIRECTION], traffic)
-    if closed_at is not None and record[R_OPENED] is not None:
-        fields["event"] = {"start": iso_millis(record[R_OPENED]), "end": iso_millis(closed_at),
-                           "duration": max(0, int((closed_at - record[R_OPENED]) * SECOND_NS))}
+    if closed_at is not None:
+        opened_at = record[R_OPENED]  # when a poll saw the socket open; None for one there at the first poll
+        fields["event"] = {"end": iso_millis(closed_at)} if opened_at is None else {
+            "start": iso_millis(opened_at), "end": iso_millis(closed_at),
+            "duration": max(0, round((closed_at - opened_at) * SECOND_NS))}
     return Event(
         dataset=DATASET, action=action.name, kind=action.kind, category=("network",),
         type=("connection", action.type),
@@ -671,20 +777,43 @@ def socket_event(record: Sequence[Any], key: str, action: SocketAction, context:
 
 
 def _add_process(fields: dict[str, Any], record: Sequence[Any], context: EventContext) -> tuple[str, int] | None:
-    """Add process.* of the record's process; return its (name, pid), None (and no process.*) when unknown."""
-    info = context.processes.get(record[R_PROCESS]) if record[R_PROCESS] else None
-    if info is None:
-        return None
-    pid, start_ticks, name, executable = info
+    """Add process.* and group.* of the record's process; return its (name, pid), None (and neither) when
+    unknown. What the process's scan could not read is left out."""
+    key = record[R_PROCESS]
+    described = context.described.get(key) if key else None
+    if described is None:
+        info = context.processes.get(key) if key else None
+        if info is None:
+            return None
+        described = context.described[key] = _process_fields(info, context)
+    process, group = described
+    fields["process"] = dict(process)
+    if group is not None:
+        fields["group"] = dict(group)
+    return process.get("name", ""), process["pid"]
+
+
+def _process_fields(info: Sequence[Any], context: EventContext) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """process.* and group.* (None when the gid is unknown) of a snapshot's process (see PI_*)."""
+    pid, start_ticks, name, executable = info[PI_PID], info[PI_START_TICKS], info[PI_NAME], info[PI_EXECUTABLE]
+    args, ppid, gid = (list(info[PI_ARGS:PI_GID + 1]) + [None] * 3)[:3]  # absent from older snapshots
     process: dict[str, Any] = {"pid": pid}
     if name:
         process["name"] = name
     if executable:
         process["executable"] = executable
+    if args:
+        process["args"] = list(args)
+    if context.boot_time is not None:
+        process["start"] = process_start_iso(context.boot_time, start_ticks)
+    if ppid:
+        process["parent"] = {"pid": ppid}
     if context.host_id:
         process["entity_id"] = process_entity_id(context.host_id, pid, start_ticks)
-    fields["process"] = process
-    return name, pid
+    if gid is None:
+        return process, None
+    group_name = context.users.group(gid)
+    return process, {"id": gid, **({"name": group_name} if group_name else {})}
 
 
 def _add_user(fields: dict[str, Any], record: Sequence[Any], context: EventContext) -> tuple[str, int] | None:
@@ -765,10 +894,12 @@ class SocketDataset:
         self.hostfs = Path(context.hostfs)
         self.host_id = context.host_id
         self.options = parse_options(context.options)
-        self.observer = SocketObserver(self.hostfs, self.options)
-        self.users = AccountNames(self.hostfs)  # from <hostfs>/etc/passwd, not NSS
-        self._recently_closed: OrderedDict[str, None] = OrderedDict()
+        self.closed = ClosedCookies()
+        self.observer = SocketObserver(self.hostfs, self.options, self.closed)
+        self.users = AccountNames(self.hostfs)  # from <hostfs>/etc/passwd and /etc/group, not NSS
+        self.boot_time = read_boot_time(self.hostfs)
         self._stream_warned = False
+        self._traffic_warned = False
 
     # -- polling ------------------------------------------------------------------------------------------
 
@@ -777,11 +908,25 @@ class SocketDataset:
         return self.observer.observe()
 
     def state_report(self, current: Any) -> Sequence[Event]:
-        """One `existing_socket` state event per socket of the snapshot."""
+        """One `existing_socket` state event per socket of the snapshot; a TCP connection the last poll saw also
+        carries what it has carried so far (the kernel's counters, read now), so a connection that lasts days
+        shows its traffic before it closes."""
         sockets = live_sockets(current) or LiveSockets({}, ())
         context = self._context(current)
         timestamp = float(current.get("observed_at") or time.time())
-        return [socket_event(record, key, EXISTING_SOCKET, context, timestamp) for key, record in sockets.items()]
+        traffic = self._traffic_now()
+        return [socket_event(record, key, EXISTING_SOCKET, context, timestamp, traffic.get(key))
+                for key, record in sockets.items()]
+
+    def _traffic_now(self) -> dict[str, Traffic]:
+        try:
+            return self.observer.traffic()
+        except OSError as error:  # DumpError included: the report goes out without the counters
+            if not self._traffic_warned:
+                self._traffic_warned = True
+                LOG.warning("Cannot read the TCP counters of the sockets (%s): state reports carry no bytes",
+                            error.strerror or error)
+            return {}
 
     def diff(self, previous: Any, current: Any, at_startup: bool) -> Sequence[Event]:
         """socket_closed for sockets of `previous` gone from `current`, then socket_opened for the new ones."""
@@ -799,7 +944,8 @@ class SocketDataset:
         closed, opened = changed_keys(before_map, after_map)
         events: list[Event] = []
         for key in closed:
-            self._remember_closed(key)
+            if key not in after_map:  # gone; not a socket that only changed endpoints (closed, then opened)
+                self.closed.add(key)
             events.append(socket_event(before_map[key], key, SOCKET_CLOSED, closed_context, timestamp,
                                        closed_at=timestamp))
         for key in opened:
@@ -833,9 +979,9 @@ class SocketDataset:
             if not isinstance(item, Destroyed) or not self._wanted(item):
                 continue
             key = str(item.cookie)
-            if key in self._recently_closed:
+            if key in self.closed:
                 continue
-            self._remember_closed(key)
+            self.closed.add(key, by_stream=True)
             record = sockets.get(key) if sockets is not None else None
             if record is not None:
                 closed.append(key)
@@ -867,13 +1013,7 @@ class SocketDataset:
 
     def _context(self, snapshot: Any) -> EventContext:
         processes = snapshot.get("processes", {}) if isinstance(snapshot, Mapping) else {}
-        return EventContext(self.host_id, self.users, processes)
-
-    def _remember_closed(self, key: str) -> None:
-        self._recently_closed[key] = None
-        self._recently_closed.move_to_end(key)
-        while len(self._recently_closed) > CLOSED_MEMORY:
-            self._recently_closed.popitem(last=False)
+        return EventContext(self.host_id, self.users, processes, self.boot_time)
 
     def close(self) -> None:
         self.observer.close()

@@ -35,6 +35,7 @@ SKNLGRP_INET6_UDP_DESTROY = 4
 # inet_diag attributes (include/uapi/linux/inet_diag.h)
 INET_DIAG_INFO = 2
 INET_DIAG_PROTOCOL = 10
+INET_DIAG_INFO_EXTENSION = 1 << (INET_DIAG_INFO - 1)  # idiag_ext bit asking a dump for each socket's tcp_info
 
 # TCP states (include/net/tcp_states.h); UDP reuses ESTABLISHED (connected) and CLOSE (unconnected).
 TCP_ESTABLISHED = 1
@@ -55,6 +56,10 @@ TCP_STATE_NAMES = {
     TCP_LAST_ACK: "LAST_ACK", TCP_LISTEN: "LISTEN", TCP_CLOSING: "CLOSING", TCP_NEW_SYN_RECV: "NEW_SYN_RECV",
 }
 ALL_STATES = 0xFFF  # bit (1 << state) for states 0..11; a dump asks for the states it wants
+# idiag_timer of a timewait minisocket (inet_twsk_diag_fill): what remains of a TCP socket the kernel has already
+# destroyed (and announced to the destroy groups), dumped under its substate (TIME_WAIT, or FIN_WAIT2 when the
+# socket was closed in FIN_WAIT2) with the destroyed socket's cookie. Full sockets report 0, 1, 2 or 4.
+TIMEWAIT_TIMER = 3
 
 # struct nlmsghdr; inet_diag_req_v2; inet_diag_msg (72 bytes, the 48-byte inet_diag_sockid kept raw)
 _NLMSGHDR = struct.Struct("=IHHII")
@@ -115,7 +120,10 @@ def dump_request(family: int, protocol: int, states: int, sequence: int, extensi
 
 
 class DiagEntry(NamedTuple):
-    """One socket of a dump, kept raw: its sockid bytes (identity: addresses, ports, cookie) and a few fields."""
+    """One socket of a dump, kept raw: its sockid bytes (identity: addresses, ports, cookie) and a few fields.
+
+    `uid` is the owner of the socket's file (idiag_uid): real only while a process holds the socket (`inode` not
+    0); the kernel reports 0 for an orphan, whoever owned it."""
 
     sockid: bytes
     family: int
@@ -128,10 +136,17 @@ class DumpError(OSError):
     """The kernel refused or aborted a sock_diag dump (NLMSG_ERROR)."""
 
 
-def parse_dump(data: bytes, sequence: int, into: list[DiagEntry]) -> bool:
-    """Append the inet_diag_msg entries of one netlink datagram to `into`; return True at NLMSG_DONE.
+# The traffic counters of a TCP socket: tcpi_bytes_acked, tcpi_bytes_received, tcpi_segs_out, tcpi_segs_in.
+TcpCounters = tuple[int, int, int, int]
 
-    Messages of another sequence number (a stale dump) are skipped. Raises DumpError on NLMSG_ERROR.
+
+def parse_dump(data: bytes, sequence: int, into: list[DiagEntry],
+               counters: dict[bytes, TcpCounters] | None = None) -> bool:
+    """Append the inet_diag_msg entries of one netlink datagram to `into`; return True at NLMSG_DONE. With
+    `counters` (a dump that asked for INET_DIAG_INFO), also map each TCP socket's raw sockid to its counters.
+
+    Messages of another sequence number (a stale dump) are skipped, and so are timewait minisockets (the remains
+    of sockets already destroyed, see TIMEWAIT_TIMER). Raises DumpError on NLMSG_ERROR.
     """
     offset, end = 0, len(data)
     unpack = _MESSAGE.unpack_from
@@ -149,7 +164,13 @@ def parse_dump(data: bytes, sequence: int, into: list[DiagEntry]) -> bool:
                 raise DumpError(code, f"sock_diag dump failed: {os.strerror(code)}")
             if kind == SOCK_DIAG_BY_FAMILY and offset + _MESSAGE_END <= end:
                 fields = unpack(data, offset)
-                append(make(DiagEntry, (fields[9], fields[5], fields[6], fields[13], fields[14])))
+                if fields[7] != TIMEWAIT_TIMER:
+                    append(make(DiagEntry, (fields[9], fields[5], fields[6], fields[13], fields[14])))
+                    if counters is not None:
+                        info = _attributes(data, offset + _MESSAGE_END, offset + min(length, end - offset)).get(
+                            INET_DIAG_INFO)
+                        if info and (found := parse_tcp_info(info)) is not None:
+                            counters[fields[9]] = found
         offset += (length + 3) & ~3
     return False
 
@@ -161,12 +182,15 @@ class DiagSocket:
         self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
         self._socket.bind((0, 0))
 
-    def dump(self, family: int, protocol: int, states: int = ALL_STATES) -> list[DiagEntry]:
-        """Return every socket of `family` (AF_INET or AF_INET6) and `protocol` (IPPROTO_TCP/UDP) in `states`."""
+    def dump(self, family: int, protocol: int, states: int = ALL_STATES,
+             counters: dict[bytes, TcpCounters] | None = None) -> list[DiagEntry]:
+        """Return every socket of `family` (AF_INET or AF_INET6) and `protocol` (IPPROTO_TCP/UDP) in `states`;
+        with `counters`, also ask for each TCP socket's tcp_info and put its counters there (by raw sockid)."""
         sequence = next(_sequence) & 0xFFFFFFFF
-        self._socket.send(dump_request(family, protocol, states, sequence))
+        extensions = INET_DIAG_INFO_EXTENSION if counters is not None else 0
+        self._socket.send(dump_request(family, protocol, states, sequence, extensions))
         entries: list[DiagEntry] = []
-        while not parse_dump(self._socket.recv(_RECV_SIZE), sequence, entries):
+        while not parse_dump(self._socket.recv(_RECV_SIZE), sequence, entries, counters):
             pass
         return entries
 
@@ -205,7 +229,7 @@ class Destroyed:
     segments_in: int | None = None  # tcpi_segs_in
 
 
-def parse_tcp_info(payload: bytes) -> tuple[int, int, int, int] | None:
+def parse_tcp_info(payload: bytes) -> TcpCounters | None:
     """Return (bytes_acked, bytes_received, segs_out, segs_in) of a struct tcp_info, None if too short (old kernel)."""
     if len(payload) < _TCP_INFO_COUNTERS_OFFSET + _TCP_INFO_COUNTERS.size:
         return None
