@@ -378,6 +378,23 @@ def test_socket_left_by_an_exited_process_keeps_its_uid_only(cleanup: contextlib
 # Connections whose process exits before it is attributed
 # --------------------------------------------------------------------------------------------------------
 
+def with_child_gone_before_the_scan(dataset: Any, child: subprocess.Popen, poll: Callable[[], Any]) -> Any:
+    """Run `poll` with `child` made to exit just before the dataset's process scan: the poll's dump saw the
+    child's socket while the child held it, but no process is left to attribute it to."""
+    owners = dataset.observer.owners
+    scan = owners.resolve
+
+    def child_exits_before_the_scan(unknown: set[int]) -> None:
+        if child.poll() is None:
+            child.communicate("exit\n", timeout=DEADLINE)
+        scan(unknown)
+    owners.resolve = child_exits_before_the_scan  # type: ignore[method-assign]
+    try:
+        return poll()
+    finally:
+        owners.resolve = scan  # type: ignore[method-assign]
+
+
 def short_connection_maker(uid: int) -> str:
     """A child (of `uid`) that connects to 127.0.0.1:argv[1], prints its port, and exits on a line of stdin."""
     drop = DROP_TO_NOBODY if uid == NOBODY else "pass"
@@ -405,16 +422,7 @@ def test_a_connection_whose_process_exits_before_it_is_attributed_is_closed_by_i
     child_port = int(child.stdout.readline())
     server, _ = listener.accept()
     cleanup.enter_context(server)
-    owners = dataset.observer.owners
-    scan = owners.resolve
-
-    def child_exits_before_the_scan(unknown: set[int]) -> None:
-        if child.poll() is None:
-            child.communicate("exit\n", timeout=DEADLINE)
-        scan(unknown)
-    owners.resolve = child_exits_before_the_scan  # type: ignore[method-assign]
-    seen = dataset.observe()
-    owners.resolve = scan  # type: ignore[method-assign]
+    seen = with_child_gone_before_the_scan(dataset, child, dataset.observe)
     key, record = find(seen, child_port, port(listener))
     assert child.returncode == 0 and record[R_INODE] and record[R_UID] == uid and record[R_PROCESS] == ""
 
@@ -796,16 +804,7 @@ def test_a_loopback_session_is_reported_once_per_socket_with_every_field_users_q
     child = spawn(cleanup, short_connection_maker(0), str(port(listener)))
     child_port = int(child.stdout.readline())
     child_server, _ = listener.accept()
-    owners = dataset.observer.owners
-    scan = owners.resolve
-
-    def child_exits_before_the_scan(unknown: set[int]) -> None:
-        if child.poll() is None:
-            child.communicate("exit\n", timeout=DEADLINE)
-        scan(unknown)
-    owners.resolve = child_exits_before_the_scan  # type: ignore[method-assign]
-    unattributed = collector.poll()
-    owners.resolve = scan  # type: ignore[method-assign]
+    unattributed = with_child_gone_before_the_scan(dataset, child, collector.poll)
     child_key, child_record = find(unattributed, child_port, port(listener))
     assert child.returncode == 0 and child_record[R_PROCESS] == "" and child_record[R_UID] == 0
     session_keys |= {child_key, find(unattributed, port(listener), child_port)[0]}
