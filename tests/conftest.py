@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: a running agent factory that always cleans up its processes."""
+"""Shared pytest fixtures: a running agent factory that always cleans up its processes, a Kafka broker, an OpenSearch node."""
 
 from __future__ import annotations
 
@@ -40,6 +40,20 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with KafkaBroker(tmp_path_factory.mktemp("kafka")) as broker:
         yield broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def search_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The OpenSearch node named by HOSTAUDIT_TEST_SEARCH_URL (ops/test.sh starts one), else one started here."""
+    import os
+
+    if os.environ.get("HOSTAUDIT_TEST_SEARCH_URL"):
+        yield os.environ["HOSTAUDIT_TEST_SEARCH_URL"].rstrip("/")
+        return
+    from tests.search_support import OpenSearchNode
+
+    with OpenSearchNode(tmp_path_factory.mktemp("opensearch")) as node:
+        yield node.url
 
 
 @pytest.fixture

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import ctypes
 import dataclasses
-import fcntl
 import importlib.util
 import json
 import os
@@ -19,17 +17,20 @@ import subprocess
 import sys
 import time
 import uuid
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from jvm import (  # noqa: E402
+    LOG_TAIL_LINES, JvmError, fetch_classpath, find_java, free_port, pid_runs, pom_property, read_tail, rss_kib,
+    set_pdeathsig, tail, terminate_pid,
+)
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
 SERVER_TEMPLATE = HERE / "server.properties"
 LOG4J2_CONFIG = HERE / "log4j2.properties"
-MARKER_NAME = ".complete"  # written into lib/ after a successful, verified copy
-LOG_TAIL_LINES = 40
 DEFAULT_JVM_OPTS = (
     "-Xms128m",
     "-Xmx512m",
@@ -43,8 +44,8 @@ DEFAULT_JVM_OPTS = (
 )
 
 
-class BrokerError(RuntimeError):
-    """Something needed to run the broker failed (java/mvn missing, fetch, format, start, TLS material)."""
+# Every failure of the broker's tools is a JvmError (ops/jvm.py); BrokerError is the name its callers catch.
+BrokerError = JvmError
 
 
 # --------------------------------------------------------------------------- jar cache
@@ -52,11 +53,7 @@ class BrokerError(RuntimeError):
 
 def kafka_version() -> str:
     """The Kafka version pinned in ops/kafka/pom.xml (the single source of truth)."""
-    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
-    node = ET.parse(POM).getroot().find("m:properties/m:kafka.version", ns)
-    if node is None or not (node.text or "").strip():
-        raise BrokerError(f"no <kafka.version> property in {POM}")
-    return node.text.strip()
+    return pom_property(POM, "kafka.version")
 
 
 def cache_dir() -> Path:
@@ -71,96 +68,12 @@ def lib_dir() -> Path:
     return cache_dir() / "lib"
 
 
-def _lib_complete(lib: Path, version: str) -> bool:
-    marker = lib / MARKER_NAME
-    try:
-        info = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    if info.get("kafka_version") != version or not info.get("jars"):
-        return False
-    return all((lib / jar).is_file() for jar in info["jars"])
-
-
-def _tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def _lock(path: Path, timeout: float) -> int:
-    """Take an exclusive flock on path (bounded wait); returns the fd to close to release it."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise BrokerError(f"timed out after {timeout:.0f}s waiting for the lock {path}") from None
-            time.sleep(0.2)
-
-
 def fetch_jars(timeout: float = 900.0) -> Path:
     """Make sure the broker classpath is in the jar cache (runs Maven only if it is not); returns lib/."""
     version = kafka_version()
-    lib = lib_dir()
-    if _lib_complete(lib, version):
-        return lib
-    cache = lib.parent
-    cache.mkdir(parents=True, exist_ok=True)
-    fd = _lock(cache / ".fetch.lock", timeout)
-    try:
-        if _lib_complete(lib, version):  # another process fetched while we waited
-            return lib
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise BrokerError(
-                f"mvn not found: Maven is needed once to fetch the Kafka {version} jars into {lib} "
-                "(apt-get install -y maven)"
-            )
-        tmp = cache / f"lib.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        cmd = [mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(POM),
-               "dependency:copy-dependencies", f"-Dkafka.lib.dir={tmp}"]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise BrokerError(f"mvn timed out after {timeout:.0f}s fetching Kafka {version}") from exc
-        if proc.returncode != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise BrokerError(f"mvn failed (exit {proc.returncode}): {_tail(proc.stdout + proc.stderr)}")
-        jars = sorted(p.name for p in tmp.glob("*.jar"))
-        for needed in (f"kafka_2.13-{version}.jar", f"kafka-server-{version}.jar", "log4j-core-"):
-            if not any(j.startswith(needed) for j in jars):
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise BrokerError(f"mvn succeeded but {needed}* is missing from the copied jars: {jars}")
-        (tmp / MARKER_NAME).write_text(json.dumps({"kafka_version": version, "jars": jars}, indent=1))
-        if lib.exists():
-            shutil.rmtree(lib)
-        os.rename(tmp, lib)
-        return lib
-    finally:
-        os.close(fd)
-
-
-def find_java() -> str:
-    home = os.environ.get("JAVA_HOME")
-    if home and os.access(Path(home) / "bin" / "java", os.X_OK):
-        return str(Path(home) / "bin" / "java")
-    java = shutil.which("java")
-    if java is None:
-        raise BrokerError("java not found: Kafka 4.x needs Java 17+ (apt-get install -y openjdk-17-jre-headless "
-                          "or set JAVA_HOME)")
-    return java
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return fetch_classpath(POM, lib_dir(), identity={"kafka_version": version}, lib_property="kafka.lib.dir",
+                           needed=(f"kafka_2.13-{version}.jar", f"kafka-server-{version}.jar", "log4j-core-"),
+                           what=f"Kafka {version}", timeout=timeout)
 
 
 # --------------------------------------------------------------------------- TLS material
@@ -193,7 +106,7 @@ def _openssl(args: list[str], cwd: Path) -> None:
     except subprocess.TimeoutExpired as exc:
         raise BrokerError(f"openssl {args[0]} timed out") from exc
     if proc.returncode != 0:
-        raise BrokerError(f"openssl {' '.join(args)} failed (exit {proc.returncode}): {_tail(proc.stderr)}")
+        raise BrokerError(f"openssl {' '.join(args)} failed (exit {proc.returncode}): {tail(proc.stderr)}")
 
 
 def _make_ca(directory: Path, name: str, cn: str) -> tuple[Path, Path]:
@@ -238,13 +151,6 @@ def make_ssl_material(directory: Path, password: str | None = None) -> SslMateri
 
 
 # --------------------------------------------------------------------------- broker
-
-
-def _set_pdeathsig() -> None:
-    """preexec_fn: SIGKILL the broker if the (forking thread of the) parent dies, so tests leave no orphans."""
-    PR_SET_PDEATHSIG = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class KafkaBroker:
@@ -316,24 +222,10 @@ class KafkaBroker:
 
     def rss_kib(self) -> int | None:
         """Resident set size of the broker JVM in KiB (None if not running)."""
-        if not self.running:
-            return None
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        except OSError:
-            return None
-        return None
+        return rss_kib(self.pid) if self.running else None
 
     def log_tail(self, lines: int = LOG_TAIL_LINES, since_last_start: bool = True) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                if since_last_start:
-                    f.seek(self._log_offset)
-                return _tail(f.read().decode("utf-8", "replace"), lines)
-        except OSError as exc:
-            return f"(no log: {exc})"
+        return read_tail(self.log_path, self._log_offset if since_last_start else 0, lines)
 
     # ---- lifecycle
     def _render_config(self) -> str:
@@ -399,7 +291,7 @@ class KafkaBroker:
             raise BrokerError(f"kafka StorageTool format timed out after {timeout:.0f}s") from exc
         if proc.returncode != 0 or not (self.data_dir / "meta.properties").is_file():
             raise BrokerError(f"kafka StorageTool format failed (exit {proc.returncode}): "
-                              f"{_tail(proc.stdout + proc.stderr)}")
+                              f"{tail(proc.stdout + proc.stderr)}")
 
     def start(self, timeout: float = 90.0) -> None:
         """Fetch jars if needed, format storage (first start only), launch the broker, wait until it serves metadata."""
@@ -411,7 +303,7 @@ class KafkaBroker:
         t0 = time.monotonic()
         deadline = t0 + timeout
         lib = fetch_jars()
-        java = find_java()
+        java = find_java("Kafka 4.x needs Java 17+")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.controller_port = self.controller_port or free_port()
@@ -432,7 +324,7 @@ class KafkaBroker:
                 self._java_cmd(java, lib, "kafka.Kafka", str(self.config_path)),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
                 start_new_session=True,
-                preexec_fn=_set_pdeathsig if self.die_with_parent else None,
+                preexec_fn=set_pdeathsig if self.die_with_parent else None,
             )
         try:
             self._wait_ready(deadline)
@@ -538,11 +430,7 @@ def _state_path(workdir: Path) -> Path:
 
 
 def _pid_alive_kafka(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"kafka.Kafka" in cmdline
+    return pid_runs(pid, b"kafka.Kafka")
 
 
 def _cli_start(args: argparse.Namespace) -> int:
@@ -599,16 +487,8 @@ def _cli_stop(args: argparse.Namespace) -> int:
         pid_file.unlink()
         print(f"broker (pid {pid}) was not running", file=sys.stderr)
         return 0
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + args.timeout
-    while _pid_alive_kafka(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _pid_alive_kafka(pid):
+    if terminate_pid(pid, b"kafka.Kafka", args.timeout):
         print(f"broker pid {pid} still alive after {args.timeout:.0f}s: SIGKILL", file=sys.stderr)
-        os.kill(pid, signal.SIGKILL)
-        end = time.monotonic() + 10
-        while _pid_alive_kafka(pid) and time.monotonic() < end:
-            time.sleep(0.1)
     pid_file.unlink(missing_ok=True)
     return 0
 
