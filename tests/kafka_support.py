@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -18,8 +18,11 @@ from broker import KafkaBroker, SslMaterial, make_ssl_material  # noqa: E402
 __all__ = ["KafkaBroker", "SslMaterial", "make_ssl_material", "consume_all", "wait_for_topic_events"]
 
 
-def consume_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[tuple[bytes | None, dict[str, Any]]]:
-    """Every message of `topic` from the beginning to its current end, as (key, ECS-checked document)."""
+def consume_all(bootstrap: str, topic: str, timeout: float = 10.0,
+                check: Callable[[dict[str, Any]], None] | None = assert_ecs
+                ) -> list[tuple[bytes | None, dict[str, Any]]]:
+    """Every message of `topic` from the beginning to its current end, as (key, document), each document
+    checked by `check` (by default against the ECS field table)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
                              consumer_timeout_ms=int(timeout * 1000), request_timeout_ms=30_000)
     try:
@@ -36,7 +39,8 @@ def consume_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[tuple
             for records in consumer.poll(timeout_ms=500).values():
                 for record in records:
                     document = json.loads(record.value)
-                    assert_ecs(document)
+                    if check is not None:
+                        check(document)
                     messages.append((record.key, document))
         return messages
     finally:
