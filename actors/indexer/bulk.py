@@ -65,7 +65,8 @@ def _authorization(engine: EngineSettings) -> dict[str, str]:
         encoded = base64.b64encode(key.encode()).decode() if ":" in key else key  # Beats: id:api_key
         return {"Authorization": f"ApiKey {encoded}"}
     if engine.username is not None and engine.password is not None:
-        return urllib3.make_headers(basic_auth=f"{engine.username}:{engine.password.reveal()}")
+        credentials = f"{engine.username}:{engine.password.reveal()}".encode()
+        return {"Authorization": f"Basic {base64.b64encode(credentials).decode()}"}
     return {}
 
 

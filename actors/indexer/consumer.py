@@ -26,7 +26,6 @@ log = logging.getLogger("hostaudit.indexer.consumer")
 IN_FLIGHT = 2  # batches handed to the writer and not done: one being written, the next one ready
 IDLE_POLL_MS = 500  # how long a poll waits when there is nothing to do
 BUSY_POLL_MS = 20  # how long a poll waits while the writer works (so its completion is noticed soon)
-REVOKE_WAIT = 5.0  # seconds a rebalance waits for the batches in flight before giving up their partitions
 LAG_REFRESH = 5.0  # seconds between end-offset lookups while paused (no fetch brings the high watermark)
 CONNECT_RETRY_MAX = 10.0
 COMMIT_TIMEOUT_MS = 10_000
@@ -248,15 +247,20 @@ class ConsumerActor(pykka.ThreadingActor):
             self.consumer.resume(*self.consumer.paused())
         self.paused = self.stats.paused = pause
 
-    # --- rebalancing (called inside poll, on this actor's thread) ---------------------------------------
+    # --- rebalancing (kafka-python calls these on its network thread, inside `poll`: nothing may block) --------
     def revoked(self, partitions: set[TopicPartition]) -> None:
-        """Before partitions go to another member: let the batches in flight finish for a while and commit
-        them, so the next owner starts after them; the rest it reads again (duplicates: 409, not indexed twice)."""
-        deadline = time.monotonic() + min(REVOKE_WAIT, self.kafka.session_timeout)
-        while self.in_flight and not self.in_flight[-1].done.is_set() and time.monotonic() < deadline:
-            self.in_flight[-1].done.wait(0.05)
+        """Before partitions go to another member: commit what is done for them (without waiting), and forget
+        the rest: batches still being written are not committed for them, so the next owner reads those records
+        again (a duplicate is a 409, never a second document)."""
         self._finish()
-        self._commit()
+        done = {partition: OffsetAndMetadata(offset, "", -1) for partition, offset in self.to_commit.items()
+                if partition in partitions}
+        if done and self.consumer is not None:
+            try:
+                self.consumer.commit_async(done)  # sent before the rebalance's join: still this generation
+            except KafkaError as error:
+                log.warning("could not commit offsets before a rebalance (%s); the next owner reads those "
+                            "records again", describe_error(error))
         for batch in self.in_flight:
             batch.revoked |= partitions
         self.building = [item for item in self.building

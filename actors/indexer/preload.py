@@ -1,19 +1,14 @@
 """Modules the indexer's forkserver imports once, so every worker process shares their pages."""
 
-import json  # noqa: F401
+import importlib
 import signal
 
-import kafka  # noqa: F401
-import pykka  # noqa: F401
 import setproctitle
-import urllib3  # noqa: F401
 
-import actors.indexer.bulk  # noqa: F401
-import actors.indexer.consumer  # noqa: F401
-import actors.indexer.dead_letter  # noqa: F401
-import actors.indexer.documents  # noqa: F401
-import actors.indexer.worker  # noqa: F401
-import actors.indexer.writer  # noqa: F401
+for _module in ("json", "kafka", "pykka", "urllib3", "actors.indexer.bulk", "actors.indexer.consumer",
+                "actors.indexer.dead_letter", "actors.indexer.documents", "actors.indexer.worker",
+                "actors.indexer.writer"):
+    importlib.import_module(_module)
 
 setproctitle.setproctitle("hostaudit: indexer forkserver")
 # As the agent's forkserver: it outlives a SIGTERM sent to the whole process group (the supervisor learns of

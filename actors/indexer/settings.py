@@ -167,6 +167,7 @@ def _engine_settings(framework: IndexerFramework, layers: Layers) -> EngineSetti
         else engine.ssl.enabled
     if not ssl_enabled and https:
         fail(f"{where}.ssl.enabled", "false, but a host is https://")
+    tls = _check_tls(where, engine.ssl, ssl_enabled)
     scheme = "https" if ssl_enabled else "http"
     hosts = []
     for index, host in enumerate(engine.hosts):
@@ -175,7 +176,7 @@ def _engine_settings(framework: IndexerFramework, layers: Layers) -> EngineSetti
         hosts.append(host if "://" in host else f"{scheme}://{host}")
     return EngineSettings(tuple(hosts), engine.index, engine.username, engine.password, engine.api_key,
                           engine.bulk_max_size, engine.bulk_max_bytes, engine.timeout, engine.backoff.init,
-                          engine.backoff.max, freeze(_check_tls(where, engine.ssl, ssl_enabled)))
+                          engine.backoff.max, freeze(tls))
 
 
 def load_indexer_settings(config_file: str | Path | None = None, overrides: Sequence[str] = (),
