@@ -26,6 +26,7 @@ log = logging.getLogger("hostaudit.indexer.consumer")
 IN_FLIGHT = 2  # batches handed to the writer and not done: one being written, the next one ready
 IDLE_POLL_MS = 500  # how long a poll waits when there is nothing to do
 BUSY_POLL_MS = 20  # how long a poll waits while the writer works (so its completion is noticed soon)
+LINGER_SECONDS = 1.0  # the longest a record waits for its batch to fill while more keep coming
 LAG_REFRESH = 5.0  # seconds between end-offset lookups while paused (no fetch brings the high watermark)
 CONNECT_RETRY_MAX = 10.0
 COMMIT_TIMEOUT_MS = 10_000
@@ -110,6 +111,7 @@ class ConsumerActor(pykka.ThreadingActor):
         self.in_flight: collections.deque[Batch] = collections.deque()
         self.building: list[Document | Refused] = []
         self.building_bytes = 0
+        self.building_since = 0.0
         self.to_commit: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}  # last offset committed (or found committed) per partition
         self.batches = 0
@@ -119,6 +121,7 @@ class ConsumerActor(pykka.ThreadingActor):
         self.closed = False
         self._connect_delay = 0.0
         self._lag_at = 0.0
+        self._ends_at = 0.0
         self._ends: dict[TopicPartition, int] = {}
 
     # --- the loop --------------------------------------------------------------------------------------
@@ -174,16 +177,22 @@ class ConsumerActor(pykka.ThreadingActor):
             room = max(1, self.bulk_max_size - len(self.building))
             records = consumer.poll(timeout_ms=BUSY_POLL_MS if self.in_flight or self.building else IDLE_POLL_MS,
                                     max_records=room)
-            self._read(records)
-            full = len(self.building) >= self.bulk_max_size or self.building_bytes >= self.bulk_max_bytes
-            if self.building and (full or not self.in_flight):
-                self._submit()  # the writer is idle (send what there is) or the batch is full
+            got = self._read(records)
+            if self.building and (len(self.building) >= self.bulk_max_size or
+                                  self.building_bytes >= self.bulk_max_bytes or
+                                  not got and not self.in_flight or
+                                  time.monotonic() - self.building_since >= LINGER_SECONDS):
+                self._submit()  # full; or Kafka has no more right now and the writer is idle; or waited enough
         self._commit()
         self._refresh_lag()
 
     # --- records into batches -------------------------------------------------------------------------
-    def _read(self, records: Mapping[TopicPartition, list[Any]]) -> None:
+    def _read(self, records: Mapping[TopicPartition, list[Any]]) -> int:
+        """Add the records to the batch being built; how many there were."""
         read = self.reader.read
+        if records and not self.building:
+            self.building_since = time.monotonic()
+        got = 0
         for partition, messages in records.items():
             if partition not in self.assignment:
                 continue  # taken away while the records were on their way
@@ -194,6 +203,8 @@ class ConsumerActor(pykka.ThreadingActor):
                 self.stats.records += 1
             if messages:
                 self.committed.setdefault(partition, messages[0].offset)  # where the group stood
+                got += len(messages)
+        return got
 
     def _submit(self) -> None:
         offsets: dict[TopicPartition, int] = {}
@@ -288,12 +299,20 @@ class ConsumerActor(pykka.ThreadingActor):
             return
         consumer = self.consumer
         if self.assignment and (self.paused or any(consumer.highwater(p) is None for p in self.assignment)) \
-                and now - self._lag_at >= LAG_REFRESH:
+                and now - self._ends_at >= LAG_REFRESH:
+            self._ends_at = now
             try:
                 self._ends.update(consumer.end_offsets(list(self.assignment), timeout_ms=1000))
             except (KafkaError, ValueError):
                 pass  # figures only: the next refresh tries again
         self._lag_at = now
+        for partition in self.assignment - set(self.committed):  # assigned, nothing read or committed yet
+            try:
+                offset = consumer.committed(partition, timeout_ms=1000)
+            except (KafkaError, ValueError):
+                offset = None  # figures only: the next refresh asks again
+            if offset is not None and partition in self.assignment:
+                self.committed.setdefault(partition, offset)
         partitions = {}
         for partition in sorted(self.assignment):
             end = consumer.highwater(partition)

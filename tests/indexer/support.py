@@ -155,14 +155,15 @@ def create_topic(bootstrap: str, name: str, partitions: int) -> None:
 
 def produce(bootstrap: str, topic: str, payloads: Iterable[bytes | dict[str, Any]],
             producer: KafkaProducer | None = None) -> int:
-    """Send each payload (a dict is JSON-encoded) round-robin over the partitions; wait for the broker."""
+    """Send each payload (a dict is JSON-encoded) to the partitions in turn; wait for the broker."""
     own = producer is None
     producer = producer or KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     sent = 0
     try:
+        partitions = sorted(producer.partitions_for(topic))
         for payload in payloads:
             value = json.dumps(payload).encode() if isinstance(payload, dict) else payload
-            producer.send(topic, value=value)
+            producer.send(topic, value=value, partition=partitions[sent % len(partitions)])
             sent += 1
         producer.flush(timeout=60)
     finally:
@@ -242,7 +243,7 @@ def search(search_url: str, index: str, body: Mapping[str, Any]) -> dict[str, An
 
 
 class Load:
-    """A background producer: `rate` events a second to `topic` (round-robin over its partitions) until
+    """A background producer: `rate` events a second to `topic` (to its partitions in turn) until
     stopped; `ids` are the event.ids the broker acknowledged."""
 
     def __init__(self, bootstrap: str, topic: str, rate: float, dataset: str = "process") -> None:
@@ -263,11 +264,13 @@ class Load:
         producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
         try:
             started, sent = time.monotonic(), 0
+            partitions = sorted(producer.partitions_for(self.topic))
             while not self._stop.is_set():
                 due = int((time.monotonic() - started) * self.rate) - sent
                 batch = [make_event(self.dataset, process={"pid": sent + number}) for number in range(max(0, due))]
-                for event in batch:
-                    producer.send(self.topic, value=json.dumps(event).encode())
+                for number, event in enumerate(batch):
+                    producer.send(self.topic, value=json.dumps(event).encode(),
+                                  partition=partitions[(sent + number) % len(partitions)])
                 producer.flush(timeout=60)
                 self.ids += [event["event"]["id"] for event in batch]
                 sent += len(batch)

@@ -42,7 +42,9 @@ def test_refused_documents_go_to_the_dead_letter_topic_with_the_reason_and_sigte
     create_topic(kafka_bootstrap, topic, 2)
     produce(kafka_bootstrap, topic, [*good[:30], wrong_type, b'{"event": {"id": "torn', no_id, *good[30:]])
     indexer = indexer_factory(*indexer_overrides(kafka_bootstrap, [topic], templated_search_url, group,
-                                                 f"output.elasticsearch.index={index}"))
+                                                 f"output.elasticsearch.index={index}", "logging.level=debug",
+                                                 "output.elasticsearch.username=indexer"),
+                              env={"HOSTAUDIT_OUTPUT__ELASTICSEARCH__PASSWORD": "pa55-w0rd-never-shown"})
     stats = indexer.wait_for_stats(lambda s: s["totals"]["dead_lettered"] == 3 and s["totals"]["indexed"] == 60, 60,
                                    "60 documents indexed and 3 dead-lettered")
     assert stats["totals"]["rejected"] == 1 and stats["totals"]["malformed"] == 2
@@ -64,6 +66,7 @@ def test_refused_documents_go_to_the_dead_letter_topic_with_the_reason_and_sigte
     ends = end_offsets(kafka_bootstrap, topic)
     assert committed_offsets(kafka_bootstrap, topic, group) == ends, "every record read was committed"
     assert sum(ends.values()) == 63
+    assert "pa55-w0rd-never-shown" not in indexer.log()
 
 
 def wait_until_all_indexed(indexer, search_url: str, pattern: str, ids: list[str], timeout: float) -> None:
@@ -73,7 +76,10 @@ def wait_until_all_indexed(indexer, search_url: str, pattern: str, ids: list[str
 
     def done() -> bool:
         refresh(search_url, pattern)
-        return count(search_url, pattern) >= expected and indexer.stats()["totals"]["lag"] == 0
+        if count(search_url, pattern) < expected:
+            return False
+        partitions = indexer.stats()["partitions"]  # as of each worker's last heartbeat (every second)
+        return bool(partitions) and all(figures["lag"] == 0 for figures in partitions.values())
 
     try:
         wait_for(done, timeout, f"{expected} documents in {pattern}", interval=0.5)
@@ -147,7 +153,7 @@ def test_three_workers_share_six_partitions_and_the_others_take_over_from_one_th
     assert stats["workers"]["worker-2"]["failed"] and not stats["workers"]["worker-2"]["up"]
     assert sorted(stats["partitions"]) == [f"{topic}/{number}" for number in range(6)]
     assert all(figures["lag"] == 0 and figures["committed"] == figures["end"]
-               for figures in stats["partitions"].values())
+               for figures in stats["partitions"].values()), stats["partitions"]
     metrics = indexer.metrics()
     assert f'hostaudit_indexer_consumer_lag{{topic="{topic}",partition="5"}} 0' in metrics
     assert "hostaudit_indexer_documents_indexed_total 600" in metrics
