@@ -30,6 +30,7 @@ LINGER_SECONDS = 1.0  # the longest a record waits for its batch to fill while m
 LAG_REFRESH = 5.0  # seconds between end-offset lookups while paused (no fetch brings the high watermark)
 CONNECT_RETRY_MAX = 10.0
 COMMIT_TIMEOUT_MS = 10_000
+COMMIT_WARNING_INTERVAL = 60.0  # while commits fail (Kafka unreachable), one warning a minute
 SECURITY_KEYS = ("security_protocol", "ssl_context", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password")
 
 
@@ -100,12 +101,11 @@ class ConsumerActor(pykka.ThreadingActor):
 
     def __init__(self, kafka: KafkaSettings, worker: str, reader: DocumentReader, writer: pykka.ActorRef[Any],
                  bulk_max_size: int, bulk_max_bytes: int, stats: ConsumerStats,
-                 crashed: Callable[[BaseException], None],
-                 make_consumer: Callable[..., KafkaConsumer] = KafkaConsumer) -> None:
+                 crashed: Callable[[BaseException], None]) -> None:
         super().__init__()
         self.kafka, self.worker, self.reader, self.writer = kafka, worker, reader, writer
         self.bulk_max_size, self.bulk_max_bytes = bulk_max_size, bulk_max_bytes
-        self.stats, self.crashed, self.make_consumer = stats, crashed, make_consumer
+        self.stats, self.crashed = stats, crashed
         self.consumer: KafkaConsumer | None = None
         self.assignment: set[TopicPartition] = set()
         self.in_flight: collections.deque[Batch] = collections.deque()
@@ -122,7 +122,9 @@ class ConsumerActor(pykka.ThreadingActor):
         self._connect_delay = 0.0
         self._lag_at = 0.0
         self._ends_at = 0.0
+        self._commit_warned = -COMMIT_WARNING_INTERVAL
         self._ends: dict[TopicPartition, int] = {}
+        self._revoked: set[TopicPartition] = set()  # revoked by the rebalance under way, maybe assigned again
 
     # --- the loop --------------------------------------------------------------------------------------
     def on_start(self) -> None:
@@ -145,7 +147,7 @@ class ConsumerActor(pykka.ThreadingActor):
 
     def _connect(self) -> None:
         try:
-            consumer = self.make_consumer(**consumer_config(self.kafka, self.worker, self.bulk_max_size))
+            consumer = KafkaConsumer(**consumer_config(self.kafka, self.worker, self.bulk_max_size))
             consumer.subscribe(list(self.kafka.topics), listener=_Rebalance(self))
         except (KafkaError, OSError) as error:
             self._connect_delay = min(CONNECT_RETRY_MAX, self._connect_delay * 2 or 0.5)
@@ -194,8 +196,6 @@ class ConsumerActor(pykka.ThreadingActor):
             self.building_since = time.monotonic()
         got = 0
         for partition, messages in records.items():
-            if partition not in self.assignment:
-                continue  # taken away while the records were on their way
             for message in messages:
                 item = read(Source(message.topic, message.partition, message.offset, message.key), message.value)
                 self.building.append(item)
@@ -242,8 +242,11 @@ class ConsumerActor(pykka.ThreadingActor):
             self.consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
         except KafkaError as error:
             self.stats.commit_failures += 1
-            log.warning("could not commit offsets (%s); they are committed with the next batch, or read again "
-                        "by the partition's next owner (a duplicate is not indexed twice)", describe_error(error))
+            if time.monotonic() - self._commit_warned >= COMMIT_WARNING_INTERVAL:
+                self._commit_warned = time.monotonic()
+                log.warning("could not commit offsets (%s); trying again with the next batch (if the partitions "
+                            "move meanwhile, their next owner reads those records again: a duplicate is not "
+                            "indexed twice)", describe_error(error))
             return
         self.committed.update(self.to_commit)
         self.to_commit.clear()
@@ -259,10 +262,15 @@ class ConsumerActor(pykka.ThreadingActor):
         self.paused = self.stats.paused = pause
 
     # --- rebalancing (kafka-python calls these on its network thread, inside `poll`: nothing may block) --------
+    #
+    # kafka-python keeps a partition's position across a rebalance when the partition stays with this member
+    # (eager rebalancing revokes every partition and then assigns them again, mostly the same ones). So what
+    # was read from a partition that stays is kept and written; only a partition that goes to another member
+    # is forgotten: its records not yet committed are read again by the new owner (409s, never a second
+    # document), so none of them may be committed by this member any more.
     def revoked(self, partitions: set[TopicPartition]) -> None:
-        """Before partitions go to another member: commit what is done for them (without waiting), and forget
-        the rest: batches still being written are not committed for them, so the next owner reads those records
-        again (a duplicate is a 409, never a second document)."""
+        """Commit what is done for the partitions (without waiting: the rebalance may give them to another
+        member); what they lose is decided in `assigned`."""
         self._finish()
         done = {partition: OffsetAndMetadata(offset, "", -1) for partition, offset in self.to_commit.items()
                 if partition in partitions}
@@ -270,26 +278,30 @@ class ConsumerActor(pykka.ThreadingActor):
             try:
                 self.consumer.commit_async(done)  # sent before the rebalance's join: still this generation
             except KafkaError as error:
-                log.warning("could not commit offsets before a rebalance (%s); the next owner reads those "
-                            "records again", describe_error(error))
+                log.warning("could not commit offsets before a rebalance (%s); the partitions' next owner reads "
+                            "those records again", describe_error(error))
+        self._revoked |= partitions
+
+    def assigned(self, partitions: set[TopicPartition]) -> None:
+        lost = self._revoked - partitions
+        self._revoked = set()
         for batch in self.in_flight:
-            batch.revoked |= partitions
-        self.building = [item for item in self.building
-                         if TopicPartition(item.source.topic, item.source.partition) not in partitions]
-        self.building_bytes = sum(item.size for item in self.building)
-        for partition in partitions:
+            batch.revoked |= lost
+        if lost:
+            self.building = [item for item in self.building
+                             if TopicPartition(item.source.topic, item.source.partition) not in lost]
+            self.building_bytes = sum(item.size for item in self.building)
+        for partition in lost:
             self.to_commit.pop(partition, None)
             self.committed.pop(partition, None)
             self._ends.pop(partition, None)
-        self.assignment -= partitions
-        if partitions:
-            log.info("partitions revoked: %s", _names(partitions))
-
-    def assigned(self, partitions: set[TopicPartition]) -> None:
-        self.assignment |= partitions
-        if self.paused and partitions and self.consumer is not None:
-            self.consumer.pause(*partitions)
-        log.info("partitions assigned: %s", _names(partitions) or "none (more members than partitions)")
+        added = partitions - self.assignment
+        self.assignment = (self.assignment - lost) | partitions
+        if self.paused and added and self.consumer is not None:
+            self.consumer.pause(*added)
+        if lost:
+            log.info("partitions gone to other members: %s", _names(lost))
+        log.info("partitions assigned: %s", _names(self.assignment) or "none (more members than partitions)")
 
     # --- figures ---------------------------------------------------------------------------------------
     def _refresh_lag(self) -> None:

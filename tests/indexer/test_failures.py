@@ -201,3 +201,29 @@ def test_engine_stopped_30_seconds_under_load_then_started_indexes_everything_on
     assert count(url, pattern) == len(ids) and duplicated_ids(url, pattern) == []
     assert indexer.stats()["totals"]["retries"] > 0
     indexer.wait_for_log("the engine takes documents again after", 5)
+
+
+def test_indexers_joining_and_leaving_the_group_under_load_lose_nothing(
+        indexer_factory, kafka_bootstrap: str, templated_search_url: str) -> None:
+    """Scale-out on several machines: a second and a third indexer join the group under load, then leave.
+    Each rebalance revokes every partition and gives most of them back to the member that had them, whose
+    position kafka-python keeps: what it had read and not yet sent must still be written."""
+    topic, group = unique_name("join"), unique_name("group")
+    index, pattern = per_test_index()
+    create_topic(kafka_bootstrap, topic, 6)
+    overrides = indexer_overrides(kafka_bootstrap, [topic], templated_search_url, group,
+                                  f"output.elasticsearch.index={index}", "output.elasticsearch.bulk_max_size=150")
+    first = indexer_factory(*overrides)
+    with Load(kafka_bootstrap, topic, rate=500) as load:
+        first.wait_for_stats(lambda s: s["totals"]["indexed"] >= 300, 60, "the first indexer under way")
+        others = []
+        for number in (2, 3):
+            others.append(indexer_factory(*overrides))
+            others[-1].wait_for_stats(lambda s: s["totals"]["indexed"] >= 100, 60, f"indexer {number} under way")
+        for other in others:
+            assert other.terminate() == 0  # leaves the group: its partitions go back to the first
+            first.wait_for_stats(lambda s: s["totals"]["indexed"] >= 100, 30, "the first indexing on")
+        first.wait_for_stats(lambda s: len(s["partitions"]) == 6, 30, "all six partitions back with the first")
+        ids = load.stop()
+    wait_until_all_indexed(first, templated_search_url, pattern, ids, 60)
+    assert count(templated_search_url, pattern) == len(ids) and duplicated_ids(templated_search_url, pattern) == []
