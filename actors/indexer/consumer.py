@@ -171,7 +171,9 @@ class ConsumerActor(pykka.ThreadingActor):
                 return
         if self.draining is not None or len(self.in_flight) >= IN_FLIGHT:
             self._pause(True)
-            consumer.poll(timeout_ms=0)  # keeps the group membership (and runs a rebalance if one is due)
+            # keeps the group membership (and runs a rebalance if one is due); paused partitions return no
+            # records, but whatever a poll returns is kept: its position has moved past it
+            self._read(consumer.poll(timeout_ms=0))
             if self.in_flight:
                 self.in_flight[0].done.wait(0.1)
         else:
