@@ -1,4 +1,5 @@
-"""The hostaudit command line: run, test config, test output, export config, export template, version."""
+"""The hostaudit command line: run, test config, test output, export config, export template, version; index and
+test index-config (the indexer service, actors/indexer)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     test_what = test.add_subparsers(dest="what", required=True)
     with_config(test_what.add_parser("config", help="validate the configuration"))
     with_config(test_what.add_parser("output", help="connect to the configured output and check it"))
+    with_config(test_what.add_parser("index-config", help="validate the configuration of `hostaudit index`"))
     export = commands.add_parser("export", help="print the effective configuration or the index template")
     export_what = export.add_subparsers(dest="what", required=True)
     with_config(export_what.add_parser("config", help="print the effective configuration as YAML"))
@@ -49,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     template.add_argument("--replicas", type=int, metavar="N",
                           help="index.number_of_replicas (e.g. 0 for a one-node test cluster); default: "
                                "setup.template.settings.index.number_of_replicas, else the engine's (1)")
+    with_config(commands.add_parser("index", help="run the indexer service: Kafka -> Elasticsearch/OpenSearch"))
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -58,6 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.command == "version":
         print(f"hostaudit version {__version__} (Python {sys.version.split()[0]})")
         return 0
+
+    if arguments.command == "index" or arguments.command == "test" and arguments.what == "index-config":
+        from actors.indexer import command
+        run_indexer = command.index if arguments.command == "index" else command.check_config
+        return run_indexer(arguments.config, arguments.overrides)
 
     from actors.config import ConfigError, export_yaml, load_settings
     from actors.datasets import CATALOG

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -22,13 +22,22 @@ __all__ = ["KafkaBroker", "SslMaterial", "make_ssl_material", "consume_all", "co
 Message = tuple[bytes | None, dict[str, Any]]
 
 
-def consume_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[Message]:
-    """Every message of `topic` from the beginning to its current end, as (key, ECS-checked document)."""
-    return [message for messages in consume_by_partition(bootstrap, topic, timeout).values() for message in messages]
+def check_event(document: dict[str, Any]) -> None:
+    """The default check of a consumed document: an ECS event of hostaudit (its own fields declared too)."""
+    assert_ecs(document, EVENT_FIELDS)
 
 
-def consume_by_partition(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, list[Message]]:
-    """Every message of `topic` from the beginning to its current end, as (key, ECS-checked document) by
+def consume_all(bootstrap: str, topic: str, timeout: float = 10.0,
+                check: Callable[[dict[str, Any]], None] | None = check_event) -> list[Message]:
+    """Every message of `topic` from the beginning to its current end, as (key, document), each document
+    checked by `check` (by default against the event field table)."""
+    return [message for messages in consume_by_partition(bootstrap, topic, timeout, check).values()
+            for message in messages]
+
+
+def consume_by_partition(bootstrap: str, topic: str, timeout: float = 10.0,
+                         check: Callable[[dict[str, Any]], None] | None = check_event) -> dict[int, list[Message]]:
+    """Every message of `topic` from the beginning to its current end, as (key, checked document) by
     partition."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
                              consumer_timeout_ms=int(timeout * 1000), request_timeout_ms=30_000)
@@ -46,7 +55,8 @@ def consume_by_partition(bootstrap: str, topic: str, timeout: float = 10.0) -> d
             for partition, records in consumer.poll(timeout_ms=500).items():
                 for record in records:
                     document = json.loads(record.value)
-                    assert_ecs(document, EVENT_FIELDS)
+                    if check is not None:
+                        check(document)
                     messages.setdefault(partition.partition, []).append((record.key, document))
         return messages
     finally:

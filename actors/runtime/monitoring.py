@@ -1,4 +1,5 @@
-"""Agent metrics: /stats (JSON) and /metrics (Prometheus text) over HTTP, and the same counters in the log."""
+"""Agent metrics: /stats (JSON) and /metrics (Prometheus text) over HTTP, and the same counters in the log; the
+HTTP endpoint and the metric lines also serve the indexer."""
 
 from __future__ import annotations
 
@@ -55,14 +56,18 @@ def build_stats(children: Mapping[str, Mapping[str, Any]], spool_root: Path) -> 
     }
 
 
+def metric_lines(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> list[str]:
+    """One Prometheus metric `hostaudit_<name>`: its HELP and TYPE lines and a line per (labels, value)."""
+    return [f"# HELP hostaudit_{name} {help_text}", f"# TYPE hostaudit_{name} {kind}",
+            *(f"hostaudit_{name}{labels} {value:g}" for labels, value in samples)]
+
+
 def prometheus_text(stats: Mapping[str, Any]) -> str:
     """The stats document in Prometheus text exposition format."""
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# HELP hostaudit_{name} {help_text}")
-        lines.append(f"# TYPE hostaudit_{name} {kind}")
-        lines.extend(f"hostaudit_{name}{labels} {value:g}" for labels, value in samples)
+        lines.extend(metric_lines(name, kind, help_text, samples))
 
     datasets = stats["datasets"]
 
@@ -93,15 +98,17 @@ def prometheus_text(stats: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def serve(host: str, port: int, get_stats: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
-    """Start the monitoring endpoint in a daemon thread and return the server."""
+def serve(host: str, port: int, get_stats: Callable[[], dict[str, Any]],
+          metrics: Callable[[Mapping[str, Any]], str] = prometheus_text) -> ThreadingHTTPServer:
+    """Start the monitoring endpoint in a daemon thread and return the server: /stats is `get_stats()` as JSON,
+    /metrics the same figures as `metrics` renders them (Prometheus text)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
             if self.path.split("?")[0] == "/stats":
                 body, kind = json.dumps(get_stats(), indent=2).encode(), "application/json"
             elif self.path.split("?")[0] == "/metrics":
-                body, kind = prometheus_text(get_stats()).encode(), "text/plain; version=0.0.4"
+                body, kind = metrics(get_stats()).encode(), "text/plain; version=0.0.4"
             else:
                 self.send_error(404, "try /stats or /metrics")
                 return
