@@ -209,6 +209,7 @@ class JvmService:
     cli_start_help: ClassVar[str] = ""
     cli_port_help: ClassVar[str] = ""
     cli_fetch_help: ClassVar[str] = ""
+    cli_status_fields: ClassVar[tuple[tuple[str, str], ...]] = ()  # `status` prints "label <name>.json[key]"...
 
     def __init__(self, workdir: Path, port: int = 0, *, jvm_opts: tuple[str, ...],
                  die_with_parent: bool = True) -> None:
@@ -392,13 +393,8 @@ class JvmService:
         return None
 
     @classmethod
-    def cli_status_line(cls, state: Mapping[str, Any]) -> str:
-        """After "running pid N" in `status`."""
-        raise NotImplementedError
-
-    @classmethod
-    def cli_fetch(cls) -> tuple[Path, str]:
-        """Fill the caches; returns lib/ and a summary for stderr."""
+    def cli_fetch(cls) -> tuple[Path, str, str]:
+        """Fill the caches; returns lib/, what it holds ("kafka 4.3.1") and anything to add after the jar count."""
         raise NotImplementedError
 
     @classmethod
@@ -460,7 +456,9 @@ class JvmService:
         workdir = Path(args.workdir).resolve()
         pid = cls._running_pid(workdir)
         if pid:
-            print(f"running pid {pid} {cls.cli_status_line(cls._read_state(workdir))}")
+            state = cls._read_state(workdir)
+            shown = "".join(f" {label} {state.get(key)}" for label, key in cls.cli_status_fields)
+            print(f"running pid {pid}{shown}")
             return 0
         print("not running")
         return 3
@@ -469,12 +467,12 @@ class JvmService:
     def _cli_fetch(cls, _args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         try:
-            lib, summary = cls.cli_fetch()
+            lib, what, extra = cls.cli_fetch()
         except JvmError as exc:
             print(f"fetch failed: {exc}", file=sys.stderr)
             return 1
         print(lib)
-        print(f"{summary}, {time.monotonic() - t0:.2f}s", file=sys.stderr)
+        print(f"{what}: {len(list(lib.glob('*.jar')))} jars{extra}, {time.monotonic() - t0:.2f}s", file=sys.stderr)
         return 0
 
     @classmethod

