@@ -6,11 +6,9 @@ import argparse
 import base64
 import dataclasses
 import importlib.util
-import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import ssl as _ssl
 import subprocess
@@ -19,12 +17,11 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from jvm import (  # noqa: E402
-    LOG_TAIL_LINES, JvmError, fetch_classpath, find_java, free_port, pid_runs, pom_property, read_tail, rss_kib,
-    set_pdeathsig, tail, terminate_pid,
+    JvmError, JvmService, NotReady, fetch_classpath, find_java, free_port, pom_property, tail,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -153,8 +150,21 @@ def make_ssl_material(directory: Path, password: str | None = None) -> SslMateri
 # --------------------------------------------------------------------------- broker
 
 
-class KafkaBroker:
+class KafkaBroker(JvmService):
     """One KRaft broker+controller child process on 127.0.0.1, with its config, data and log under workdir."""
+
+    name = "broker"
+    title = "Kafka broker"
+    script = "broker.py"
+    cmdline_mark = b"kafka.Kafka"
+    default_timeout = 90.0
+    first_wait_message = "no attempt made"
+    poll_interval = 0.25
+    owns_pid_file = False  # the CLI writes broker.pid once the broker is ready
+    cli_start_help = "start a daemonized broker; prints its bootstrap address when ready"
+    cli_port_help = "plaintext port (default: previous one, else a free one)"
+    cli_fetch_help = "populate the jar cache (Maven) and print its lib/ path"
+    cli_status_fields = (("bootstrap", "bootstrap"), ("ssl", "ssl_bootstrap"))
 
     def __init__(self, workdir: Path, port: int = 0, ssl_port: int | None = None,
                  ssl: SslMaterial | None = None, *, node_id: int = 1,
@@ -164,20 +174,14 @@ class KafkaBroker:
                  sasl_users: Mapping[str, str] | None = None) -> None:
         if ssl_port and ssl is None:
             raise ValueError("ssl_port given without ssl material (see make_ssl_material)")
-        self.workdir = Path(workdir).resolve()
-        self.port = port                  # 0 until the first start picks one
+        super().__init__(workdir, port, jvm_opts=jvm_opts, die_with_parent=die_with_parent)
         self.ssl = ssl
         self.ssl_port = (ssl_port or 0) if ssl is not None else None
         self.controller_port = 0
         self.node_id = node_id
-        self.jvm_opts = tuple(jvm_opts)
         self.extra_properties = dict(extra_properties or {})
         self.sasl_users = dict(sasl_users or {})  # SASL/PLAIN users of a SASL_PLAINTEXT listener, if any
         self.sasl_port = 0
-        self.die_with_parent = die_with_parent
-        self.last_start_seconds: float | None = None  # start() to ready, for benchmarks
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_offset = 0
 
     # ---- paths and addresses
     @property
@@ -189,14 +193,12 @@ class KafkaBroker:
         return self.workdir / "server.properties"
 
     @property
-    def log_path(self) -> Path:
-        return self.workdir / "broker.log"
-
-    @property
     def bootstrap(self) -> str:
         if not self.port:
             raise BrokerError("broker has no port yet: call start() first")
         return f"127.0.0.1:{self.port}"
+
+    address = bootstrap
 
     @property
     def sasl_bootstrap(self) -> str:
@@ -211,21 +213,6 @@ class KafkaBroker:
         if not self.ssl_port:
             raise BrokerError("broker has no SSL port yet: call start() first")
         return f"127.0.0.1:{self.ssl_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def rss_kib(self) -> int | None:
-        """Resident set size of the broker JVM in KiB (None if not running)."""
-        return rss_kib(self.pid) if self.running else None
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES, since_last_start: bool = True) -> str:
-        return read_tail(self.log_path, self._log_offset if since_last_start else 0, lines)
 
     # ---- lifecycle
     def _render_config(self) -> str:
@@ -293,15 +280,13 @@ class KafkaBroker:
             raise BrokerError(f"kafka StorageTool format failed (exit {proc.returncode}): "
                               f"{tail(proc.stdout + proc.stderr)}")
 
-    def start(self, timeout: float = 90.0) -> None:
-        """Fetch jars if needed, format storage (first start only), launch the broker, wait until it serves metadata."""
-        if self.running:
-            raise BrokerError(f"broker already running (pid {self.pid})")
+    def _check_can_start(self) -> None:
         if importlib.util.find_spec("kafka") is None:  # fail now, not after the timeout of the readiness check
             raise BrokerError(f"kafka-python is needed for the readiness check and {sys.executable} lacks it: "
                               "run with the repo's .venv/bin/python (ops/kafka/start.sh creates .venv)")
-        t0 = time.monotonic()
-        deadline = t0 + timeout
+
+    def _prepare(self, deadline: float) -> list[str]:
+        """Fetch jars if needed, pick ports, write server.properties, format storage (first start only)."""
         lib = fetch_jars()
         java = find_java("Kafka 4.x needs Java 17+")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -314,43 +299,18 @@ class KafkaBroker:
         self.config_path.write_text(self._render_config())
         if not (self.data_dir / "meta.properties").is_file():
             self._format(java, lib, deadline - time.monotonic())
-        with open(self.log_path, "ab") as log:
-            self._log_offset = log.tell()
-            log.write(f"=== broker.py: starting Kafka {kafka_version()} at {time.strftime('%F %T')} "
-                      f"(port {self.port}, ssl_port {self.ssl_port}, controller {self.controller_port}) ===\n"
-                      .encode())
-            log.flush()
-            self._proc = subprocess.Popen(
-                self._java_cmd(java, lib, "kafka.Kafka", str(self.config_path)),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-                start_new_session=True,
-                preexec_fn=set_pdeathsig if self.die_with_parent else None,
-            )
-        try:
-            self._wait_ready(deadline)
-        except BaseException:
-            self.kill()
-            raise
-        self.last_start_seconds = time.monotonic() - t0
+        return self._java_cmd(java, lib, "kafka.Kafka", str(self.config_path))
 
-    def _wait_ready(self, deadline: float) -> None:
-        last_error = "no attempt made"
-        while True:
-            assert self._proc is not None
-            code = self._proc.poll()
-            if code is not None:
-                raise BrokerError(f"Kafka broker exited with code {code} during startup; "
-                                  f"log {self.log_path}:\n{self.log_tail()}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BrokerError(f"Kafka broker not ready before the timeout ({last_error}); "
-                                  f"log {self.log_path}:\n{self.log_tail()}")
-            try:
-                self._probe(min(remaining, 5.0))
-                return
-            except Exception as exc:  # noqa: BLE001 -- any probe failure means "not ready yet"; kept for the message
-                last_error = f"last probe: {type(exc).__name__}: {exc}"
-            time.sleep(min(0.25, max(deadline - time.monotonic(), 0)))
+    def _starting(self) -> tuple[str, str]:
+        return (f"Kafka {kafka_version()}",
+                f"port {self.port}, ssl_port {self.ssl_port}, controller {self.controller_port}")
+
+    def _ready(self, remaining: float) -> bool:
+        try:
+            self._probe(min(remaining, 5.0))
+        except Exception as exc:  # noqa: BLE001 -- any probe failure means "not ready yet"; kept for the message
+            raise NotReady(f"last probe: {type(exc).__name__}: {exc}") from exc
+        return True
 
     def _probe(self, timeout: float) -> None:
         """Ready = the plaintext port answers a kafka-python metadata request listing this node (+ TLS handshake)."""
@@ -378,167 +338,51 @@ class KafkaBroker:
                 with ctx.wrap_socket(raw, server_hostname="127.0.0.1"):
                     pass
 
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM (controlled shutdown), then SIGKILL after timeout; returns the exit code (None if never started)."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        return proc.returncode
+    def _repr_extra(self) -> str:
+        return f", ssl_port={self.ssl_port}"
 
-    def kill(self) -> int | None:
-        """SIGKILL at once (a crash: no controlled shutdown, no flush)."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        return proc.returncode
+    # ---- CLI (broker.pid, broker.json)
+    @classmethod
+    def add_start_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--ssl", action="store_true", help="also listen with TLS (test CA made in WORKDIR/ssl)")
+        parser.add_argument("--ssl-port", type=int, default=0, help="TLS port (implies --ssl)")
 
-    def restart_same_data(self, timeout: float = 90.0) -> None:
-        """Start again on the same ports and data dir (stops first if still running)."""
-        if self.running:
-            self.stop()
-        self.start(timeout)
+    @classmethod
+    def from_cli(cls, workdir: Path, args: argparse.Namespace, state: Mapping[str, Any]) -> KafkaBroker:
+        ssl_mat: SslMaterial | None = None
+        if args.ssl or args.ssl_port or state.get("ssl"):  # a restart keeps the TLS listener it had
+            saved = state.get("ssl")
+            if isinstance(saved, dict):
+                ssl_mat = SslMaterial(**{k: (v if k == "keystore_password" else Path(v)) for k, v in saved.items()})
+            else:
+                ssl_mat = make_ssl_material(workdir / "ssl")
+        broker = cls(workdir, port=args.port or int(state.get("port", 0) or 0),
+                     ssl_port=(args.ssl_port or int(state.get("ssl_port", 0) or 0)) if ssl_mat else None,
+                     ssl=ssl_mat, die_with_parent=False)
+        broker.controller_port = int(state.get("controller_port", 0) or 0)
+        return broker
 
-    def __enter__(self) -> KafkaBroker:
-        if not self.running:
-            self.start()
-        return self
+    def cli_state(self) -> dict[str, object]:
+        return {"pid": self.pid, "port": self.port, "controller_port": self.controller_port,
+                "ssl_port": self.ssl_port, "bootstrap": self.bootstrap,
+                "ssl_bootstrap": self.ssl_bootstrap if self.ssl else None,
+                "ssl": self.ssl.to_json() if self.ssl else None,
+                "log": str(self.log_path), "kafka_version": kafka_version(),
+                "ready_seconds": round(self.last_start_seconds or 0, 2)}
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+    def cli_notes(self) -> str | None:
+        return f"ssl: {self.ssl_bootstrap} (ssl_cafile={self.ssl.ca_pem})" if self.ssl else None
 
-    def __repr__(self) -> str:
-        return (f"KafkaBroker(workdir={str(self.workdir)!r}, port={self.port}, ssl_port={self.ssl_port}, "
-                f"pid={self.pid}, running={self.running})")
+    @classmethod
+    def cli_fetch(cls) -> tuple[Path, str, str]:
+        return fetch_jars(), f"kafka {kafka_version()}", ""
 
 
 # --------------------------------------------------------------------------- CLI
 
 
-def _state_path(workdir: Path) -> Path:
-    return workdir / "broker.json"
-
-
-def _pid_alive_kafka(pid: int) -> bool:
-    return pid_runs(pid, b"kafka.Kafka")
-
-
-def _cli_start(args: argparse.Namespace) -> int:
-    workdir = Path(args.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    pid_file = workdir / "broker.pid"
-    if pid_file.exists():
-        pid = int(pid_file.read_text().strip() or 0)
-        if pid and _pid_alive_kafka(pid):
-            print(f"broker already running in {workdir} (pid {pid})", file=sys.stderr)
-            return 1
-    state: dict[str, object] = {}
-    if _state_path(workdir).exists():
-        state = json.loads(_state_path(workdir).read_text())
-    ssl_mat: SslMaterial | None = None
-    if args.ssl or args.ssl_port or state.get("ssl"):  # a restart keeps the TLS listener it had
-        ssl_dir = workdir / "ssl"
-        if isinstance(state.get("ssl"), dict):
-            saved = state["ssl"]
-            ssl_mat = SslMaterial(**{k: (v if k == "keystore_password" else Path(v)) for k, v in saved.items()})
-        else:
-            ssl_mat = make_ssl_material(ssl_dir)
-    broker = KafkaBroker(workdir, port=args.port or int(state.get("port", 0) or 0),
-                         ssl_port=(args.ssl_port or int(state.get("ssl_port", 0) or 0)) if ssl_mat else None,
-                         ssl=ssl_mat, die_with_parent=False)
-    broker.controller_port = int(state.get("controller_port", 0) or 0)
-    try:
-        broker.start(timeout=args.timeout)
-    except BrokerError as exc:
-        print(f"broker start failed: {exc}", file=sys.stderr)
-        return 1
-    pid_file.write_text(f"{broker.pid}\n")
-    new_state = {"pid": broker.pid, "port": broker.port, "controller_port": broker.controller_port,
-                 "ssl_port": broker.ssl_port, "bootstrap": broker.bootstrap,
-                 "ssl_bootstrap": broker.ssl_bootstrap if ssl_mat else None,
-                 "ssl": ssl_mat.to_json() if ssl_mat else None,
-                 "log": str(broker.log_path), "kafka_version": kafka_version(),
-                 "ready_seconds": round(broker.last_start_seconds or 0, 2)}
-    _state_path(workdir).write_text(json.dumps(new_state, indent=1))
-    print(broker.bootstrap)
-    if ssl_mat:
-        print(f"ssl: {broker.ssl_bootstrap} (ssl_cafile={ssl_mat.ca_pem})", file=sys.stderr)
-    return 0
-
-
-def _cli_stop(args: argparse.Namespace) -> int:
-    workdir = Path(args.workdir).resolve()
-    pid_file = workdir / "broker.pid"
-    if not pid_file.exists():
-        print(f"no broker.pid in {workdir}: nothing to stop", file=sys.stderr)
-        return 0
-    pid = int(pid_file.read_text().strip() or 0)
-    if not pid or not _pid_alive_kafka(pid):
-        pid_file.unlink()
-        print(f"broker (pid {pid}) was not running", file=sys.stderr)
-        return 0
-    if terminate_pid(pid, b"kafka.Kafka", args.timeout):
-        print(f"broker pid {pid} still alive after {args.timeout:.0f}s: SIGKILL", file=sys.stderr)
-    pid_file.unlink(missing_ok=True)
-    return 0
-
-
-def _cli_status(args: argparse.Namespace) -> int:
-    workdir = Path(args.workdir).resolve()
-    pid_file = workdir / "broker.pid"
-    pid = int(pid_file.read_text().strip() or 0) if pid_file.exists() else 0
-    if pid and _pid_alive_kafka(pid):
-        state = json.loads(_state_path(workdir).read_text()) if _state_path(workdir).exists() else {}
-        print(f"running pid {pid} bootstrap {state.get('bootstrap')} ssl {state.get('ssl_bootstrap')}")
-        return 0
-    print("not running")
-    return 3
-
-
-def _cli_fetch(_args: argparse.Namespace) -> int:
-    t0 = time.monotonic()
-    try:
-        lib = fetch_jars()
-    except BrokerError as exc:
-        print(f"fetch failed: {exc}", file=sys.stderr)
-        return 1
-    print(lib)
-    print(f"kafka {kafka_version()}: {len(list(lib.glob('*.jar')))} jars, {time.monotonic() - t0:.2f}s",
-          file=sys.stderr)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="broker.py", description=__doc__)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("start", help="start a daemonized broker; prints its bootstrap address when ready")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--port", type=int, default=0, help="plaintext port (default: previous one, else a free one)")
-    p.add_argument("--ssl", action="store_true", help="also listen with TLS (test CA made in WORKDIR/ssl)")
-    p.add_argument("--ssl-port", type=int, default=0, help="TLS port (implies --ssl)")
-    p.add_argument("--timeout", type=float, default=90.0)
-    p.set_defaults(func=_cli_start)
-    p = sub.add_parser("stop", help="stop the broker started in WORKDIR (SIGTERM, then SIGKILL)")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--timeout", type=float, default=20.0)
-    p.set_defaults(func=_cli_stop)
-    p = sub.add_parser("status", help="exit 0 if the broker of WORKDIR runs, 3 if not")
-    p.add_argument("--workdir", required=True)
-    p.set_defaults(func=_cli_status)
-    p = sub.add_parser("fetch", help="populate the jar cache (Maven) and print its lib/ path")
-    p.set_defaults(func=_cli_fetch)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    return KafkaBroker.cli_main(argv, description=__doc__)
 
 
 if __name__ == "__main__":

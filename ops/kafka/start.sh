@@ -3,11 +3,8 @@
 # Prints the bootstrap address (127.0.0.1:PORT) once the broker answers a metadata request.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/../service.sh"
 # The readiness check needs kafka-python: without $PYTHON, the repo's .venv is used, created first by
 # ops/venv.sh when missing (a fresh clone) or older than pyproject.toml; it prints its progress on stderr.
-py="${PYTHON:-}"
-if [[ -z "$py" ]]; then
-  (source "$here/../venv.sh") >&2
-  py="$here/../../.venv/bin/python"
-fi
+py="$(service_python --create-venv)"
 exec "$py" "$here/broker.py" start "$@"

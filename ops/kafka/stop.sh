@@ -2,8 +2,5 @@
 # Stops the broker started by start.sh: ops/kafka/stop.sh --workdir DIR [--timeout 20] (SIGTERM, then SIGKILL).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-py="${PYTHON:-}"
-if [[ -z "$py" ]]; then
-  if [[ -x "$here/../../.venv/bin/python" ]]; then py="$here/../../.venv/bin/python"; else py=python3; fi
-fi
-exec "$py" "$here/broker.py" stop "$@"
+source "$here/../service.sh"
+exec "$(service_python)" "$here/broker.py" stop "$@"
