@@ -14,7 +14,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from actors.indexer.documents import Refused
-from actors.outputs.kafka import describe_error, producer_config
+from actors.outputs.kafka import close_producer, describe_error, producer_config
 
 log = logging.getLogger("hostaudit.indexer.dead_letter")
 
@@ -101,17 +101,7 @@ class DeadLetters:
                             item.reason)
 
     def _reset(self) -> None:
-        if self._producer is not None:
-            try:
-                self._producer.close(timeout=0)
-            except (KafkaError, OSError):
-                pass  # discarded after a failure anyway
-            self._producer = None
+        self._producer = close_producer(self._producer, 0)
 
     def close(self) -> None:
-        if self._producer is not None:
-            try:
-                self._producer.close(timeout=self.timeout)
-            except (KafkaError, OSError) as error:
-                log.warning("closing the dead-letter producer: %s", describe_error(error))
-            self._producer = None
+        self._producer = close_producer(self._producer, self.timeout, "the dead-letter producer")

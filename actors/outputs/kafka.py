@@ -383,20 +383,22 @@ class KafkaOutput:
         return rejections
 
     def _reset(self) -> None:
-        if self._producer is not None:
-            try:
-                self._producer.close(timeout=0)
-            except (KafkaError, OSError):
-                pass  # the client is being discarded after a failure anyway
-            self._producer = None
+        self._producer = close_producer(self._producer, 0)
 
     def close(self) -> None:
-        if self._producer is not None:
-            try:
-                self._producer.close(timeout=self.timeout)
-            except (KafkaError, OSError) as error:
-                log.warning("closing the Kafka client: %s", describe_error(error))
-            self._producer = None
+        self._producer = close_producer(self._producer, self.timeout, "the Kafka client")
+
+
+def close_producer(producer: KafkaProducer | None, timeout: float, what: str = "") -> None:
+    """Close `producer` (if any) within `timeout` seconds; returns None for the caller to keep. A failure is
+    logged naming `what`, or ignored when `what` is "" (a client discarded after a failure anyway)."""
+    if producer is not None:
+        try:
+            producer.close(timeout=timeout)
+        except (KafkaError, OSError) as error:
+            if what:
+                log.warning("closing %s: %s", what, describe_error(error))
+    return None
 
 
 def _event_id(payload: bytes) -> Any:
