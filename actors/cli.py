@@ -1,5 +1,5 @@
-"""The hostaudit command line: run, test config, test output, export config, version; index and test
-index-config (the indexer service, actors/indexer)."""
+"""The hostaudit command line: run, test config, test output, export config, export template, version; index and
+test index-config (the indexer service, actors/indexer)."""
 
 from __future__ import annotations
 
@@ -33,9 +33,24 @@ def _parser() -> argparse.ArgumentParser:
     with_config(test_what.add_parser("config", help="validate the configuration"))
     with_config(test_what.add_parser("output", help="connect to the configured output and check it"))
     with_config(test_what.add_parser("index-config", help="validate the configuration of `hostaudit index`"))
-    export = commands.add_parser("export", help="print the effective configuration")
+    export = commands.add_parser("export", help="print the effective configuration or the index template")
     export_what = export.add_subparsers(dest="what", required=True)
     with_config(export_what.add_parser("config", help="print the effective configuration as YAML"))
+    template = with_config(export_what.add_parser(
+        "template", help="print the composable index template (JSON) for the events, from setup.template.*",
+        description="Print the body of PUT _index_template/<name> for hostaudit's events: a data stream template "
+                    "for setup.template.pattern (default hostaudit-*), mapped from the ECS field table and the "
+                    "datasets' system.audit.* fields."))
+    template.add_argument("--flavor", choices=("elasticsearch", "opensearch"), default="elasticsearch",
+                          help="the engine: opensearch replaces the ECS types it lacks (flattened -> flat_object, "
+                               "constant_keyword -> keyword, match_only_text -> text, wildcard -> keyword) and "
+                               "leaves out ILM (default: elasticsearch)")
+    template.add_argument("--fields", choices=("hostaudit", "ecs"), default="hostaudit",
+                          help="map only the fields hostaudit's events can carry (default), or every field of the "
+                               "ECS table")
+    template.add_argument("--replicas", type=int, metavar="N",
+                          help="index.number_of_replicas (e.g. 0 for a one-node test cluster); default: "
+                               "setup.template.settings.index.number_of_replicas, else the engine's (1)")
     with_config(commands.add_parser("index", help="run the indexer service: Kafka -> Elasticsearch/OpenSearch"))
     commands.add_parser("version", help="print the version")
     return parser
@@ -63,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.command == "test" and arguments.what == "config":
         print("Config OK")
         return 0
+    if arguments.command == "export" and arguments.what == "template":
+        return _export_template(settings, arguments)
     if arguments.command == "export":
         sys.stdout.write(export_yaml(settings))
         return 0
@@ -70,6 +87,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         from actors.outputs.check import check_output
         return check_output(settings)
     return _run(settings)
+
+
+def _export_template(settings: "Settings", arguments: argparse.Namespace) -> int:
+    import json
+
+    from actors.config import ConfigError
+    from actors.config.secrets import plain
+    from actors.template import TemplateOptions, index_template
+
+    if arguments.replicas is not None and arguments.replicas < 0:
+        print(f"hostaudit: --replicas: must be 0 or more, not {arguments.replicas}", file=sys.stderr)
+        return 1
+    try:
+        options = TemplateOptions(plain(settings.tree.get("setup")))
+    except ConfigError as error:
+        print(f"hostaudit: configuration error: {error}", file=sys.stderr)
+        return 1
+    template, warnings = index_template(arguments.flavor, arguments.fields, options, arguments.replicas)
+    for warning in warnings:
+        print(f"hostaudit: warning: {warning}", file=sys.stderr)
+    sys.stdout.write(json.dumps(template, indent=2) + "\n")
+    return 0
 
 
 def _run(settings: "Settings") -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 # Names under these prefixes are hostaudit's (Auditbeat's) own fields: accepted without ECS type checks.
 CUSTOM_NAMESPACES: tuple[str, ...] = ("system.audit.",)
@@ -59,6 +59,9 @@ class FieldTable:
     source: str
     fields: Mapping[str, EcsField]
     parents: frozenset[str]  # every dotted prefix of a field name ("process", "process.parent", ...)
+    # True when `fields` also holds the declared CUSTOM_NAMESPACES fields (see with_custom_fields): they are
+    # then type-checked like ECS fields, and an undeclared one is a problem. False: they are accepted unchecked.
+    custom_declared: bool = False
 
 
 @cache
@@ -67,27 +70,46 @@ def field_table() -> FieldTable:
     text = resources.files("actors").joinpath(TABLE_RESOURCE).read_text(encoding="utf-8")
     raw = json.loads(text)
     fields = {name: EcsField(type=entry["type"], array=entry["array"]) for name, entry in raw["fields"].items()}
-    parents = frozenset(name.rsplit(".", depth)[0] for name in fields for depth in range(1, name.count(".") + 1))
-    return FieldTable(ecs_version=raw["ecs_version"], source=raw["source"], fields=fields, parents=parents)
+    return FieldTable(ecs_version=raw["ecs_version"], source=raw["source"], fields=fields, parents=_parents(fields))
 
 
-def validate_document(document: Mapping[str, Any]) -> list[str]:
+def _parents(names: Iterable[str]) -> frozenset[str]:
+    return frozenset(name.rsplit(".", depth)[0] for name in names for depth in range(1, name.count(".") + 1))
+
+
+def with_custom_fields(custom: Mapping[str, EcsField]) -> FieldTable:
+    """The ECS table plus hostaudit's own declared fields (names under CUSTOM_NAMESPACES, e.g. the datasets'
+    `system.audit.*`), which validate_document then checks like ECS fields. ValueError for a name outside them."""
+    outside = sorted(name for name in custom if not name.startswith(CUSTOM_NAMESPACES))
+    if outside:
+        raise ValueError(f"custom fields must lie under {', '.join(CUSTOM_NAMESPACES)}: {outside}")
+    unknown = sorted(f"{name}: {spec.type}" for name, spec in custom.items() if spec.type not in KNOWN_TYPES)
+    if unknown:
+        raise ValueError(f"custom fields of unknown types: {unknown}")
+    base = field_table()
+    fields = {**base.fields, **custom}
+    return FieldTable(ecs_version=base.ecs_version, source=base.source, fields=fields,
+                      parents=base.parents | _parents(custom), custom_declared=True)
+
+
+def validate_document(document: Mapping[str, Any], table: FieldTable | None = None) -> list[str]:
     """Return every way `document` breaks hostaudit's ECS contract, one readable line each; empty means valid.
 
     The nested document is flattened to dotted names (a literal dotted key such as {"host.name": ...} counts
     the same as nesting). Every name must be an ECS field in the table, or lie under a CUSTOM_NAMESPACES
-    prefix; each value must fit its ECS type; lists only on ECS array fields; no nulls anywhere.
+    prefix; each value must fit its ECS type; lists only on ECS array fields; no nulls anywhere. With a
+    `table` from with_custom_fields, the names under CUSTOM_NAMESPACES must be declared there and fit too.
     """
     problems: list[str] = []
     if not isinstance(document, Mapping):
         return [f"document: expected an object, got {_json_type(document)}"]
-    _check_object("", document, field_table(), problems, set())
+    _check_object("", document, table or field_table(), problems, set())
     return problems
 
 
-def assert_ecs(document: Mapping[str, Any]) -> None:
+def assert_ecs(document: Mapping[str, Any], table: FieldTable | None = None) -> None:
     """Raise AssertionError listing every problem validate_document finds, with the offending document."""
-    problems = validate_document(document)
+    problems = validate_document(document, table)
     if problems:
         listing = "\n".join(f"  - {problem}" for problem in problems)
         shown = json.dumps(document, indent=2, sort_keys=True, default=repr)
@@ -111,7 +133,7 @@ def _check_object(
 
 
 def _check_field(name: str, value: Any, table: FieldTable, problems: list[str], seen: set[str]) -> None:
-    if name.startswith(CUSTOM_NAMESPACES):
+    if name.startswith(CUSTOM_NAMESPACES) and not table.custom_declared:
         _check_plain_json(name, value, problems)
         return
     spec = table.fields.get(name)
@@ -120,6 +142,8 @@ def _check_field(name: str, value: Any, table: FieldTable, problems: list[str], 
             _check_object(name, value, table, problems, seen)
         elif name in table.parents:
             problems.append(f"{name}: ECS has fields under {name}.*, so expected an object, got {_json_type(value)}")
+        elif name.startswith(CUSTOM_NAMESPACES):
+            problems.append(f"{name}: not a declared field (hostaudit's own fields are declared with their types)")
         else:
             problems.append(f"{name}: not an ECS {table.ecs_version} field (nor under {', '.join(CUSTOM_NAMESPACES)})")
         return

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 import psutil
 
 from actors.ecs import assert_ecs
+from tests.sample_support import EVENT_FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,13 +33,14 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 def parse_ndjson(data: bytes) -> list[dict[str, Any]]:
-    """Every complete JSON line of `data`, each checked against the ECS field table."""
+    """Every complete JSON line of `data`, each checked against the ECS field table and the declared
+    system.audit.* fields."""
     events = []
     for line in data.splitlines(keepends=True):
         if not line.endswith(b"\n"):
             break  # a line still being written
         event = json.loads(line)
-        assert_ecs(event)
+        assert_ecs(event, EVENT_FIELDS)
         events.append(event)
     return events
 

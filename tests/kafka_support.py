@@ -11,6 +11,7 @@ from typing import Any, Callable
 from kafka import KafkaConsumer, TopicPartition
 
 from actors.ecs import assert_ecs
+from tests.sample_support import EVENT_FIELDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ops" / "kafka"))
 from broker import KafkaBroker, SslMaterial, make_ssl_material  # noqa: E402
@@ -18,11 +19,16 @@ from broker import KafkaBroker, SslMaterial, make_ssl_material  # noqa: E402
 __all__ = ["KafkaBroker", "SslMaterial", "make_ssl_material", "consume_all", "wait_for_topic_events"]
 
 
+def check_event(document: dict[str, Any]) -> None:
+    """The default check of a consumed document: an ECS event of hostaudit (its own fields declared too)."""
+    assert_ecs(document, EVENT_FIELDS)
+
+
 def consume_all(bootstrap: str, topic: str, timeout: float = 10.0,
-                check: Callable[[dict[str, Any]], None] | None = assert_ecs
+                check: Callable[[dict[str, Any]], None] | None = check_event
                 ) -> list[tuple[bytes | None, dict[str, Any]]]:
     """Every message of `topic` from the beginning to its current end, as (key, document), each document
-    checked by `check` (by default against the ECS field table)."""
+    checked by `check` (by default against the event field table)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
                              consumer_timeout_ms=int(timeout * 1000), request_timeout_ms=30_000)
     try:

@@ -1,13 +1,20 @@
-"""The fields every dataset's sample document (actors/datasets/<name>/sample.json) shares, and where it lives."""
+"""The fields every dataset's sample document (actors/datasets/<name>/sample.json) shares, where it lives, and
+the field table every test checks hostaudit's documents against."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping
 
+from actors.datasets import event_field_table
 from actors.event import ECS_VERSION
 
 DATASETS_DIR = Path(__file__).resolve().parent.parent / "actors" / "datasets"
+
+
+# The ECS table plus the declared system.audit.* fields (the datasets' AUDIT_FIELDS and COMMON_AUDIT_FIELDS):
+# `assert_ecs(document, EVENT_FIELDS)` also type-checks hostaudit's own fields, as the index template maps them.
+EVENT_FIELDS = event_field_table()
 
 
 def sample_path(dataset: str) -> Path:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
+from actors.ecs import EcsField, FieldTable, with_custom_fields
 from actors.event import Event
 
 # Dataset name -> module under actors.datasets. Adding a dataset touches its module and this line.
@@ -91,6 +92,18 @@ COMMON_FIELDS = frozenset({"@timestamp", "ecs.version", "service.type", "message
 COMMON_FIELD_PREFIXES = ("event.", "agent.", "host.", "system.audit.")
 
 
+# hostaudit's own fields every dataset's events may carry (system.audit.* is outside ECS, so each is declared
+# with its Elasticsearch type): the changes of a change event (actors.event callers), the state-report id and
+# the detected-at-startup mark (the collector runtime). A dataset module's AUDIT_FIELDS declares its own.
+COMMON_AUDIT_FIELDS: Mapping[str, EcsField] = {
+    "system.audit.changes.fields": EcsField("keyword", array=True),
+    # The old values, nested under their own field names: any shape and type, so indexed as one flattened field.
+    "system.audit.changes.previous": EcsField("flattened", array=False),
+    "system.audit.detected_at_startup": EcsField("boolean", array=False),
+    "system.audit.report.id": EcsField("keyword", array=False),
+}
+
+
 def is_common_field(name: str) -> bool:
     """True for a dotted field name every event has (or may have) whatever its dataset: event.*, host.* ..."""
     return name in COMMON_FIELDS or name.startswith(COMMON_FIELD_PREFIXES)
@@ -101,6 +114,26 @@ def dataset_fields(name: str) -> frozenset[str]:
     module's `FIELDS`). KeyError for a dataset that is not built."""
     module = importlib.import_module(BUILT_DATASETS[name])
     return frozenset(module.FIELDS)
+
+
+def dataset_audit_fields(name: str) -> Mapping[str, EcsField]:
+    """The `system.audit.<name>.*` fields dataset `name` declares (its module's `AUDIT_FIELDS`), with their types."""
+    module = importlib.import_module(BUILT_DATASETS[name])
+    return dict(module.AUDIT_FIELDS)
+
+
+def audit_fields(datasets: Sequence[str] = tuple(BUILT_DATASETS)) -> dict[str, EcsField]:
+    """Every declared `system.audit.*` field: the common ones and those of `datasets` (default: all built)."""
+    fields = dict(COMMON_AUDIT_FIELDS)
+    for name in datasets:
+        fields.update(dataset_audit_fields(name))
+    return fields
+
+
+def event_field_table() -> FieldTable:
+    """The ECS table plus every declared `system.audit.*` field: what hostaudit's events are checked against
+    (`actors.ecs.validate_document(document, event_field_table())`) and what the index template maps."""
+    return with_custom_fields(audit_fields())
 
 
 def dataset_sets_field(name: str, field: str) -> bool:

@@ -21,6 +21,7 @@ from actors.datasets import DatasetContext
 from actors.datasets.process import dataset as process_dataset
 from actors.datasets.process.dataset import ERROR, STARTED, STOPPED, ProcessDataset
 from actors.ecs import assert_ecs
+from tests.sample_support import EVENT_FIELDS
 from actors.event import Event
 from actors.datasets.process.proc_connector import ProcConnector, ProcessExec, ProcessExit
 from tests.agent_harness import wait_for
@@ -58,7 +59,7 @@ def about(events: list[Event], pid: int) -> list[Event]:
 
 def valid(event: Event) -> dict[str, Any]:
     document = event.stamped(1).to_document({})
-    assert_ecs(document)
+    assert_ecs(document, EVENT_FIELDS)
     return document
 
 

@@ -23,6 +23,7 @@ from actors.datasets.socket.dataset import (
 )
 from actors.datasets.socket.options import DEFAULT_STREAM_BUFFER
 from actors.ecs import assert_ecs
+from tests.sample_support import EVENT_FIELDS
 from actors.hostfs.entity import process_entity_id
 from actors.event import Event
 from actors.datasets.socket.sock_diag import (
@@ -128,7 +129,7 @@ def state_event(dataset: SocketDataset, snapshot: dict[str, Any], cookie: str) -
 
 def checked(events: Sequence[Event]) -> Sequence[Event]:
     for event in events:
-        assert_ecs(event.stamped(1).to_document({}))
+        assert_ecs(event.stamped(1).to_document({}), EVENT_FIELDS)
     return events
 
 

@@ -1,4 +1,5 @@
-"""Each dataset module declares FIELDS, the ECS fields its events can carry besides the common ones."""
+"""Each dataset module declares FIELDS, the ECS fields its events can carry besides the common ones, and
+AUDIT_FIELDS, its own system.audit.<dataset>.* fields with their types."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import json
 
 import pytest
 
-from actors.datasets import BUILT_DATASETS, dataset_fields, dataset_sets_field, is_common_field
-from tests.sample_support import flat_field_names, sample_path
-
+from actors.datasets import (BUILT_DATASETS, COMMON_AUDIT_FIELDS, dataset_audit_fields, dataset_fields,
+                             dataset_sets_field, is_common_field)
+from actors.ecs import KNOWN_TYPES, EcsField, validate_document, with_custom_fields
+from tests.sample_support import EVENT_FIELDS, flat_field_names, sample_path
 
 
 @pytest.mark.parametrize("name", list(BUILT_DATASETS))
@@ -41,3 +43,39 @@ def test_dataset_sets_field_knows_objects_and_leaves() -> None:
     assert not dataset_sets_field("user", "user.na") and not dataset_sets_field("socket", "process.args")
     with pytest.raises(KeyError):
         dataset_fields("login")
+
+
+@pytest.mark.parametrize("name", list(BUILT_DATASETS))
+def test_audit_fields_are_the_datasets_own_with_known_types(name: str) -> None:
+    declared = dataset_audit_fields(name)
+    assert declared, f"actors/datasets/{name}/dataset.py declares no AUDIT_FIELDS"
+    for field, spec in declared.items():
+        assert field.startswith(f"system.audit.{name}.") and isinstance(spec, EcsField), field
+        assert spec.type in KNOWN_TYPES, field
+    assert all(field.startswith("system.audit.") for field in COMMON_AUDIT_FIELDS)
+
+
+@pytest.mark.parametrize("name", list(BUILT_DATASETS))
+def test_every_system_audit_field_of_the_sample_is_declared_with_a_fitting_type(name: str) -> None:
+    document = json.loads(sample_path(name).read_text())
+    assert any(field.startswith(f"system.audit.{name}.") for field in flat_field_names(document))
+    assert validate_document(document, EVENT_FIELDS) == []
+
+
+def test_undeclared_or_mistyped_system_audit_fields_are_problems() -> None:
+    document = json.loads(sample_path("host").read_text())
+    document["system"]["audit"]["host"]["containerized"] = "no"
+    document["system"]["audit"]["host"]["colour"] = "blue"
+    document["system"]["audit"]["changes"] = {"fields": ["host.ip"], "previous": {"host": {"ip": ["10.0.0.1"]}}}
+    assert sorted(validate_document(document, EVENT_FIELDS)) == [
+        "system.audit.host.colour: not a declared field (hostaudit's own fields are declared with their types)",
+        "system.audit.host.containerized: ECS boolean, expected true or false, got string 'no'",
+    ]
+    assert validate_document(document) == []  # without the declarations, system.audit.* is not checked
+
+
+def test_custom_fields_must_lie_under_system_audit() -> None:
+    with pytest.raises(ValueError, match="must lie under system.audit."):
+        with_custom_fields({"hostaudit.colour": EcsField("keyword", False)})
+    with pytest.raises(ValueError, match="unknown types"):
+        with_custom_fields({"system.audit.colour": EcsField("colour", False)})

@@ -30,7 +30,7 @@ from actors.datasets.socket.sock_diag import (
     Destroyed, DumpError, decode_sockid, dump_request, parse_destroyed, parse_dump, parse_tcp_info,
 )
 from actors.hostfs.etc_files import AccountNames
-from tests.sample_support import flat_field_names, sample_common, sample_path
+from tests.sample_support import EVENT_FIELDS, flat_field_names, sample_common, sample_path
 
 SAMPLE = sample_path("socket")
 HOST_ID = "4d8e7f5b0a2c4e1f9b3a6c5d7e8f9a0b"
@@ -302,7 +302,7 @@ def test_a_socket_whose_process_is_unknown_is_reported_by_its_user_alone(hostfs:
     assert fields["user"] == {"id": "1000", "name": "alice"}
     assert fields["related"] == {"ip": ["10.0.2.15", "93.184.216.34"], "user": ["alice"]}
     assert fields["error"] == {"message": "process not found (inode=222222)"}
-    assert_ecs(document(event))
+    assert_ecs(document(event), EVENT_FIELDS)
 
 
 @pytest.mark.parametrize(
@@ -351,7 +351,7 @@ def test_no_event_has_a_pid_or_uid_of_minus_one_or_an_empty_name(hostfs: Path, p
         else:
             ending = "by process sshd (PID: 22799)" if process == SSHD else ("22) OPEN", "22) CLOSED")
         assert event.message.endswith(ending)
-        assert_ecs(document(event))
+        assert_ecs(document(event), EVENT_FIELDS)
 
 
 def test_every_event_kind_is_valid_ecs(hostfs: Path) -> None:
@@ -365,7 +365,7 @@ def test_every_event_kind_is_valid_ecs(hostfs: Path) -> None:
 
     assert len(events) == 3 + 3 + 3
     for event in events:
-        assert_ecs(document(event))
+        assert_ecs(document(event), EVENT_FIELDS)
 
 
 def test_options_default_as_auditbeat() -> None:
@@ -768,4 +768,4 @@ def test_sample_document_has_the_fields_we_emit(hostfs: Path) -> None:
     assert flat_field_names(generated) == flat_field_names(sample)
     assert sample["message"] == generated["message"]
     assert sample["event"]["action"] == "socket_opened"
-    assert_ecs(sample)
+    assert_ecs(sample, EVENT_FIELDS)

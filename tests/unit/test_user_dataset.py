@@ -22,7 +22,7 @@ from actors.datasets.user import dataset as user_dataset
 from actors.ecs import assert_ecs
 from actors.hostfs.entity import user_entity_id
 from actors.event import CHANGE, ECS_VERSION, STATE, Event
-from tests.sample_support import flat_field_names, sample_common, sample_path
+from tests.sample_support import EVENT_FIELDS, flat_field_names, sample_common, sample_path
 
 SAMPLE = sample_path("user")
 
@@ -88,7 +88,7 @@ def make_dataset(root: Path, digest_key: bytes = DIGEST_KEY, host_id: str = HOST
 def checked(events: Sequence[Event]) -> list[Event]:
     """Return the events after asserting each one becomes a valid ECS document."""
     for event in events:
-        assert_ecs(event.stamped(1).to_document({}))
+        assert_ecs(event.stamped(1).to_document({}), EVENT_FIELDS)
     return list(events)
 
 
@@ -686,7 +686,7 @@ def sample_document(root: Path) -> dict[str, Any]:
 
 def test_sample_document_has_the_fields_we_emit(tmp_path: Path) -> None:
     document = sample_document(tmp_path)
-    assert_ecs(document)
+    assert_ecs(document, EVENT_FIELDS)
     if os.environ.get("HOSTAUDIT_UPDATE_SAMPLES") == "1":
         SAMPLE.parent.mkdir(parents=True, exist_ok=True)
         SAMPLE.write_text(json.dumps(document, indent=2) + "\n")
@@ -697,4 +697,4 @@ def test_sample_document_has_the_fields_we_emit(tmp_path: Path) -> None:
     assert sample["message"] == document["message"] == "New user elastic (UID: 1002, Groups: elastic,docker)"
     assert sample["event"]["action"] == "user_added"
     assert sample["ecs"]["version"] == ECS_VERSION
-    assert_ecs(sample)
+    assert_ecs(sample, EVENT_FIELDS)

@@ -9,12 +9,31 @@ from typing import Any, Callable, Mapping, Sequence
 
 from actors.hostfs.host_facts import NANOS_PER_SECOND, ecs_host, observe_host, without_empty
 from actors.datasets import DatasetContext
+from actors.ecs import EcsField
 from actors.event import CHANGE, STATE, Event, iso_millis
 
 DATASET = "host"
 # Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field): none, the
 # host dataset's fields are all under host.* and system.audit.host.*.
 FIELDS: frozenset[str] = frozenset()
+_KEYWORD, _KEYWORDS = EcsField("keyword", array=False), EcsField("keyword", array=True)
+# Its own fields (Auditbeat's host/_meta/fields.yml), with their types: what the index template maps.
+AUDIT_FIELDS: Mapping[str, EcsField] = {
+    "system.audit.host.uptime": EcsField("long", array=False),  # nanoseconds
+    "system.audit.host.boottime": EcsField("date", array=False),
+    "system.audit.host.containerized": EcsField("boolean", array=False),
+    "system.audit.host.timezone.name": _KEYWORD,
+    "system.audit.host.timezone.offset.sec": EcsField("long", array=False),
+    "system.audit.host.hostname": _KEYWORD,
+    "system.audit.host.id": _KEYWORD,
+    "system.audit.host.architecture": _KEYWORD,
+    **{f"system.audit.host.os.{key}": _KEYWORD
+       for key in ("platform", "name", "family", "version", "kernel", "codename", "type")},
+    "system.audit.host.ip": EcsField("ip", array=True),
+    "system.audit.host.mac": _KEYWORDS,
+    "system.audit.host.new_id": _KEYWORD,  # host_id_changed only
+    "system.audit.host.old_id": _KEYWORD,
+}
 LOG = logging.getLogger("hostaudit.host")
 MINUTES_PER_DAY = 24 * 60
 

@@ -15,10 +15,11 @@ from typing import Any, Mapping, NamedTuple, Sequence, TypedDict
 from actors.hostfs import procfs
 from actors.hostfs.etc_files import AccountNames
 from actors.datasets import DatasetContext
+from actors.ecs import EcsField
 from actors.hostfs.host_facts import read_boot_id, read_boot_time
 from actors.hostfs.entity import process_entity_id
 from actors.event import CHANGE, STATE, Event, iso_millis
-from actors.datasets.process.exe_hash import ECS_HASH_TYPES, ExecutableHasher, FileId, HashResult
+from actors.datasets.process.exe_hash import ECS_HASH_TYPES, HASH_TYPES, ExecutableHasher, FileId, HashResult
 from actors.datasets.process.options import parse_options
 from actors.datasets.process.proc_connector import ConnectorUnavailable, ProcConnector, ProcessExec, ProcessExit, pickled_as_tuple
 
@@ -32,6 +33,13 @@ FIELDS: frozenset[str] = frozenset({
     "user.id", "user.name", "user.group.id", "user.group.name", "user.effective.id", "user.effective.group.id",
     "container.id", "error.message",
 })
+# Its own fields, with their types: the hashes ECS has no field for, and Auditbeat's saved ids.
+AUDIT_FIELDS: Mapping[str, EcsField] = {
+    **{f"system.audit.process.hash.{name}": EcsField("keyword", array=False)
+       for name in HASH_TYPES if name not in ECS_HASH_TYPES},
+    "system.audit.process.user.saved.id": EcsField("keyword", array=False),
+    "system.audit.process.user.saved.group.id": EcsField("keyword", array=False),
+}
 LOG = logging.getLogger("hostaudit.process")
 
 EXISTING = "existing_process"

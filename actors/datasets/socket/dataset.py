@@ -23,6 +23,7 @@ from actors.hostfs import procfs
 from actors.hostfs.etc_files import AccountNames
 from actors.datasets.socket.options import SocketOptions, parse_options
 from actors.datasets import DatasetContext
+from actors.ecs import EcsField
 from actors.hostfs.host_facts import read_boot_id
 from actors.hostfs.entity import process_entity_id, socket_entity_id
 from actors.event import CHANGE, STATE, Event, iso_millis
@@ -40,6 +41,14 @@ FIELDS: frozenset[str] = frozenset({
     "related.user", "process.pid", "process.name", "process.executable", "process.entity_id", "user.id",
     "user.name", "error.message",
 })
+# Its own fields, with their types (Auditbeat's socket v1 fields, plus the marks of a short-lived socket).
+AUDIT_FIELDS: Mapping[str, EcsField] = {
+    "system.audit.socket.cookie": EcsField("keyword", array=False),  # the kernel's socket cookie, as a string
+    "system.audit.socket.state": EcsField("keyword", array=False),
+    "system.audit.socket.entity_id": EcsField("keyword", array=False),
+    "system.audit.socket.short_lived": EcsField("boolean", array=False),
+    "system.audit.socket.synthesized": EcsField("boolean", array=False),
+}
 LOG = logging.getLogger("hostaudit.socket")
 
 SNAPSHOT_VERSION = 1

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from actors.hostfs import etc_files, procfs
 from actors.datasets import DatasetContext
+from actors.ecs import EcsField
 from actors.datasets.user.options import parse_options
 from actors.hostfs.entity import user_entity_id
 from actors.hostfs.etc_files import FileSignature, GroupEntry, LoadedFile, Parsed, PasswdEntry, ShadowEntry
@@ -23,6 +24,17 @@ from actors.event import CHANGE, STATE, Event, iso_millis
 DATASET = "user"
 # Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field).
 FIELDS: frozenset[str] = frozenset({"user.id", "user.name", "user.group.id", "user.group.name", "related.user"})
+_KEYWORD = EcsField("keyword", array=False)
+# Its own fields (Auditbeat's user/_meta/fields.yml, ids as strings, plus the entity id), with their types.
+AUDIT_FIELDS: Mapping[str, EcsField] = {
+    **{f"system.audit.user.{key}": _KEYWORD
+       for key in ("name", "uid", "gid", "dir", "shell", "user_information", "entity_id", "password.type")},
+    "system.audit.user.password.last_changed": EcsField("date", array=False),
+    "system.audit.user.group": EcsField("object", array=True),  # every group of the user: {name, gid, id}
+    "system.audit.user.group.name": _KEYWORD,
+    "system.audit.user.group.gid": _KEYWORD,
+    "system.audit.user.group.id": _KEYWORD,
+}
 LOG = logging.getLogger("hostaudit.user")
 
 SNAPSHOT_FORMAT = 1
