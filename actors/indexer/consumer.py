@@ -31,6 +31,22 @@ LAG_REFRESH = 5.0  # seconds between end-offset lookups while paused (no fetch b
 CONNECT_RETRY_MAX = 10.0
 COMMIT_TIMEOUT_MS = 10_000
 COMMIT_WARNING_INTERVAL = 60.0  # while commits fail (Kafka unreachable), one warning a minute
+MEMBERSHIP_TIMEOUT_MIN = 30.0  # seconds without a heartbeat to the group before the worker is restarted...
+MEMBERSHIP_TIMEOUT_SESSIONS = 3  # ...or this many session timeouts, if longer
+
+
+class OutOfGroup(Exception):
+    """The consumer sent no heartbeat to its group for too long: it is not a member any more (Kafka
+    unreachable, or kafka-python lost its way in a rebalance) and reads nothing; the worker is restarted."""
+
+
+def membership_lost(connected_for: float, heartbeat_ago: float | None, session_timeout: float) -> bool:
+    """True when a consumer connected `connected_for` seconds ago last heartbeated `heartbeat_ago` seconds
+    ago (inf: never; None: not known) and that is too long for a member of a group. A rebalance disables the
+    heartbeats while it waits for the members, about a session timeout at most; a standby member without
+    partitions heartbeats like the others."""
+    limit = max(MEMBERSHIP_TIMEOUT_MIN, MEMBERSHIP_TIMEOUT_SESSIONS * session_timeout)
+    return heartbeat_ago is not None and connected_for > limit and heartbeat_ago > limit
 SECURITY_KEYS = ("security_protocol", "ssl_context", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password")
 
 
@@ -123,6 +139,7 @@ class ConsumerActor(pykka.ThreadingActor):
         self._lag_at = 0.0
         self._ends_at = 0.0
         self._commit_warned = -COMMIT_WARNING_INTERVAL
+        self._connected_at = 0.0
         self._ends: dict[TopicPartition, int] = {}
         self._revoked: set[TopicPartition] = set()  # revoked by the rebalance under way, maybe assigned again
 
@@ -133,12 +150,16 @@ class ConsumerActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Tick):
             self.stats.progress += 1
-            if self.consumer is None and not self.draining:
-                self._connect()
-            elif self.consumer is not None:
-                self._step()
-            elif self.draining:
-                self._close()
+            try:
+                if self.consumer is None and not self.draining:
+                    self._connect()
+                elif self.consumer is not None:
+                    self._step()
+                elif self.draining:
+                    self._close()
+            except OutOfGroup as error:
+                log.error("%s", error)  # expected, and said in one line: no traceback
+                self.crashed(error)
             if not self.closed:
                 self.actor_ref.tell(Tick())
         elif isinstance(message, Drain):
@@ -156,6 +177,7 @@ class ConsumerActor(pykka.ThreadingActor):
             time.sleep(self._connect_delay)
             return
         self.consumer, self._connect_delay = consumer, 0.0
+        self._connected_at = time.monotonic()
         log.info("reading %s as a member of the consumer group %s", ", ".join(self.kafka.topics), self.kafka.group_id)
 
     def _step(self) -> None:
@@ -320,6 +342,7 @@ class ConsumerActor(pykka.ThreadingActor):
             except (KafkaError, ValueError):
                 pass  # figures only: the next refresh tries again
         self._lag_at = now
+        self._check_membership(now)
         for partition in self.assignment - set(self.committed):  # assigned, nothing read or committed yet
             try:
                 offset = consumer.committed(partition, timeout_ms=1000)
@@ -337,6 +360,17 @@ class ConsumerActor(pykka.ThreadingActor):
                 "end": end if end >= 0 else None,
                 "lag": max(0, end - committed) if end >= 0 and committed is not None else None}
         self.stats.partitions = partitions
+
+    def _check_membership(self, now: float) -> None:
+        """Raise OutOfGroup when the consumer has not heartbeated to its group for too long (the worker exits
+        and the supervisor starts it again: a member again, its uncommitted records read again)."""
+        assert self.consumer is not None
+        figures = (self.consumer.metrics() or {}).get("consumer-coordinator-metrics") or {}
+        heartbeat_ago = figures.get("last-heartbeat-seconds-ago")
+        if membership_lost(now - self._connected_at, heartbeat_ago, self.kafka.session_timeout):
+            raise OutOfGroup(f"no heartbeat to the consumer group {self.kafka.group_id} for "
+                             f"{min(heartbeat_ago, now - self._connected_at):.0f} s (Kafka unreachable, or this "
+                             "consumer fell out of the group): restarting the worker")
 
     # --- stopping --------------------------------------------------------------------------------------
     def _close(self) -> None:

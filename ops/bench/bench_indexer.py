@@ -42,6 +42,7 @@ from node import DEFAULT_JVM_OPTS, OpenSearchNode, http_json  # noqa: E402
 
 DATASETS = ("host", "process", "socket", "user")
 DEADLINE_SECONDS = 900.0  # per measured path: a stuck run fails instead of hanging the benchmark
+SETTLE_SECONDS = 60.0  # the longest the clock waits for every worker to hold partitions
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -185,7 +186,10 @@ def indexer_run(url: str, bootstrap: str, topic: str, partitions: int, workers: 
                 sum(held) == partitions
 
         first = stats()
+        settle_by = time.monotonic() + SETTLE_SECONDS
         while not steady(first):
+            if time.monotonic() > settle_by and first["totals"]["indexed"] > 0:
+                break  # measured anyway: the report shows how the partitions were shared
             if time.monotonic() > deadline:
                 raise RuntimeError(f"nothing indexed:\n{log_path.read_text()[-2000:]}")
             time.sleep(0.02)

@@ -7,7 +7,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.indexer.support import IndexerProcess, install_template
+from tests.indexer.support import IndexerProcess, install_template, unique_name
+from tests.search_support import http_json
 
 
 @pytest.fixture
@@ -29,3 +30,12 @@ def templated_search_url(search_url: str) -> str:
     """The session's engine with the tests' index template for hostaudit-* installed."""
     install_template(search_url)
     return search_url
+
+
+@pytest.fixture
+def test_index(templated_search_url: str) -> Iterator[tuple[str, str]]:
+    """An index format string of the test's own (data streams under the template's hostaudit-* pattern) and
+    the pattern that finds them; the data streams are deleted afterwards."""
+    prefix = unique_name("hostaudit-t")
+    yield f"{prefix}-%{{[event.dataset]}}", f"{prefix}-*"
+    http_json(f"{templated_search_url}/_data_stream/{prefix}-*", "DELETE")

@@ -192,31 +192,17 @@ def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int |
 # --- the search engine ---------------------------------------------------------------------------------------
 
 
-# The index template the tests install. Until `hostaudit export template` lands, a minimal one of the tests'
-# own: data streams for hostaudit-*, the fields the tests query mapped with their ECS types, nothing else
-# indexed (dynamic: false keeps every other field in _source without mapping it, so no event is refused for a
-# field the template does not know). Swap `template_body` for the exported template when it exists.
+# The index template the tests install: the one `hostaudit export template --flavor opensearch --replicas 0`
+# prints (data streams for hostaudit-*, every field of hostaudit's events mapped with its ECS type).
 TEMPLATE_PATTERN = "hostaudit-*"
 
 
 def template_body() -> dict[str, Any]:
-    return {
-        "index_patterns": [TEMPLATE_PATTERN], "data_stream": {}, "priority": 500,
-        "template": {
-            "settings": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "1s"},
-            "mappings": {"dynamic": False, "properties": {
-                "@timestamp": {"type": "date"},
-                "message": {"type": "text"},
-                "event": {"properties": {"id": {"type": "keyword"}, "dataset": {"type": "keyword"},
-                                         "action": {"type": "keyword"}, "kind": {"type": "keyword"}}},
-                "process": {"properties": {"pid": {"type": "long"}, "name": {"type": "keyword"}}},
-                "source": {"properties": {"ip": {"type": "ip"}, "port": {"type": "long"}}},
-                "destination": {"properties": {"ip": {"type": "ip"}, "port": {"type": "long"}}},
-                "user": {"properties": {"name": {"type": "keyword"}}},
-                "host": {"properties": {"name": {"type": "keyword"}}},
-            }},
-        },
-    }
+    from actors.template import index_template
+
+    body, _ = index_template(flavor="opensearch", replicas=0)
+    assert body["index_patterns"] == [TEMPLATE_PATTERN] and "data_stream" in body
+    return body
 
 
 def install_template(search_url: str) -> None:

@@ -17,13 +17,6 @@ from tests.kafka_support import consume_all
 pytestmark = pytest.mark.kafka
 
 
-def per_test_index() -> tuple[str, str]:
-    """An index format string of the test's own (data streams under the template's hostaudit-* pattern) and
-    the pattern that finds them."""
-    prefix = unique_name("hostaudit-t")
-    return f"{prefix}-%{{[event.dataset]}}", f"{prefix}-*"
-
-
 def duplicated_ids(search_url: str, pattern: str) -> list[str]:
     """event.ids indexed more than once (there must be none)."""
     answer = search(search_url, pattern, {"size": 0, "aggs": {"ids": {"terms": {
@@ -32,9 +25,9 @@ def duplicated_ids(search_url: str, pattern: str) -> list[str]:
 
 
 def test_refused_documents_go_to_the_dead_letter_topic_with_the_reason_and_sigterm_commits_the_rest(
-        indexer_factory, kafka_bootstrap: str, templated_search_url: str) -> None:
+        indexer_factory, test_index, kafka_bootstrap: str, templated_search_url: str) -> None:
     topic, group = unique_name("refused"), unique_name("group")
-    index, pattern = per_test_index()
+    index, pattern = test_index
     good = [make_event("process", process={"pid": 1000 + number}) for number in range(60)]
     wrong_type = make_event("process", process={"pid": "not-a-number"})
     no_id = make_event("process")
@@ -89,9 +82,9 @@ def wait_until_all_indexed(indexer, search_url: str, pattern: str, ids: list[str
 
 
 def test_kill_9_of_a_worker_mid_stream_five_times_loses_nothing_and_indexes_nothing_twice(
-        indexer_factory, kafka_bootstrap: str, templated_search_url: str) -> None:
+        indexer_factory, test_index, kafka_bootstrap: str, templated_search_url: str) -> None:
     topic, group = unique_name("kill9"), unique_name("group")
-    index, pattern = per_test_index()
+    index, pattern = test_index
     create_topic(kafka_bootstrap, topic, 4)
     indexer = indexer_factory(*indexer_overrides(
         kafka_bootstrap, [topic], templated_search_url, group, f"output.elasticsearch.index={index}",
@@ -117,9 +110,9 @@ def test_kill_9_of_a_worker_mid_stream_five_times_loses_nothing_and_indexes_noth
 
 
 def test_three_workers_share_six_partitions_and_the_others_take_over_from_one_that_dies(
-        indexer_factory, kafka_bootstrap: str, templated_search_url: str) -> None:
+        indexer_factory, test_index, kafka_bootstrap: str, templated_search_url: str) -> None:
     topic, group = unique_name("six"), unique_name("group")
-    index, pattern = per_test_index()
+    index, pattern = test_index
     create_topic(kafka_bootstrap, topic, 6)
     indexer = indexer_factory(*indexer_overrides(
         kafka_bootstrap, [topic], templated_search_url, group, f"output.elasticsearch.index={index}",
@@ -173,9 +166,9 @@ def own_search_node(tmp_path: Path):
 
 
 def test_engine_stopped_30_seconds_under_load_then_started_indexes_everything_once(
-        indexer_factory, kafka_bootstrap: str, own_search_node) -> None:
+        indexer_factory, test_index, kafka_bootstrap: str, own_search_node) -> None:
     topic, group = unique_name("outage"), unique_name("group")
-    index, pattern = per_test_index()
+    index, pattern = test_index
     url = own_search_node.url
     create_topic(kafka_bootstrap, topic, 2)
     indexer = indexer_factory(*indexer_overrides(kafka_bootstrap, [topic], url, group,
@@ -204,12 +197,12 @@ def test_engine_stopped_30_seconds_under_load_then_started_indexes_everything_on
 
 
 def test_indexers_joining_and_leaving_the_group_under_load_lose_nothing(
-        indexer_factory, kafka_bootstrap: str, templated_search_url: str) -> None:
+        indexer_factory, test_index, kafka_bootstrap: str, templated_search_url: str) -> None:
     """Scale-out on several machines: a second and a third indexer join the group under load, then leave.
     Each rebalance revokes every partition and gives most of them back to the member that had them, whose
     position kafka-python keeps: what it had read and not yet sent must still be written."""
     topic, group = unique_name("join"), unique_name("group")
-    index, pattern = per_test_index()
+    index, pattern = test_index
     create_topic(kafka_bootstrap, topic, 6)
     overrides = indexer_overrides(kafka_bootstrap, [topic], templated_search_url, group,
                                   f"output.elasticsearch.index={index}", "output.elasticsearch.bulk_max_size=150")

@@ -1,6 +1,7 @@
 """End to end: the real agent's events from every dataset, through real Kafka and `hostaudit index`, searchable
 in real OpenSearch: counts by event.dataset, a term query on process.pid, a CIDR query on source.ip, a date
-range on @timestamp; each answer checked against the events read back from Kafka."""
+range on @timestamp; each answer checked against the events read back from Kafka. The index template is the
+one `hostaudit export template --flavor opensearch` prints: no event of any dataset may be refused by it."""
 
 from __future__ import annotations
 
@@ -18,11 +19,10 @@ pytestmark = pytest.mark.kafka
 DATASETS = ("host", "process", "socket", "user")
 
 
-def test_the_agents_events_from_every_dataset_are_searchable(agent_factory, indexer_factory, kafka_bootstrap: str,
-                                                              templated_search_url: str) -> None:
+def test_the_agents_events_from_every_dataset_are_searchable(agent_factory, indexer_factory, test_index,
+                                                              kafka_bootstrap: str, templated_search_url: str) -> None:
     topic, group = unique_name("agent"), unique_name("group")
-    prefix = unique_name("hostaudit-e2e")
-    pattern = f"{prefix}-*"
+    index, pattern = test_index
     listener = socket.create_server(("127.0.0.1", 0))  # an established loopback connection for source.ip
     client = socket.create_connection(listener.getsockname())
     accepted, _ = listener.accept()
@@ -43,9 +43,8 @@ def test_the_agents_events_from_every_dataset_are_searchable(agent_factory, inde
     ids = {event["event"]["id"] for event in events}
     unique = {event["event"]["id"]: event for event in events}.values()  # the agent is at-least-once
 
-    indexer = indexer_factory(*indexer_overrides(
-        kafka_bootstrap, [topic], templated_search_url, group,
-        f"output.elasticsearch.index={prefix}-%{{[event.dataset]}}"))
+    indexer = indexer_factory(*indexer_overrides(kafka_bootstrap, [topic], templated_search_url, group,
+                                                 f"output.elasticsearch.index={index}"))
     indexer.wait_for_stats(lambda s: s["totals"]["indexed"] + s["totals"]["duplicates"] >= len(events) and
                            s["totals"]["lag"] == 0, 60, f"the {len(events)} events indexed")
     assert indexer.stats()["totals"]["dead_lettered"] == 0, indexer.log()[-3000:]
