@@ -110,7 +110,7 @@ def parse_size(value: str | int) -> int:
 # ("'foo' is not one of auto, netlink, procfs"); `validate` turns the first error into one ConfigError line
 # naming the key. Values pydantic would coerce silently (a quoted "1" for a bool, 1.5 for an int) are refused.
 
-SECRET_WORDS = ("password", "passphrase", "secret", "token")
+SECRET_WORDS = ("password", "passphrase", "secret", "token", "api_key")
 NOT_SECRETS = frozenset({"detect_password_changes"})  # a switch, not a secret
 REDACTED = "[redacted]"
 

@@ -17,7 +17,6 @@ from actors.indexer.schema import IndexerFramework
 from actors.options import fail, show, validate
 
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent.parent / "settings" / "indexer.yaml"
-SECRET_KEYS = frozenset({"api_key"})  # secrets whose names the shared rule (password, passphrase...) misses
 # Characters Elasticsearch refuses in an index or data stream name (besides upper case).
 INDEX_NAME_FORBIDDEN = set(' \\/*?"<>|,#:')
 
@@ -66,18 +65,6 @@ class IndexerSettings:
     http_port: int
     logging_level: str
     tree: Mapping[str, Any]  # the effective configuration, nested (secrets as Secret), for export
-
-
-def protect_named_secrets(value: Any, names: frozenset[str] = SECRET_KEYS) -> Any:
-    """Wrap the values of keys in `names` (anywhere in the tree) in `Secret`, as `protect_secrets` does for
-    passwords."""
-    if isinstance(value, dict):
-        return {key: (Secret(str(item)) if key in names and item not in (None, "") and not isinstance(item, Secret)
-                      else protect_named_secrets(item, names))
-                for key, item in value.items()}
-    if isinstance(value, list):
-        return [protect_named_secrets(item, names) for item in value]
-    return value
 
 
 def _check_tls(where: str, ssl: Any, enabled: bool) -> dict[str, Any]:
@@ -184,7 +171,7 @@ def load_indexer_settings(config_file: str | Path | None = None, overrides: Sequ
     """Load settings/indexer.yaml, the -c file, the secrets file, HOSTAUDIT_* variables and -E overrides; check
     them. Raises ConfigError (one line naming the setting or file) for anything the user can fix."""
     layers = Layers(DEFAULTS_FILE, config_file, overrides, os.environ if environ is None else environ)
-    tree = protect_named_secrets(protect_secrets(layers.tree))
+    tree = protect_secrets(layers.tree)
     for name in IndexerFramework.model_fields:
         if tree.get(name) is not None and not isinstance(tree[name], Mapping):
             fail(name, f"must be a map of settings, not {show(name, tree[name])}")
