@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Self
 
 import psutil
 
@@ -50,37 +50,21 @@ def read_ndjson(paths: Iterable[Path]) -> list[dict[str, Any]]:
     return [event for path in paths if path.exists() for event in parse_ndjson(path.read_bytes())]
 
 
-class Agent:
-    """One `hostaudit run` subprocess with the file output under a temporary directory."""
+class HostauditProcess:
+    """One `hostaudit` subcommand as a subprocess in its own session, its stderr (the log) in a file."""
 
-    def __init__(self, workdir: Path, config: str | None = None, overrides: Iterable[str] = (),
-                 env: dict[str, str] | None = None) -> None:
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.data = workdir / "data"
-        self.output_dir = workdir / "out"
-        self.stderr_path = workdir / "agent.stderr"
-        self.config_path: Path | None = None
-        if config is not None:
-            self.config_path = workdir / "hostaudit.yml"
-            self.config_path.write_text(config)
-        self.overrides = [f"path.data={self.data}", "output.console.enabled=false", "output.file.enabled=true",
-                          f"output.file.path={self.output_dir}", *overrides]
+    def __init__(self, log_path: Path, overrides: Iterable[str], env: Mapping[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self.overrides = list(overrides)
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
-        self._parsed: dict[int, tuple[int, list[dict[str, Any]]]] = {}  # inode -> (bytes parsed, their events)
 
     def command(self) -> list[str]:
-        command = [sys.executable, "-m", "actors.cli", "run"]
-        if self.config_path is not None:
-            command += ["-c", str(self.config_path)]
-        for override in self.overrides:
-            command += ["-E", override]
-        return command
+        raise NotImplementedError
 
-    def start(self) -> "Agent":
-        self.stderr = self.stderr_path.open("ab")
-        self.process = subprocess.Popen(self.command(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.stderr,
+    def start(self) -> "Self":
+        self._log_file = self.log_path.open("ab")
+        self.process = subprocess.Popen(self.command(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=self._log_file,
                                         env=self.env, start_new_session=True)
         return self
 
@@ -90,7 +74,57 @@ class Agent:
         return self.process.pid
 
     def log(self) -> str:
-        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, text: str, timeout: float) -> None:
+        wait_for(lambda: text in self.log(), timeout, f"log line containing {text!r}; log:\n{self.log()[-3000:]}")
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait; return the exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill_all(self) -> None:
+        """SIGKILL the process and every process of its session (test clean-up)."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # already gone
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log_file.close()
+
+
+class Agent(HostauditProcess):
+    """One `hostaudit run` subprocess with the file output under a temporary directory."""
+
+    def __init__(self, workdir: Path, config: str | None = None, overrides: Iterable[str] = (),
+                 env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.data = workdir / "data"
+        self.output_dir = workdir / "out"
+        self.config_path: Path | None = None
+        if config is not None:
+            self.config_path = workdir / "hostaudit.yml"
+            self.config_path.write_text(config)
+        super().__init__(workdir / "agent.stderr",
+                         [f"path.data={self.data}", "output.console.enabled=false", "output.file.enabled=true",
+                          f"output.file.path={self.output_dir}", *overrides], env)
+        self._parsed: dict[int, tuple[int, list[dict[str, Any]]]] = {}  # inode -> (bytes parsed, their events)
+
+    def command(self) -> list[str]:
+        command = [sys.executable, "-m", "actors.cli", "run"]
+        if self.config_path is not None:
+            command += ["-c", str(self.config_path)]
+        for override in self.overrides:
+            command += ["-E", override]
+        return command
 
     def events(self) -> list[dict[str, Any]]:
         """Every event written so far, oldest file first. Each file is parsed (and ECS-checked) once, then only
@@ -151,25 +185,3 @@ class Agent:
         return wait_for(lambda: (pid := self.role_pid(role)) and pid != not_pid and pid, timeout,
                         f"process 'hostaudit: {role}'; agent log:\n{self.log()[-3000:]}")
 
-    def wait_for_log(self, text: str, timeout: float) -> None:
-        wait_for(lambda: text in self.log(), timeout, f"log line containing {text!r}; log:\n{self.log()[-3000:]}")
-
-    def terminate(self, timeout: float = 10.0) -> int:
-        """SIGTERM and wait; return the exit code."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
-    def kill_all(self) -> None:
-        """SIGKILL the agent and every process of its session (test clean-up)."""
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # already gone
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        self.stderr.close()

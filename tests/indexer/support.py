@@ -4,10 +4,7 @@ Kafka topics, and the few search-engine calls the tests make (index template, re
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -20,7 +17,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
 from actors.event import iso_millis, new_event_id
-from tests.agent_harness import REPO, wait_for
+from tests.agent_harness import HostauditProcess, wait_for
 from tests.search_support import http_json
 
 # A plain opener: no http_proxy from the environment between the tests and a node on 127.0.0.1.
@@ -45,36 +42,19 @@ def indexer_overrides(bootstrap: str, topics: Iterable[str], search_url: str, gr
             *extra)
 
 
-class IndexerProcess:
+class IndexerProcess(HostauditProcess):
     """One `hostaudit index` subprocess, its log in a file, its /stats over HTTP."""
 
     def __init__(self, workdir: Path, overrides: Iterable[str], env: Mapping[str, str] | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = workdir / f"indexer-{uuid.uuid4().hex[:6]}.log"
-        self.overrides = list(overrides)
-        self.env = {**os.environ, **(env or {})}
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(workdir / f"indexer-{uuid.uuid4().hex[:6]}.log", overrides, env)
         self._stats_url = ""
 
-    def start(self) -> "IndexerProcess":
+    def command(self) -> list[str]:
         command = [sys.executable, "-m", "actors.cli", "index"]
         for override in self.overrides:
             command += ["-E", override]
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=self._log,
-                                        env=self.env, start_new_session=True)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_for_log(self, text: str, timeout: float) -> None:
-        wait_for(lambda: text in self.log(), timeout, f"log line containing {text!r}; log:\n{self.log()[-3000:]}")
+        return command
 
     def stats(self) -> dict[str, Any]:
         if not self._stats_url:
@@ -107,24 +87,8 @@ class IndexerProcess:
             raise AssertionError(f"{error}; last stats: {json.dumps(last)[:2000]}; log:\n{self.log()[-3000:]}")
 
     def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; the exit code."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
-    def kill_all(self) -> None:
-        """SIGKILL the indexer and every process of its session (clean-up)."""
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # already gone
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        self._log.close()
+        """SIGTERM and wait (a drain commits first, so longer than the agent's); the exit code."""
+        return super().terminate(timeout)
 
 
 # --- Kafka ---------------------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def test_password_hashes_appear_nowhere(agent_factory, tmp_path: Path) -> None:
     agent.wait_for_event(lambda e: e["event"]["action"] == "password_changed", 10, "password_changed")
     assert agent.terminate() == 0
     secrets = [SHADOW_HASH, new_hash, "saltsaltSALT", "freshSALTfresh"]
-    places = [agent.stderr_path, *agent.output_dir.rglob("*"), *agent.data.rglob("*")]
+    places = [agent.log_path, *agent.output_dir.rglob("*"), *agent.data.rglob("*")]
     for place in places:
         if place.is_file():
             content = place.read_bytes()

@@ -88,7 +88,7 @@ def test_restart_reports_only_real_changes(agent_factory, tmp_path: Path) -> Non
         newcomer = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", newcomer_marker],
                                     stdin=subprocess.PIPE)
         second = Agent(tmp_path, None, overrides)  # same path.data and output file
-        second.stderr_path = tmp_path / "second.stderr"
+        second.log_path = tmp_path / "second.stderr"
         second.start()
         try:  # the output file is shared with the first run: events are told apart by the markers
             wait_for(lambda: len(started_with(second, newcomer_marker)) == 1, 20, "the newcomer reported")
