@@ -50,14 +50,19 @@ def ready(agent: Agent, timeout: float = 30) -> None:
     probe(agent, 10, "a first exec delivered")
 
 
+def run_marked(marker: str) -> None:
+    """Run a process with `marker` in its arguments that lives 0.2 s, so its executable and arguments are read
+    at exec time for certain (a /bin/true that exits within a millisecond may, rarely, be reported without
+    them: a capture limit, not what the fault tests are about)."""
+    subprocess.run(["/bin/sh", "-c", "sleep 0.2", marker], check=True)
+
+
 def probe(agent: Agent, timeout: float, what: str) -> float:
     """Run one uniquely marked `/bin/true` and wait until its process_started event is delivered; return when
     it was run (monotonic), after the wait succeeded."""
     marker = f"probe-{uuid.uuid4().hex}"
     started = time.monotonic()
-    # A process that lives 0.2 s: its executable and arguments are read at exec time for certain (a /bin/true
-    # that exits within a millisecond may, rarely, be reported without them: a capture limit, not delivery's).
-    subprocess.run(["/bin/sh", "-c", "sleep 0.2", marker], check=True)
+    run_marked(marker)
     # process_changed_image too: on a loaded machine a poll can catch the forked child before its exec (still the
     # test's python), report it started, and the exec then changes its image.
     agent.wait_for_event(lambda e: e["event"]["action"] in ("process_started", "process_changed_image")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 
 import pytest
 
+from tests.faults.support import run_marked
 from tests.kafka_support import wait_for_topic_events
 
 pytestmark = pytest.mark.kafka
@@ -32,7 +32,7 @@ def test_event_without_the_topic_field_is_dead_lettered_and_the_rest_delivered(a
     prefix = f"p{uuid.uuid4().hex[:8]}"
     agent = start_routed_by_user(agent_factory, kafka_bootstrap, prefix, "")
     marker = f"poison-{uuid.uuid4().hex}"
-    subprocess.run(["/bin/true", marker], check=True)
+    run_marked(marker)
     messages = wait_for_topic_events(
         kafka_bootstrap, f"{prefix}-root",
         lambda m: any(marker in doc.get("process", {}).get("args", []) for _, doc in m), 30,
@@ -47,7 +47,7 @@ def test_event_without_the_topic_field_is_dead_lettered_and_the_rest_delivered(a
     agent.wait_for_log("refused by the output for good", 5)
     # and it goes on: a later exec is delivered too
     later = f"later-{uuid.uuid4().hex}"
-    subprocess.run(["/bin/true", later], check=True)
+    run_marked(later)
     wait_for_topic_events(kafka_bootstrap, f"{prefix}-root",
                           lambda m: any(later in doc.get("process", {}).get("args", []) for _, doc in m), 30,
                           "a later process event")
@@ -58,7 +58,7 @@ def test_event_for_a_topic_kafka_refuses_is_dead_lettered_and_the_rest_delivered
     prefix = f"q{uuid.uuid4().hex[:8]}"
     agent = start_routed_by_user(agent_factory, kafka_bootstrap, prefix, ":not a topic!")
     marker = f"refused-{uuid.uuid4().hex}"
-    subprocess.run(["/bin/true", marker], check=True)
+    run_marked(marker)
     wait_for_topic_events(kafka_bootstrap, f"{prefix}-root",
                           lambda m: any(marker in doc.get("process", {}).get("args", []) for _, doc in m), 30,
                           "a process event after host events were refused")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.agent_harness import REPO, wait_for
 from tests.faults.support import (ALL_DATASETS, ExecLoad, assert_no_sequence_missing, output_contains, probe,
-                                  ready, restart_to_delivery, session_processes)
+                                  ready, restart_to_delivery, run_marked, session_processes)
 
 PROCESS_ONLY = "hostaudit.modules=[{module: system, datasets: [process], period: 1s}]"
 FAST_RESTARTS = ("supervisor.max_restarts=1000", "supervisor.backoff.initial=100ms", "supervisor.backoff.max=1s")
@@ -67,9 +67,7 @@ def test_stopped_producer_is_killed_as_hung_and_delivery_resumes(agent_factory) 
     victim = agent.wait_for_role("producer", 5)
     os.kill(victim, signal.SIGSTOP)
     marker = f"while-stopped-{uuid.uuid4().hex}"
-    # Lives 0.2 s, so its arguments are read at exec time for certain (as probe's; a /bin/true may rarely be
-    # reported without them, which is a capture limit, not what this test is about).
-    subprocess.run(["/bin/sh", "-c", "sleep 0.2", marker], check=True)
+    run_marked(marker)
     agent.wait_for_log("producer made no progress", 15)
     agent.wait_for_role("producer", 10, not_pid=victim)
     wait_for(lambda: output_contains(agent, marker), 10,
