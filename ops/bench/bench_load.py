@@ -10,7 +10,7 @@ Runs, one agent at a time (never two at once):
 
 Auditbeat is built once from the Go module proxy into ~/.cache/hostaudit/auditbeat-7.17.29 (minutes the first
 time). Without Go or the build, the bench says so and prints hostaudit's figures alone. Run as root:
-`.venv/bin/python ops/bench/bench_load.py` (about 12 minutes; `--quick`: about 3). See ops/bench/README.md.
+`.venv/bin/python ops/bench/bench_load.py` (about 9 minutes a round; `--quick`: about 2.5). See ops/bench/README.md.
 """
 
 from __future__ import annotations
@@ -515,7 +515,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="length of the idle windows")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds between an agent being ready (it "
                         "reported a marker exec, or wrote its first event) and the first measure")
-    parser.add_argument("--quick", action="store_true", help="10 s windows, 5 s settle: a smoke run")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 10 s windows, 5 s settle (overrides --seconds, --idle-seconds, --settle)")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of hostaudit, Auditbeat auditd, "
                         "Auditbeat system, one after another")
     parser.add_argument("--no-auditbeat", action="store_true", help="hostaudit alone")
