@@ -37,6 +37,8 @@ from typing import Any, Callable
 
 import psutil
 
+from cpu import bench_and_children_seconds, host_busy_seconds  # ops/bench/cpu.py
+
 REPO = Path(__file__).resolve().parents[2]
 TRUE = os.path.realpath("/bin/true")
 PROCESS_ONLY = "hostaudit.modules=[{module: system, datasets: [process], period: 1s}]"
@@ -163,21 +165,9 @@ def cpu_seconds(pids: dict[int, str]) -> dict[int, float]:
     return times
 
 
-def host_busy_seconds() -> float:
-    """CPU seconds the whole host has spent busy (every core, all but idle, iowait and steal) since boot."""
-    times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0) - getattr(times, "steal", 0.0)
-
-
 def steal_seconds() -> float:
     """CPU seconds the hypervisor took from this VM's cores since boot (its vCPUs were not running)."""
     return getattr(psutil.cpu_times(), "steal", 0.0)
-
-
-def bench_seconds() -> float:
-    """CPU seconds of this bench and of its reaped children (the launchers and every /bin/true)."""
-    times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
 
 
 def wait_for_quiet_host(limit: float, busy_percent: float) -> float:
@@ -219,10 +209,10 @@ class Idle:
 def measure_idle(agent: Agent, seconds: float) -> Idle:
     pids = agent.processes()
     before, started = cpu_seconds(pids), time.monotonic()
-    host_before, bench_before = host_busy_seconds(), bench_seconds()
+    host_before, bench_before = host_busy_seconds(), bench_and_children_seconds()
     time.sleep(seconds)
     after, wall = cpu_seconds(pids), time.monotonic() - started
-    host_used, bench_used = host_busy_seconds() - host_before, bench_seconds() - bench_before
+    host_used, bench_used = host_busy_seconds() - host_before, bench_and_children_seconds() - bench_before
     used = {pid: after[pid] - before[pid] for pid in before.keys() & after.keys()}
     roles: dict[str, float] = {}
     for pid, seconds_used in used.items():
@@ -382,14 +372,14 @@ def run_capture(agent: Agent, tail: OutputTail, events: Events, launcher: Callab
     events.skip_to_now()
     pids = agent.processes()
     before = cpu_seconds(pids)
-    host_before, bench_before, started = host_busy_seconds(), bench_seconds(), time.monotonic()
+    host_before, bench_before, started = host_busy_seconds(), bench_and_children_seconds(), time.monotonic()
     steal_before = steal_seconds()
     tail.interval = TAIL_FAST_INTERVAL
     launch = launcher(execs)
     seen = drain(events, launch, drain_quiet, drain_timeout)
     tail.interval = TAIL_IDLE_INTERVAL
     after = cpu_seconds(pids)
-    host_used, bench_used = host_busy_seconds() - host_before, bench_seconds() - bench_before
+    host_used, bench_used = host_busy_seconds() - host_before, bench_and_children_seconds() - bench_before
     for pid in before.keys() & after.keys():
         launch.cpu[pids[pid]] = launch.cpu.get(pids[pid], 0.0) + after[pid] - before[pid]
     launch.cpu["agent"] = sum(launch.cpu.values())
