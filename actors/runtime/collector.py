@@ -301,8 +301,9 @@ STREAM_BATCH_ITEMS = 2000
 
 def pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, stats: Progress,
                 on_crash: Callable[[BaseException], None] = lambda error: None) -> None:
-    """Read kernel notifications in batches (up to 50 ms or 2,000 items) and hand each to the collector actor,
-    waiting until it is spooled before reading more, so a slow pipeline backs up into the kernel's buffer.
+    """Read kernel notifications in batches (what comes within 50 ms, up to 2,000 items) and hand each to the
+    collector actor, waiting until it is spooled before reading more, so a slow pipeline backs up into the
+    kernel's buffer.
     If the subscription breaks, the process exits (`on_crash`) and the supervisor restarts it, re-subscribed."""
     try:
         _pump_stream(stream, actor, stopping, stats)
@@ -316,10 +317,13 @@ def pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, s
 def _pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, stats: Progress) -> None:
     items = 0
     while not stopping.is_set():
-        batch: list[Any] = []
         deadline = time.monotonic() + STREAM_BATCH_SECONDS
-        while len(batch) < STREAM_BATCH_ITEMS and time.monotonic() < deadline:
-            batch += stream.read(max(0.0, deadline - time.monotonic()))
+        batch: list[Any] = list(stream.read(STREAM_BATCH_SECONDS))  # the first items, or none in a batch time
+        if batch and not stopping.wait(max(0.0, deadline - time.monotonic())):
+            # The rest of the batch time asleep, then what came meanwhile at once: one wake-up a batch, not one
+            # for each of the reader's frames.
+            while len(batch) < STREAM_BATCH_ITEMS and (more := stream.read(0.0)):
+                batch += more
         items += len(batch)
         stats.stream = {"lost": stream.lost(), "items": items}  # replaced whole: see Progress
         if not batch:

@@ -1,11 +1,13 @@
-"""CPU per exec through the whole agent: a steady rate of /bin/true, the agent's CPU by process, idle subtracted.
+"""CPU per exec through the whole agent: a steady rate of /bin/true, the agent's CPU by process, per exec seen.
 
 For each revision given (`--code NAME=DIR`, a checkout; default: this tree), in rotated order each round: start
 the real agent (process dataset only, period 1s, file output; `bench_capture.Agent`), wait for its first state
-report, let it settle, measure every agent process's CPU (utime + stime, grouped by process title) over an idle
-window, then run `--rate` execs a second of /bin/true for `--seconds` (a Python posix_spawn loop) and wait until
-their events are in the output file. The CPU of the run minus the idle rate over the same time, divided by the
-execs, is the cost of an exec (its process_started and process_stopped) by process.
+report, let it settle, then read every agent process's CPU (utime + stime, grouped by process title) over an
+idle window and over a run of `--rate` execs a second of /bin/true for `--seconds` (a Python posix_spawn loop,
+until their events are in the output file). The agent reports every exec on the host, other people's too (a
+shared machine), so each window also counts the process_started lines that reached the output: with CPU = a x
+seconds + b x execs in both windows, b is the cost of an exec (its process_started and process_stopped) and a
+the idle rate, by process.
 
     .venv/bin/python ops/bench/bench_exec_cost.py --code before=/tmp/before --code after=. --rounds 2
     # --rate 200 --seconds 25 --idle 10 --profile DIR (py-spy each Python process of the agent during the run)
@@ -41,8 +43,9 @@ class Round:
 
     code: str
     execs: int
-    per_exec_us: dict[str, float]  # role -> µs of CPU per exec, idle subtracted ("agent": all of them)
-    idle_percent: float  # the whole agent's idle CPU, % of one core
+    seen: tuple[int, int]  # process_started lines in the output during the idle window and the run
+    per_exec_us: dict[str, float]  # role -> µs of CPU per exec ("agent": all of them)
+    idle_percent: float  # the whole agent's idle CPU, % of one core (a)
     with_exe: float  # % of the execs reported with process.executable
     stopped: float  # % of the execs reported stopped with exit code
     p99_ms: float
@@ -54,6 +57,18 @@ def role_cpu(pids: dict[int, str], before: dict[int, float], after: dict[int, fl
     for pid in before.keys() & after.keys():
         used[pids[pid]] = used.get(pids[pid], 0.0) + after[pid] - before[pid]
     return used
+
+
+def started_lines(tail: OutputTail, since: int) -> int:
+    """process_started lines the output received after line `since`."""
+    return sum(b'"process_started"' in line for _, line in tail.lines[since:])
+
+
+def per_exec(idle: tuple[float, int, float], run: tuple[float, int, float]) -> tuple[float, float]:
+    """(a, b) of CPU = a x seconds + b x execs through two windows, each (seconds, execs, CPU seconds)."""
+    (t1, n1, c1), (t2, n2, c2) = idle, run
+    b = (c2 * t1 - c1 * t2) / (n2 * t1 - n1 * t2)
+    return (c1 - b * n1) / t1, b
 
 
 def start_profiles(agent: Agent, directory: Path, code: str, seconds: float) -> list[subprocess.Popen]:
@@ -83,26 +98,30 @@ def measure(code: str, repo: Path, rate: float, seconds: float, idle: float, set
         wait_until(events.first_state_report, 60, "the first state report in the output file", agent)
         time.sleep(settle)
         pids = agent.processes()
-        idle_before, idle_started = cpu_seconds(pids), time.monotonic()
+        idle_lines, idle_before, idle_started = len(tail.lines), cpu_seconds(pids), time.monotonic()
         time.sleep(idle)
         idle_after, idle_wall = cpu_seconds(pids), time.monotonic() - idle_started
-        idle_rate = {role: used / idle_wall for role, used in role_cpu(pids, idle_before, idle_after).items()}
+        idle_seen = started_lines(tail, idle_lines)
+        idle_used = role_cpu(pids, idle_before, idle_after)
         execs = int(rate * seconds)
         recorders = start_profiles(agent, profile, code, seconds + 2) if profile else []
         events.skip_to_now()
         tail.interval = 0.002
-        run_before, run_started = cpu_seconds(pids), time.monotonic()
+        run_lines, run_before, run_started = len(tail.lines), cpu_seconds(pids), time.monotonic()
         launch = launch_python(execs, rate)
         seen = drain(events, launch, quiet=5.0, timeout=30.0)
         run_after, run_wall = cpu_seconds(pids), time.monotonic() - run_started
+        run_seen = started_lines(tail, run_lines)
         for recorder in recorders:
             recorder.wait(30)
         used = role_cpu(pids, run_before, run_after)
-        per_exec = {role: max(0.0, used[role] - idle_rate.get(role, 0.0) * run_wall) / execs * 1e6 for role in used}
-        per_exec["agent"] = sum(per_exec.values())
+        costs = {role: per_exec((idle_wall, idle_seen, idle_used.get(role, 0.0)), (run_wall, run_seen, used[role]))
+                 for role in used}
+        per_exec_us = {role: b * 1e6 for role, (_, b) in costs.items()}
+        per_exec_us["agent"] = sum(per_exec_us.values())
         capture = summarise(launch, seen)
-        return Round(code, execs, per_exec, 100 * sum(idle_rate.values()), 100 * capture.with_exe / execs,
-                     100 * capture.stopped_with_code / execs, capture.latency_ms[1])
+        return Round(code, execs, (idle_seen, run_seen), per_exec_us, 100 * sum(a for a, _ in costs.values()),
+                     100 * capture.with_exe / execs, 100 * capture.stopped_with_code / execs, capture.latency_ms[1])
     finally:
         agent.stop()
         tail.stop()
@@ -112,8 +131,8 @@ def measure(code: str, repo: Path, rate: float, seconds: float, idle: float, set
 def print_report(rounds: list[Round], codes: list[str], rate: float) -> None:
     roles = sorted({role for run in rounds for role in run.per_exec_us if role != "agent"},
                    key=lambda role: -statistics.median(run.per_exec_us.get(role, 0.0) for run in rounds))
-    print(f"\nµs of CPU per exec (process_started + process_stopped to the output file), idle subtracted, {rate:g} "
-          f"execs/s; median (range) of {len(rounds) // len(codes)} rounds. CPU s per 1,000 execs = ms per exec.\n")
+    print(f"\nµs of CPU per exec (process_started + process_stopped to the output file), {rate:g} execs/s of "
+          f"/bin/true; median (range) of {len(rounds) // len(codes)} rounds. CPU s per 1,000 execs = ms per exec.\n")
     print("| process | " + " | ".join(codes) + " |")
     print("|---|" + "---|" * len(codes))
     for role in [*roles, "agent"]:
@@ -124,10 +143,12 @@ def print_report(rounds: list[Round], codes: list[str], rate: float) -> None:
         label = "**whole agent**" if role == "agent" else f"`hostaudit: {role}`" if "-" in role or role in (
             "process", "producer", "supervisor", "forkserver") else role
         print(f"| {label} | " + " | ".join(cells) + " |")
-    print("\n| round | code | execs | with executable | stopped with exit code | p99 exec -> output | idle, agent |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| round | code | execs run | process_started seen, idle window / run | with executable | stopped with "
+          "exit code | p99 exec -> output | idle, agent |")
+    print("|---|---|---|---|---|---|---|---|")
     for index, run in enumerate(rounds):
-        print(f"| {index // len(codes) + 1} | {run.code} | {run.execs} | {run.with_exe:.2f}% | {run.stopped:.2f}% | "
+        print(f"| {index // len(codes) + 1} | {run.code} | {run.execs} | {run.seen[0]} / {run.seen[1]} | "
+              f"{run.with_exe:.2f}% | {run.stopped:.2f}% | "
               f"{run.p99_ms:.0f} ms | {run.idle_percent:.2f}% |")
 
 
