@@ -282,6 +282,12 @@ def _read_rest(reader: _Reader, pid: int, exe: str | None, cmdline: bytes | None
     )
 
 
+@functools.lru_cache(maxsize=1024)  # asked for every exec: a host runs a few hundred distinct executables
+def host_exe_path(hostfs: Path, executable: str) -> str:
+    """An executable's path as seen under the host root."""
+    return str(procfs.host_path(hostfs, executable))
+
+
 def is_kernel_thread(details: ProcessDetails) -> bool:
     """Kernel threads: the PF_KTHREAD flag, kthreadd itself, or (as Auditbeat) uid 0 / a kthreadd child without
     an executable. A usermode helper that kthreadd started and that exec'd a program (modprobe, a core-dump
@@ -767,7 +773,7 @@ class ProcessDataset:
             return None
         paths = [f"{self.proc}{details.pid}/exe"]
         if not details.exe.endswith(" (deleted)"):
-            paths.append(str(procfs.host_path(self.hostfs, details.exe)))
+            paths.append(host_exe_path(self.hostfs, details.exe))
         job = self.hashing.request(details.exe_id, paths)
         if job is None:
             self._warn_once("hash-queue", "process: %d executables wait to be hashed already; new ones are reported "
