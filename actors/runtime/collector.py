@@ -24,6 +24,7 @@ log = logging.getLogger("hostaudit.collector")
 
 PROBLEM_LOG_INTERVAL = 60.0  # a lasting problem (spool full, disk full) is logged once a minute, with numbers
 STREAM_PERSIST_INTERVAL = 1.0
+SPOOL_CHECK_INTERVAL = 1.0  # seconds a look at the spool's size holds while this runner appends within its room
 MAX_TIMER_SECONDS = 366 * 86400.0
 
 
@@ -87,6 +88,8 @@ class DatasetRunner:
         self._unpersisted = False
         self._problem_logged_at: dict[str, float] = {}
         self._held = 0  # change events held back by the last failed spool write (derived again by diff)
+        self._spool_checked_at = float("-inf")
+        self._spool_room = 0  # bytes this runner may append before it looks at the spool's size again
 
     def state_report_due(self, now: float) -> bool:
         last = self.committed.last_state_report
@@ -191,10 +194,19 @@ class DatasetRunner:
         self.committed = replace(self.committed, sequence=max(self.committed.sequence, self.spool.last_sequence))
 
     def _spool_full(self) -> bool:
-        """True when the unacknowledged bytes of every spool reach `queue.disk.max_size` (logged once a minute)."""
+        """True when the unacknowledged bytes of every spool reach `queue.disk.max_size` (logged once a minute).
+
+        Looking lists every spool directory and reads its cursor: after a look that found room, the next
+        SPOOL_CHECK_INTERVAL s of batches do not look again while this runner appends less than half that room
+        (a kernel stream spools every 50 ms)."""
+        now = time.monotonic()
+        if self._spool_room > 0 and now - self._spool_checked_at < SPOOL_CHECK_INTERVAL:
+            return False
         pending = unacknowledged_bytes(self.spool_root)
         if pending < self.spool_max_bytes:
+            self._spool_checked_at, self._spool_room = now, (self.spool_max_bytes - pending) // 2
             return False
+        self._spool_room = 0
         self._warn("full", "dataset %s: %d unacknowledged bytes under %s reach queue.disk.max_size (%d bytes); "
                    "holding changes until the output catches up", self.name, pending, self.spool_root,
                    self.spool_max_bytes)
@@ -220,6 +232,7 @@ class DatasetRunner:
             sequence += 1
             document = event.stamped(sequence).to_document(common)
             records.append((sequence, encode_document(document), routing_values(document, fields) if fields else {}))
+            self._spool_room -= len(records[-1][1])
         self.spool.append(records)
         self.on_spooled()
         return sequence

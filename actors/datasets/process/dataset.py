@@ -527,12 +527,14 @@ class ProcessDataset:
         self._streaming = False  # the connector is open: it reports every exit, with its exit code
         self._missing_since: dict[str, float] = {}  # pid -> when a poll first found a known process gone
         self._warned: set[str] = set()
+        self._names_fresh = False  # the account files were looked at during this poll or batch
 
     # -- Dataset --------------------------------------------------------------------------------------------
 
     def observe(self) -> dict[str, Any]:
         """Scan /proc now: {"version", "boot_id", "processes": {pid: record}}. Never raises for a process."""
         self.names.refresh()
+        self._names_fresh = True
         processes: dict[str, ProcessRecord] = {}
         skipped: dict[str, ProcStat] = {}
         try:
@@ -604,7 +606,9 @@ class ProcessDataset:
             return snapshot, []
         processes = dict(processes)
         events: list[Event] = []
-        self.names.refresh()
+        # The account files are looked at again only when an id has no name (AccountNames rechecks them once a
+        # second anyway): re-indexing /etc/passwd and /etc/group for every batch was a third of a batch's cost.
+        self._names_fresh = False
         self._prefetch_hashes(items)
         self._attach_hashes(processes)  # before the stops: a hash finished since is on the stop event
         for item in items:
@@ -746,9 +750,14 @@ class ProcessDataset:
             record["egid"] = egid
         if sgid != gid:
             record["sgid"] = sgid
-        if (user := self.names.user(uid)) is not None:
+        user, group = self.names.user(uid), self.names.group(gid)
+        if (user is None or group is None) and not self._names_fresh:  # an account added since the last look?
+            self.names.refresh()
+            self._names_fresh = True
+            user, group = self.names.user(uid), self.names.group(gid)
+        if user is not None:
             record["user"] = user
-        if (group := self.names.group(gid)) is not None:
+        if group is not None:
             record["group"] = group
 
     def _add_hash(self, record: ProcessRecord, details: ProcessDetails) -> None:
