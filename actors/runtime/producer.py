@@ -146,7 +146,6 @@ class Delivery:
                 delivered_any = True
                 backlog = backlog or self._may_be_more(records)
         self.stats.truncated = getattr(self.output, "truncated", 0)
-        self.stats.pending_bytes = sum(r.pending_bytes() for r in self.readers.values())
         if not any(b.delay for b in self.backoffs.values()):
             self.stats.oldest_unacknowledged = 0.0
         self._report_cursor_errors()
@@ -159,6 +158,12 @@ class Delivery:
         what is appended later rings the doorbell (drained before this pump read), so no empty pump follows."""
         return (len(records) >= self.bulk_max_size
                 or sum(len(record.payload) for record in records) >= self.batch_max_bytes // 2)
+
+    def figures(self) -> dict[str, Any]:
+        """The delivery figures, with the spools' pending bytes measured now (it lists every spool directory:
+        done when a heartbeat asks, not at every pump)."""
+        self.stats.pending_bytes = sum(reader.pending_bytes() for reader in self.readers.values())
+        return self.stats.as_dict()
 
     def drain(self, timeout: float) -> None:
         """Deliver what is spooled for up to `timeout` seconds; stop early once nothing is left or a batch fails
@@ -316,7 +321,7 @@ class ProducerActor(pykka.ThreadingActor):
         if isinstance(message, Pump):
             self._pump()
         elif isinstance(message, Stats):
-            return {"progress": self.pumps, **self.delivery.stats.as_dict()}
+            return {"progress": self.pumps, **self.delivery.figures()}
         elif isinstance(message, Drain):
             self.draining = True
             self.delivery.drain(message.timeout)
