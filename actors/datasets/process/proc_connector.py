@@ -65,9 +65,8 @@ FRAME_ITEMS = 256  # ... or this many items
 FRAME_LENGTH = struct.Struct("=I")  # each frame on that pipe: its length, then a pickle
 READ_SLICE = 0.25  # seconds the reader thread waits on the socket before checking for close()
 # The reader process takes EXECs on a socket of their own (a socket filter splits the stream) and wakes for each
-# at once; the FORKs and EXITs on the main socket, after an EXEC, wait up to FRAME_HOLD for the next wake-up:
-# one wake-up per exec instead of three. After BUSY_SECONDS without an event it wakes for anything again.
-BUSY_SECONDS = 1.0
+# at once; while items wait to be sent (FRAME_HOLD), the FORKs and EXITs on the main socket wait for the next
+# wake-up: in a burst, one wake-up per exec instead of three. With nothing pending it wakes for anything.
 GAP_SETTLE_SECONDS = 0.5  # a sequence number missing that long was dropped (the two sockets are read in turn)
 GAP_TRACKED = 64  # larger gaps are counted as drops at once
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
@@ -609,7 +608,6 @@ class ProcConnector:
             poller.register(execs.fileno(), select.POLLIN)
         main = self._socket.fileno()
         polling_main = False
-        busy_until = 0.0  # with the EXECs split off: until then, the main socket is read at each wake-up only
         first = True  # an EXEC may be on both sockets once, from before the split
         pending: list[ProcessExec | ProcessExit] = []  # read, not yet sent
         send_at = 0.0  # when `pending` goes out at the latest
@@ -618,16 +616,14 @@ class ProcConnector:
             while True:
                 raw, self._backlog = self._backlog, []
                 if not raw:
-                    now = time.monotonic()
-                    busy = execs is not None and now < busy_until
-                    if polling_main == busy:  # wake for the main socket's events only while idle
+                    busy = execs is not None and bool(pending)
+                    if polling_main == busy:  # the main socket's events wake it only while nothing is pending
                         if busy:
                             poller.unregister(main)
                         else:
                             poller.register(main, select.POLLIN)
                         polling_main = not busy
-                    wake = send_at if pending else now + FRAME_HOLD if busy else None
-                    wait = -1 if wake is None else max(0, math.ceil((wake - now) * 1000))
+                    wait = -1 if not pending else max(0, math.ceil((send_at - time.monotonic()) * 1000))
                     if any(descriptor == lifeline for descriptor, _ in poller.poll(wait)):
                         return
                 raw += self._drain()  # the main socket first: what an EXEC read next follows is not older
@@ -638,8 +634,6 @@ class ProcConnector:
                             exec_raw = [pair for pair in exec_raw if (pair[0].cpu, pair[0].seq) not in seen]
                         raw = sorted(raw + exec_raw, key=lambda pair: pair[0].timestamp_ns) if raw else exec_raw
                     first = False
-                    if raw:
-                        busy_until = time.monotonic() + BUSY_SECONDS
                 if raw and (items := self._interpret(raw, _Clocks.now())):
                     if not pending:
                         send_at = time.monotonic() + FRAME_HOLD
