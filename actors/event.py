@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -20,8 +19,8 @@ CHANGE = "event"
 
 def iso_millis(epoch_seconds: float) -> str:
     """Return a UTC timestamp with milliseconds and a `Z`, as Beats' JSON codec writes dates."""
-    moment = datetime.fromtimestamp(epoch_seconds, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # isoformat truncates to milliseconds as `microsecond // 1000` does, in 3.7 us where strftime took 5.
+    return datetime.fromtimestamp(epoch_seconds, tz=timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def new_event_id() -> str:
@@ -29,7 +28,8 @@ def new_event_id() -> str:
     millis = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
     value = (millis & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 | rand & ((1 << 62) - 1)
-    return str(uuid.UUID(int=value))
+    digits = f"{value:032x}"  # str(uuid.UUID(int=value)) without its checks: one is made per event
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -103,25 +103,34 @@ class Event:
 
     def stamped(self, sequence: int) -> "Event":
         """Return this event with its unique `event.id` and its per-dataset `event.sequence`."""
-        return replace(self, id=new_event_id(), sequence=sequence)
+        return Event(self.dataset, self.action, self.kind, self.category, self.type, self.message, self.fields,
+                     self.timestamp, new_event_id(), sequence)  # dataclasses.replace costs 4x; one per event
 
     def to_document(self, common: Mapping[str, Any]) -> dict[str, Any]:
-        """Return the ECS JSON document: `common` (agent, host, ecs, service) under the dataset's fields."""
-        document: dict[str, Any] = {"@timestamp": iso_millis(self.timestamp)}
-        deep_merge(document, common)
-        deep_merge(document, self.fields)
-        event_fields = document.setdefault("event", {})
-        event_fields.update(
-            {
-                "kind": self.kind,
-                "category": list(self.category),
-                "type": list(self.type),
-                "action": self.action,
-                "module": "system",
-                "dataset": self.dataset,
-                "id": self.id,
-                "sequence": self.sequence,
-            }
-        )
+        """Return the ECS JSON document: `common` (agent, host, ecs, service) under the dataset's fields.
+
+        As `deep_merge` of the two, but a nested mapping is copied only where both have the key (the host
+        dataset's `host.*`): the document shares the rest with `common` and the event's fields, so it is to be
+        read (encoded, routed), never changed in place. One is made per event, and `common` is large."""
+        document: dict[str, Any] = {"@timestamp": iso_millis(self.timestamp), **common}
+        for key, value in self.fields.items():
+            if isinstance(value, Mapping):
+                present = document.get(key)
+                if isinstance(present, Mapping):
+                    value = deep_merge(deep_merge({}, present), value)
+                elif not isinstance(value, dict):
+                    value = deep_merge({}, value)
+            document[key] = value
+        document["event"] = {
+            **document.get("event", {}),
+            "kind": self.kind,
+            "category": list(self.category),
+            "type": list(self.type),
+            "action": self.action,
+            "module": "system",
+            "dataset": self.dataset,
+            "id": self.id,
+            "sequence": self.sequence,
+        }
         document["message"] = self.message
         return document

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import orjson
 import pykka
 
 from actors.event import Event, deep_merge
@@ -23,12 +24,20 @@ log = logging.getLogger("hostaudit.collector")
 
 PROBLEM_LOG_INTERVAL = 60.0  # a lasting problem (spool full, disk full) is logged once a minute, with numbers
 STREAM_PERSIST_INTERVAL = 1.0
+SPOOL_CHECK_INTERVAL = 1.0  # seconds a look at the spool's size holds while this runner appends within its room
 MAX_TIMER_SECONDS = 366 * 86400.0
 
 
 def encode_document(document: Mapping[str, Any]) -> bytes:
-    """Serialise one ECS document as compact UTF-8 JSON (undecodable bytes from /proc become U+FFFD)."""
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
+    """Serialise one ECS document as compact UTF-8 JSON (undecodable bytes from /proc become U+FFFD).
+
+    orjson writes the same bytes as `json.dumps(separators=(",", ":"), ensure_ascii=False)` in a tenth of the
+    time; what it refuses (a lone surrogate from a path decoded with surrogateescape, an int beyond 64 bits)
+    takes the json module's way, which replaces what cannot be encoded."""
+    try:
+        return orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
 
 
 def with_fields(event: Event, extra: Mapping[str, Any]) -> Event:
@@ -79,6 +88,8 @@ class DatasetRunner:
         self._unpersisted = False
         self._problem_logged_at: dict[str, float] = {}
         self._held = 0  # change events held back by the last failed spool write (derived again by diff)
+        self._spool_checked_at = float("-inf")
+        self._spool_room = 0  # bytes this runner may append before it looks at the spool's size again
 
     def state_report_due(self, now: float) -> bool:
         last = self.committed.last_state_report
@@ -183,10 +194,19 @@ class DatasetRunner:
         self.committed = replace(self.committed, sequence=max(self.committed.sequence, self.spool.last_sequence))
 
     def _spool_full(self) -> bool:
-        """True when the unacknowledged bytes of every spool reach `queue.disk.max_size` (logged once a minute)."""
+        """True when the unacknowledged bytes of every spool reach `queue.disk.max_size` (logged once a minute).
+
+        Looking lists every spool directory and reads its cursor: after a look that found room, the next
+        SPOOL_CHECK_INTERVAL s of batches do not look again while this runner appends less than half that room
+        (a kernel stream spools every 50 ms)."""
+        now = time.monotonic()
+        if self._spool_room > 0 and now - self._spool_checked_at < SPOOL_CHECK_INTERVAL:
+            return False
         pending = unacknowledged_bytes(self.spool_root)
         if pending < self.spool_max_bytes:
+            self._spool_checked_at, self._spool_room = now, (self.spool_max_bytes - pending) // 2
             return False
+        self._spool_room = 0
         self._warn("full", "dataset %s: %d unacknowledged bytes under %s reach queue.disk.max_size (%d bytes); "
                    "holding changes until the output catches up", self.name, pending, self.spool_root,
                    self.spool_max_bytes)
@@ -212,6 +232,7 @@ class DatasetRunner:
             sequence += 1
             document = event.stamped(sequence).to_document(common)
             records.append((sequence, encode_document(document), routing_values(document, fields) if fields else {}))
+            self._spool_room -= len(records[-1][1])
         self.spool.append(records)
         self.on_spooled()
         return sequence
@@ -293,8 +314,9 @@ STREAM_BATCH_ITEMS = 2000
 
 def pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, stats: Progress,
                 on_crash: Callable[[BaseException], None] = lambda error: None) -> None:
-    """Read kernel notifications in batches (up to 50 ms or 2,000 items) and hand each to the collector actor,
-    waiting until it is spooled before reading more, so a slow pipeline backs up into the kernel's buffer.
+    """Read kernel notifications in batches (what comes within 50 ms, up to 2,000 items) and hand each to the
+    collector actor, waiting until it is spooled before reading more, so a slow pipeline backs up into the
+    kernel's buffer.
     If the subscription breaks, the process exits (`on_crash`) and the supervisor restarts it, re-subscribed."""
     try:
         _pump_stream(stream, actor, stopping, stats)
@@ -308,10 +330,13 @@ def pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, s
 def _pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, stats: Progress) -> None:
     items = 0
     while not stopping.is_set():
-        batch: list[Any] = []
         deadline = time.monotonic() + STREAM_BATCH_SECONDS
-        while len(batch) < STREAM_BATCH_ITEMS and time.monotonic() < deadline:
-            batch += stream.read(max(0.0, deadline - time.monotonic()))
+        batch: list[Any] = list(stream.read(STREAM_BATCH_SECONDS))  # the first items, or none in a batch time
+        if batch and not stopping.wait(max(0.0, deadline - time.monotonic())):
+            # The rest of the batch time asleep, then what came meanwhile at once: one wake-up a batch, not one
+            # for each of the reader's frames.
+            while len(batch) < STREAM_BATCH_ITEMS and (more := stream.read(0.0)):
+                batch += more
         items += len(batch)
         stats.stream = {"lost": stream.lost(), "items": items}  # replaced whole: see Progress
         if not batch:

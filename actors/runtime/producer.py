@@ -61,8 +61,9 @@ def event_time(payload: bytes) -> float:
 class PumpResult:
     """What one pass over the spools did."""
 
-    more: bool  # a batch was delivered and more may be waiting: pump again at once
+    more: bool  # a batch was delivered
     retry_after: float = 0.0  # some dataset's batch failed: the first one is due again in this many seconds
+    backlog: bool = False  # a batch was full: more may be waiting, pump again at once (else the doorbell rings)
 
 
 class DeadLetters:
@@ -132,7 +133,7 @@ class Delivery:
 
     def pump(self) -> PumpResult:
         self._discover_spools()
-        delivered_any = False
+        delivered_any = backlog = False
         now = time.monotonic()
         for dataset, reader in self.readers.items():
             backoff = self.backoffs[dataset]
@@ -143,13 +144,26 @@ class Delivery:
                 continue
             if self._deliver(dataset, reader, records):
                 delivered_any = True
+                backlog = backlog or self._may_be_more(records)
         self.stats.truncated = getattr(self.output, "truncated", 0)
-        self.stats.pending_bytes = sum(r.pending_bytes() for r in self.readers.values())
         if not any(b.delay for b in self.backoffs.values()):
             self.stats.oldest_unacknowledged = 0.0
         self._report_cursor_errors()
         waits = [b.due - time.monotonic() for b in self.backoffs.values() if b.delay]
-        return PumpResult(more=delivered_any, retry_after=max(0.01, min(waits)) if waits else 0.0)
+        return PumpResult(more=delivered_any, retry_after=max(0.01, min(waits)) if waits else 0.0, backlog=backlog)
+
+    def _may_be_more(self, records: Sequence[SpooledRecord]) -> bool:
+        """Whether a delivered batch may have left records behind: it reached the record limit, or half the byte
+        limit (the reader stops before a record that would pass it). A smaller batch took everything complete:
+        what is appended later rings the doorbell (drained before this pump read), so no empty pump follows."""
+        return (len(records) >= self.bulk_max_size
+                or sum(len(record.payload) for record in records) >= self.batch_max_bytes // 2)
+
+    def figures(self) -> dict[str, Any]:
+        """The delivery figures, with the spools' pending bytes measured now (it lists every spool directory:
+        done when a heartbeat asks, not at every pump)."""
+        self.stats.pending_bytes = sum(reader.pending_bytes() for reader in self.readers.values())
+        return self.stats.as_dict()
 
     def drain(self, timeout: float) -> None:
         """Deliver what is spooled for up to `timeout` seconds; stop early once nothing is left or a batch fails
@@ -281,8 +295,8 @@ class ProducerActor(pykka.ThreadingActor):
     """Runs a Delivery: pumps it on its own schedule, answers Stats, drains on Drain. Its mailbox is the only
     way in.
 
-    On start it tells itself to pump; after each pump it tells itself again at once when a batch was delivered
-    (more may be waiting), else it arms the waker: the next pump comes when a collector rings the doorbell, when
+    On start it tells itself to pump; after each pump it tells itself again at once when a full batch was
+    delivered (more may be waiting), else it arms the waker: the next pump comes when a collector rings the doorbell, when
     a dataset held back by a failure is due, or after `poll_interval` seconds at the latest. A pump that raises
     (a bug) calls `on_crash` and stops the actor: the process must exit for the supervisor to restart it.
     """
@@ -307,7 +321,7 @@ class ProducerActor(pykka.ThreadingActor):
         if isinstance(message, Pump):
             self._pump()
         elif isinstance(message, Stats):
-            return {"progress": self.pumps, **self.delivery.stats.as_dict()}
+            return {"progress": self.pumps, **self.delivery.figures()}
         elif isinstance(message, Drain):
             self.draining = True
             self.delivery.drain(message.timeout)
@@ -326,9 +340,9 @@ class ProducerActor(pykka.ThreadingActor):
             self.on_crash(error)
             self.stop()
             return
-        if result.more:
+        if result.backlog:
             self.actor_ref.tell(Pump())
-        else:  # nothing delivered: until rung, or until the first dataset held back by a failure is due
+        else:  # all read: until rung, or until the first dataset held back by a failure is due
             self._waker.wake_after(min(self.poll_interval, result.retry_after or self.poll_interval))
 
     def on_stop(self) -> None:

@@ -101,9 +101,10 @@ class OutputTail(threading.Thread):
 
 
 class Agent:
-    """`hostaudit run` with only the process dataset at period 1s and the file output, in a temporary dir."""
+    """`hostaudit run` with only the process dataset at period 1s and the file output, in a temporary dir; the
+    code of `repo` (a checkout of another revision, to compare)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, repo: Path = REPO) -> None:
         self.workdir = workdir
         self.output = workdir / "out" / "hostaudit.ndjson"
         self.stderr_path = workdir / "agent.stderr"
@@ -112,7 +113,7 @@ class Agent:
                    "-E", f"output.file.path={workdir / 'out'}",
                    "-E", "output.file.rotate_every_kb=4194304"]  # one file for the whole run
         self._stderr = self.stderr_path.open("wb")
-        self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=self._stderr,
+        self.process = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=self._stderr,
                                         start_new_session=True)
 
     def processes(self) -> dict[int, str]:

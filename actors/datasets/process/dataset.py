@@ -282,6 +282,12 @@ def _read_rest(reader: _Reader, pid: int, exe: str | None, cmdline: bytes | None
     )
 
 
+@functools.lru_cache(maxsize=1024)  # asked for every exec: a host runs a few hundred distinct executables
+def host_exe_path(hostfs: Path, executable: str) -> str:
+    """An executable's path as seen under the host root."""
+    return str(procfs.host_path(hostfs, executable))
+
+
 def is_kernel_thread(details: ProcessDetails) -> bool:
     """Kernel threads: the PF_KTHREAD flag, kthreadd itself, or (as Auditbeat) uid 0 / a kthreadd child without
     an executable. A usermode helper that kthreadd started and that exec'd a program (modprobe, a core-dump
@@ -521,12 +527,14 @@ class ProcessDataset:
         self._streaming = False  # the connector is open: it reports every exit, with its exit code
         self._missing_since: dict[str, float] = {}  # pid -> when a poll first found a known process gone
         self._warned: set[str] = set()
+        self._names_fresh = False  # the account files were looked at during this poll or batch
 
     # -- Dataset --------------------------------------------------------------------------------------------
 
     def observe(self) -> dict[str, Any]:
         """Scan /proc now: {"version", "boot_id", "processes": {pid: record}}. Never raises for a process."""
         self.names.refresh()
+        self._names_fresh = True
         processes: dict[str, ProcessRecord] = {}
         skipped: dict[str, ProcStat] = {}
         try:
@@ -598,7 +606,9 @@ class ProcessDataset:
             return snapshot, []
         processes = dict(processes)
         events: list[Event] = []
-        self.names.refresh()
+        # The account files are looked at again only when an id has no name (AccountNames rechecks them once a
+        # second anyway): re-indexing /etc/passwd and /etc/group for every batch was a third of a batch's cost.
+        self._names_fresh = False
         self._prefetch_hashes(items)
         self._attach_hashes(processes)  # before the stops: a hash finished since is on the stop event
         for item in items:
@@ -740,9 +750,14 @@ class ProcessDataset:
             record["egid"] = egid
         if sgid != gid:
             record["sgid"] = sgid
-        if (user := self.names.user(uid)) is not None:
+        user, group = self.names.user(uid), self.names.group(gid)
+        if (user is None or group is None) and not self._names_fresh:  # an account added since the last look?
+            self.names.refresh()
+            self._names_fresh = True
+            user, group = self.names.user(uid), self.names.group(gid)
+        if user is not None:
             record["user"] = user
-        if (group := self.names.group(gid)) is not None:
+        if group is not None:
             record["group"] = group
 
     def _add_hash(self, record: ProcessRecord, details: ProcessDetails) -> None:
@@ -767,7 +782,7 @@ class ProcessDataset:
             return None
         paths = [f"{self.proc}{details.pid}/exe"]
         if not details.exe.endswith(" (deleted)"):
-            paths.append(str(procfs.host_path(self.hostfs, details.exe)))
+            paths.append(host_exe_path(self.hostfs, details.exe))
         job = self.hashing.request(details.exe_id, paths)
         if job is None:
             self._warn_once("hash-queue", "process: %d executables wait to be hashed already; new ones are reported "

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Sequence, TypeVar
+from typing import Any, BinaryIO, Callable, NamedTuple, Sequence, TypeVar
 
 from actors.hostfs.outcome import denied
 
@@ -59,10 +59,18 @@ READER_RT_PRIORITY = 1  # SCHED_FIFO priority of the reader process: the lowest 
 READER_NICE = -10  # the reader's nice when it cannot be real-time, or runs as a thread (needs CAP_SYS_NICE)
 READER_TITLE = "hostaudit: proc-connector"  # the reader process in ps and top
 PIPE_BYTES = 1 << 20  # the reader process's pipe to the relay thread
-FRAME_HOLD = 0.01  # seconds the reader process gathers items before it sends them (the caller batches 50 ms)
+FRAME_HOLD = 0.02  # seconds the reader process gathers items before it sends them (the caller batches 50 ms);
+# each frame costs a write here and a wake-up of the relay thread there: 10 ms cost 2x the wake-ups for nothing
 FRAME_ITEMS = 256  # ... or this many items
 FRAME_LENGTH = struct.Struct("=I")  # each frame on that pipe: its length, then a pickle
 READ_SLICE = 0.25  # seconds the reader thread waits on the socket before checking for close()
+# The reader process takes EXECs on a socket of their own (a socket filter splits the stream) and wakes for each
+# at once; while items wait to be sent (FRAME_HOLD), the FORKs and EXITs on the main socket wait for the next
+# wake-up: in a burst, one wake-up per exec instead of three. With nothing pending it wakes for anything.
+GAP_SETTLE_SECONDS = 0.5  # a sequence number missing that long was dropped (the two sockets are read in turn)
+GAP_TRACKED = 64  # larger gaps are counted as drops at once
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+PROC_EVENT_WHAT_OFFSET = NLMSG_HEADER.size + 20  # nlmsghdr, then cn_msg (idx, val, seq, ack, len, flags)
 NANOS = 1_000_000_000
 
 
@@ -110,9 +118,8 @@ class ProcessExit:
     delay_ns: int
 
 
-@dataclass(frozen=True, slots=True)
-class RawEvent:
-    """One decoded connector message, before enrichment."""
+class RawEvent(NamedTuple):
+    """One decoded connector message, before enrichment (a named tuple: several are made per exec)."""
 
     what: int
     cpu: int
@@ -178,6 +185,26 @@ def has_capability(bit: int) -> bool:
         if line.startswith(b"CapEff:"):
             return bool(int(line.split()[1], 16) >> bit & 1)
     return os.geteuid() == 0
+
+
+def exec_filter(execs: bool) -> list[tuple[int, int, int, int]]:
+    """A classic BPF socket filter (code, jt, jf, k) that keeps only the EXEC messages (`execs`), or all but them.
+    BPF loads words big-endian: the kernel's little- or big-endian `what` is compared as the bytes it is."""
+    what = struct.unpack(">I", struct.pack("=I", PROC_EVENT_EXEC))[0]
+    load_word, jump_if_equal, give = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
+    keep, drop = (give, 0, 0, 0xFFFFFFFF), (give, 0, 0, 0)
+    equal, other = (keep, drop) if execs else (drop, keep)
+    return [(load_word, 0, 0, PROC_EVENT_WHAT_OFFSET), (jump_if_equal, 0, 1, what), equal, other]
+
+
+def attach_filter(sock: socket.socket, program: Sequence[tuple[int, int, int, int]]) -> None:
+    """Attach a classic BPF program to a socket (SO_ATTACH_FILTER); OSError if the kernel refuses it."""
+    import ctypes
+
+    code = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *op) for op in program))
+    program_header = struct.pack("HxxxxxxP" if struct.calcsize("P") == 8 else "HxxP", len(program),
+                                 ctypes.addressof(code))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, program_header)  # the kernel copies the program
 
 
 def _write_frame(descriptor: int, payload: bytes) -> None:
@@ -285,6 +312,8 @@ class ProcConnector:
         self._forks: dict[int, tuple[int, int]] = {}  # child pid -> (parent pid, fork time ns since boot)
         self._last_seq: dict[int, int] = {}  # cpu -> last sequence number seen (gaps are drops)
         self._gaps = 0
+        self._exec_socket: socket.socket | None = None  # the reader process's EXECs, split off the main socket
+        self._unseen: dict[tuple[int, int], float] = {}  # (cpu, seq) missing while the two sockets are read
         self._enobufs = 0
         self.received = 0
         self._queue: deque[list[ProcessExec | ProcessExit]] = deque()
@@ -467,11 +496,13 @@ class ProcConnector:
             fcntl.fcntl(frames_out, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:  # over /proc/sys/fs/pipe-max-size without CAP_SYS_RESOURCE: the default 64 KiB will do
             pass
+        self._split_execs()
         try:
             child = os.fork()
         except OSError:
             for descriptor in (frames_in, frames_out, lifeline_in, lifeline_out):
                 os.close(descriptor)
+            self._join_execs()
             raise
         if child == 0:  # the reader process: never returns
             status = 1
@@ -486,11 +517,44 @@ class ProcConnector:
                 os._exit(status)
         os.close(frames_out)
         os.close(lifeline_in)
+        if self._exec_socket is not None:  # the child reads it
+            self._exec_socket.close()
+            self._exec_socket = None
         self._child = child
         self._lifeline = lifeline_out
         self._frames = os.fdopen(frames_in, "rb", buffering=PIPE_BYTES)
         self._backlog = []  # the child has it
         return threading.Thread(target=self._relay, name="proc-connector-relay", daemon=True)
+
+    def _split_execs(self) -> None:
+        """Move the EXECs to a socket of their own for the reader process (socket filters: the new socket is
+        bound first, so nothing falls between; an EXEC that reaches both meanwhile is read once). Without
+        filters, the one socket serves as before."""
+        assert self._socket is not None
+        try:
+            execs = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+        except OSError as error:
+            LOG.debug("cannot open a socket for exec events (%s): one socket", error)
+            return
+        try:
+            self._set_receive_buffer(execs)
+            attach_filter(execs, exec_filter(execs=True))
+            execs.bind((0, CN_IDX_PROC))
+            execs.setblocking(False)
+            attach_filter(self._socket, exec_filter(execs=False))
+        except OSError as error:
+            LOG.debug("cannot split exec events off (%s): one socket", error)
+            execs.close()
+            return
+        self._exec_socket = execs
+
+    def _join_execs(self) -> None:
+        """Undo _split_execs (the reader process could not be started: the thread reads the one socket)."""
+        if self._exec_socket is None or self._socket is None:
+            return
+        self._socket.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_DETACH_FILTER", 27), 0)
+        self._exec_socket.close()
+        self._exec_socket = None
 
     def _stop_reader_process(self) -> None:
         child, self._child = self._child, None
@@ -532,13 +596,19 @@ class ProcConnector:
         # reaches the parent too, which then closes the connector (or dies, which closes the lifeline).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _close_descriptors_except({0, 1, 2, self._socket.fileno(), frames, lifeline})
+        execs = self._exec_socket
+        keep = {0, 1, 2, self._socket.fileno(), frames, lifeline} | ({execs.fileno()} if execs else set())
+        _close_descriptors_except(keep)
         gc.freeze()  # the inherited heap is never collected here: its pages stay shared with the parent
         _set_title(READER_TITLE)
         self._raise_reader_priority()
         poller = select.poll()
-        poller.register(self._socket.fileno(), select.POLLIN)
         poller.register(lifeline, select.POLLIN)  # POLLHUP when the parent closes its end or dies
+        if execs is not None:
+            poller.register(execs.fileno(), select.POLLIN)
+        main = self._socket.fileno()
+        polling_main = False
+        first = True  # an EXEC may be on both sockets once, from before the split
         pending: list[ProcessExec | ProcessExit] = []  # read, not yet sent
         send_at = 0.0  # when `pending` goes out at the latest
         sent_losses = (0, 0)
@@ -546,14 +616,30 @@ class ProcConnector:
             while True:
                 raw, self._backlog = self._backlog, []
                 if not raw:
+                    busy = execs is not None and bool(pending)
+                    if polling_main == busy:  # the main socket's events wake it only while nothing is pending
+                        if busy:
+                            poller.unregister(main)
+                        else:
+                            poller.register(main, select.POLLIN)
+                        polling_main = not busy
                     wait = -1 if not pending else max(0, math.ceil((send_at - time.monotonic()) * 1000))
                     if any(descriptor == lifeline for descriptor, _ in poller.poll(wait)):
                         return
-                raw += self._drain()  # nothing when the wait ended for `send_at`
+                raw += self._drain()  # the main socket first: what an EXEC read next follows is not older
+                if execs is not None:
+                    if exec_raw := self._drain(execs):
+                        if first:
+                            seen = {(event.cpu, event.seq) for event, _ in raw if event.what == PROC_EVENT_EXEC}
+                            exec_raw = [pair for pair in exec_raw if (pair[0].cpu, pair[0].seq) not in seen]
+                        raw = sorted(raw + exec_raw, key=lambda pair: pair[0].timestamp_ns) if raw else exec_raw
+                    first = False
                 if raw and (items := self._interpret(raw, _Clocks.now())):
                     if not pending:
                         send_at = time.monotonic() + FRAME_HOLD
                     pending += items
+                if self._unseen:
+                    self._settle_gaps()
                 losses = (self._gaps, self._enobufs)
                 due = bool(pending) and (len(pending) >= FRAME_ITEMS or time.monotonic() >= send_at)
                 if due or losses != sent_losses:
@@ -582,14 +668,16 @@ class ProcConnector:
             except OSError as error:
                 LOG.debug("cannot raise the process-events reader to nice %d: %s", self._reader_nice, error)
 
-    def _drain(self) -> list[tuple[RawEvent, int]]:
-        """Receive what is queued (up to MAX_MESSAGES_PER_READ datagrams) without blocking."""
-        assert self._socket is not None
+    def _drain(self, sock: socket.socket | None = None) -> list[tuple[RawEvent, int]]:
+        """Receive what is queued (up to MAX_MESSAGES_PER_READ datagrams) without blocking, from the main socket
+        or `sock`."""
+        sock = sock or self._socket
+        assert sock is not None
         events: list[tuple[RawEvent, int]] = []
         view = memoryview(self._buffer)
         for _ in range(MAX_MESSAGES_PER_READ):
             try:
-                size = self._socket.recv_into(self._buffer)
+                size = sock.recv_into(self._buffer)
             except BlockingIOError:
                 break
             except OSError as error:
@@ -609,32 +697,48 @@ class ProcConnector:
         self.received += 1
         last = self._last_seq.get(event.cpu)
         if last is not None and event.seq > last + 1:
-            self._gaps += event.seq - last - 1
+            missing = event.seq - last - 1
+            if self._exec_socket is None or missing > GAP_TRACKED:
+                self._gaps += missing
+            else:  # perhaps on the other socket, read next: dropped only if it does not come
+                now = time.monotonic()
+                self._unseen.update(((event.cpu, seq), now) for seq in range(last + 1, event.seq))
         if last is None or event.seq > last:
             self._last_seq[event.cpu] = event.seq
+        elif self._unseen:
+            self._unseen.pop((event.cpu, event.seq), None)
+
+    def _settle_gaps(self) -> None:
+        """Count as dropped the sequence numbers missing for GAP_SETTLE_SECONDS."""
+        settled = time.monotonic() - GAP_SETTLE_SECONDS
+        for key in [key for key, noted in self._unseen.items() if noted < settled]:
+            del self._unseen[key]
+            self._gaps += 1
 
     def _interpret(self, raw: list[tuple[RawEvent, int]], clocks: _Clocks) -> list[ProcessExec | ProcessExit]:
         """Turn raw events into items. The processes that exec'd and have not exited in this batch are read
         together, first; an EXEC whose process exits later in the batch is not read (it is gone)."""
-        leader = [(event, received_ns) for event, received_ns in raw
-                  if event.what in (PROC_EVENT_EXEC, PROC_EVENT_EXIT, PROC_EVENT_FORK) and len(event.data) >= 2]
-        last_exit = {event.data[0]: index for index, (event, _) in enumerate(leader)
-                     if event.what == PROC_EVENT_EXIT and event.data[0] == event.data[1]}
-        live = [event.data[0] for index, (event, _) in enumerate(leader)
-                if event.what == PROC_EVENT_EXEC and event.data[0] == event.data[1]
-                and last_exit.get(event.data[0], -1) < index]
-        details = dict(zip(live, self._enrich(live))) if live else {}
-        exit_parent = {event.data[0]: event.data[5] for event, _ in leader
-                       if event.what == PROC_EVENT_EXIT and len(event.data) == 6 and event.data[5] > 0}
+        live: dict[int, None] = {}  # pids whose last EXEC in the batch comes after their last EXIT, in order
+        exit_parent: dict[int, int] = {}
+        for event, _ in raw:
+            what, data = event.what, event.data
+            if what == PROC_EVENT_EXEC and len(data) >= 2 and data[0] == data[1]:
+                live[data[0]] = None
+            elif what == PROC_EVENT_EXIT and len(data) >= 2 and data[0] == data[1]:
+                live.pop(data[0], None)
+                if len(data) == 6 and data[5] > 0:
+                    exit_parent[data[0]] = data[5]
+        details = dict(zip(live, self._enrich(list(live)))) if live else {}
         items: list[ProcessExec | ProcessExit] = []
-        for event, received_ns in leader:
-            if event.what == PROC_EVENT_FORK:
+        for event, received_ns in raw:
+            what, data = event.what, event.data
+            if what == PROC_EVENT_FORK:
                 self._remember_fork(event, clocks)
-            elif event.data[0] != event.data[1]:
-                continue  # a thread's exec or exit
-            elif event.what == PROC_EVENT_EXEC:
-                items.append(self._exec_item(event, received_ns, clocks, details.get(event.data[0]), exit_parent))
-            else:
+            elif len(data) < 2 or data[0] != data[1]:
+                continue  # a thread's exec or exit, an acknowledgement, an event we do not follow
+            elif what == PROC_EVENT_EXEC:
+                items.append(self._exec_item(event, received_ns, clocks, details.get(data[0]), exit_parent))
+            elif what == PROC_EVENT_EXIT:
                 items.append(self._exit_item(event, received_ns, clocks))
         return items
 
