@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from sessions import stop_session  # ops/bench/sessions.py
 
 VERSION = "7.17.29"
 MODULE = "github.com/elastic/beats/v7"
@@ -126,16 +127,7 @@ class Auditbeat:
 
     def stop(self) -> int | None:
         """SIGTERM (the auditd module deletes its audit rules on the way out), SIGKILL if it lingers."""
-        code = None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                code = self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        else:
-            code = self.process.returncode
+        code = stop_session(self.process, 20)
         self._log.close()
         return code
 

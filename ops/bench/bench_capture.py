@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from typing import Any, Callable
 import psutil
 
 from cpu import bench_and_children_seconds, host_busy_seconds  # ops/bench/cpu.py
+from sessions import stop_session  # ops/bench/sessions.py
 
 REPO = Path(__file__).resolve().parents[2]
 TRUE = os.path.realpath("/bin/true")
@@ -139,18 +139,7 @@ class Agent:
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL to the whole session if it lingers; the exit code of the agent."""
-        code = None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                code = self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)  # anything of the session left behind
-        except ProcessLookupError:
-            pass
-        self.process.wait(10)
+        code = stop_session(self.process, 15)
         self._stderr.close()
         return code
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import psutil
 
 from auditbeat import Auditbeat, Unavailable, audit_rules_left, build  # ops/bench/auditbeat.py
 from cpu import TreeCpu, bench_and_children_seconds, cpu_by_name, host_busy_seconds, tree_cpu  # ops/bench/cpu.py
+from sessions import stop_session  # ops/bench/sessions.py
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER_NAME = "hostaudit-bench-marker"
@@ -100,18 +100,7 @@ class Hostaudit:
         return self.log_path.read_text(errors="replace")[-3000:]
 
     def stop(self) -> int | None:
-        code = None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                code = self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)  # anything of the session left behind
-        except ProcessLookupError:
-            pass
-        self.process.wait(10)
+        code = stop_session(self.process, 20)
         self._log.close()
         return code
 
