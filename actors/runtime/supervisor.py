@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
 import time
 from multiprocessing.context import BaseContext
@@ -15,7 +14,7 @@ from actors.outputs.routing import routing_fields
 from actors.runtime.doorbell import doorbell_name
 from actors.runtime.monitoring import build_stats, log_stats, serve
 from actors.runtime.worker import CollectorSpec, ProducerSpec, collector_main, producer_main
-from actors.runtime.supervision import Child, ProcessSupervisor, Shutdown, Status, StopSignals
+from actors.runtime.supervision import Child, ProcessSupervisor, Shutdown, Status, StopSignals, forkserver_context
 
 log = logging.getLogger("hostaudit.supervisor")
 
@@ -69,8 +68,7 @@ def run(settings: Settings, agent: AgentIdentity) -> int:
     Whatever happens here, the children are stopped before this returns: no collector is left running
     without its supervisor (a failed HTTP bind exits 1 with one line, after stopping them).
     """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["actors.runtime.preload"])
+    context = forkserver_context("actors.runtime.preload")
     signals = StopSignals()
     stop_requested, known_pids = signals.requested, signals.known_pids
     supervisor = SupervisorActor.start(settings, context, agent, stop_requested)
