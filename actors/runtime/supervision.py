@@ -53,6 +53,17 @@ class RestartPolicy(Protocol):
     failed_retry: float
 
 
+@dataclass(frozen=True)
+class RestartSettings:
+    """A RestartPolicy of plain values (what the agent's supervisor runs on, copied from its settings)."""
+
+    max_restarts: int
+    max_restarts_window: float
+    backoff_initial: float
+    backoff_max: float
+    failed_retry: float
+
+
 def describe_exit(exitcode: int | None) -> str:
     """`exit code 1`, or `killed by SIGKILL` for a negative multiprocessing exit code."""
     if exitcode is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -99,6 +100,14 @@ def _heartbeats(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle
 
 def _start_heartbeats(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle: _Lifecycle) -> None:
     threading.Thread(target=_heartbeats, args=(conn, stats, lifecycle), name="heartbeat", daemon=True).start()
+
+
+def run_pickled(spec: tuple[str, bytes], heartbeat: Connection) -> None:
+    """A child's entry point: ("collector" or "producer", its pickled spec). The supervisor passes the spec through
+    unread, so it never imports what the spec names (a secret's class, the configuration's containers)."""
+    kind, data = spec
+    main = producer_main if kind == "producer" else collector_main
+    main(pickle.loads(data), heartbeat)
 
 
 def collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
