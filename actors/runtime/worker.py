@@ -76,14 +76,14 @@ class _Lifecycle:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda signum, frame: self.stopping.set())
 
-    def wait(self) -> None:
-        while not self.stopping.wait(0.5):
-            pass
 
-
-def _heartbeats(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle: _Lifecycle) -> None:
-    """Send `stats()` (with the progress counter) to the supervisor every second; stop if it is gone."""
-    while not lifecycle.stopping.is_set():
+def _heartbeat_until_stopped(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle: _Lifecycle,
+                             check: Callable[[], None] = lambda: None) -> None:
+    """From the main thread (no thread of its own, one wakeup a second): send `stats()` (with the progress counter)
+    to the supervisor every HEARTBEAT_INTERVAL until SIGTERM or the supervisor is gone. `check` runs before each
+    beat and raises to end the process."""
+    while True:
+        check()
         try:
             beat = stats()
         except Exception:  # noqa: BLE001 - a broken figure must not end the heartbeats (a false hang)
@@ -95,11 +95,15 @@ def _heartbeats(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle
             log.warning("supervisor is gone; stopping")
             lifecycle.stopping.set()
             return
-        time.sleep(HEARTBEAT_INTERVAL)
+        if lifecycle.stopping.wait(HEARTBEAT_INTERVAL):
+            return
 
 
 def _start_heartbeats(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle: _Lifecycle) -> None:
-    threading.Thread(target=_heartbeats, args=(conn, stats, lifecycle), name="heartbeat", daemon=True).start()
+    """The same heartbeats from a thread of their own, for a process whose main thread has other work (the
+    indexer's workers watch their actors)."""
+    threading.Thread(target=_heartbeat_until_stopped, args=(conn, stats, lifecycle), name="heartbeat",
+                     daemon=True).start()
 
 
 def run_pickled(spec: tuple[str, bytes], heartbeat: Connection) -> None:
@@ -168,8 +172,7 @@ def _collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
     if stream is not None:
         threading.Thread(target=pump_stream, args=(stream, actor, lifecycle.stopping, progress, crashed),
                          name="stream", daemon=True).start()
-    _start_heartbeats(heartbeat, progress.read, lifecycle)
-    lifecycle.wait()
+    _heartbeat_until_stopped(heartbeat, progress.read, lifecycle)
     try:
         actor.stop(timeout=STOP_TIMEOUT)
     except Exception as error:  # pykka raises its own Timeout; a wedged actor cannot be stopped politely
@@ -224,10 +227,11 @@ def _producer_main(spec: ProducerSpec, heartbeat: Connection) -> None:
         os._exit(1)  # the supervisor sees the exit code and restarts the producer
 
     actor = ProducerActor.start(delivery, Doorbell(spec.doorbell), IDLE_POLL_SECONDS, crashed)
-    _start_heartbeats(heartbeat, ActorFigures(actor, Stats()), lifecycle)
-    while not lifecycle.stopping.wait(0.5):
+    def check() -> None:
         if not actor.is_alive():
             raise RuntimeError("the producer actor stopped by itself")
+
+    _heartbeat_until_stopped(heartbeat, ActorFigures(actor, Stats()), lifecycle, check)
     try:
         # Deliver what the stopped collectors spooled last, then stop (the output is closed on stop).
         actor.ask(Drain(spec.drain_timeout), timeout=spec.drain_timeout + STOP_TIMEOUT)
