@@ -11,7 +11,6 @@ import os
 import pickle
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from pathlib import Path
@@ -119,8 +118,9 @@ class SupervisorActor(ProcessSupervisor):
 
     others = "the other datasets"
 
-    def __init__(self, plan: Plan, context: BaseContext, stop_requested: threading.Event | None = None) -> None:
-        super().__init__(plan.restarts, context, stop_requested)
+    def __init__(self, plan: Plan, context: BaseContext, stop_requested: threading.Event | None = None,
+                 known_pids: list[int] | None = None) -> None:
+        super().__init__(plan.restarts, context, stop_requested, known_pids)
         for child in plan.children:
             self.children[child.name] = Child(child.name, run_pickled, child.spec, child.hang_timeout)
 
@@ -143,8 +143,8 @@ def run(plan: Plan) -> int:
     """
     context = forkserver_context("actors.runtime.preload")
     signals = StopSignals()
-    stop_requested, known_pids = signals.requested, signals.known_pids
-    supervisor = SupervisorActor.start(plan, context, stop_requested)
+    stop_requested = signals.requested
+    supervisor = SupervisorActor.start(plan, context, stop_requested, signals.known_pids)
     server = None
     try:
         def current_stats() -> dict[str, Any]:
@@ -157,18 +157,13 @@ def run(plan: Plan) -> int:
                 log.error("http: cannot serve %s:%d (%s); stopping", plan.http_host, plan.http_port,
                           error.strerror or error)
                 return 1
-        next_stats_log = time.monotonic() + STATS_LOG_INTERVAL
-        while not stop_requested.wait(1.0):
-            known_pids[:] = supervisor.proxy().child_pids().get(timeout=5)
-            if time.monotonic() >= next_stats_log:
-                next_stats_log += STATS_LOG_INTERVAL
-                log_stats(current_stats())
+        while not stop_requested.wait(STATS_LOG_INTERVAL):  # the signal handler sets it: no polling
+            log_stats(current_stats())
         return 0
     finally:
         if server is not None:
             server.shutdown()
         try:
-            known_pids[:] = supervisor.proxy().child_pids().get(timeout=5)
             supervisor.ask(Shutdown(), timeout=15)
         finally:
             supervisor.stop()
