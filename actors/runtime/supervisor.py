@@ -16,10 +16,9 @@ from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from actors.runtime.doorbell import doorbell_name
 from actors.runtime.logs import configure_logging
 from actors.runtime.monitoring import build_stats, log_stats, serve
-from actors.runtime.worker import CollectorSpec, ProducerSpec, run_pickled, set_role
+from actors.runtime.worker import run_pickled, set_role
 from actors.runtime.supervision import (Child, ProcessSupervisor, RestartSettings, Shutdown, Status, StopSignals,
                                         forkserver_context)
 
@@ -62,6 +61,8 @@ class Plan:
 def plan(settings: Settings, agent: AgentIdentity, lock_fd: int) -> Plan:
     """The children of `settings`: the producer, and a collector per enabled dataset."""
     from actors.outputs.routing import routing_fields
+    from actors.runtime.doorbell import doorbell_name
+    from actors.runtime.worker import CollectorSpec, ProducerSpec
 
     doorbell = doorbell_name(settings.path_data)
     producer = ProducerSpec(settings.path_data, settings.output.type, dict(settings.output.options),

@@ -12,13 +12,15 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import pykka
 import setproctitle
 
-from actors.runtime.agent import AgentIdentity, common_fields
 from actors.runtime.logs import configure_logging
+
+if TYPE_CHECKING:  # the supervisor imports this module for run_pickled only: it stays without the event code
+    from actors.runtime.agent import AgentIdentity
 
 log = logging.getLogger("hostaudit.worker")
 
@@ -133,7 +135,7 @@ def _exit_loudly_on_error(main: Callable[..., None], *args: Any, role: str) -> N
 
 
 def _collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
-    from actors.runtime.agent import load_digest_key
+    from actors.runtime.agent import common_fields, load_digest_key
     from actors.runtime.collector import CollectorActor, DatasetRunner, Progress, pump_stream
     from actors.runtime.doorbell import Bell
     from actors.datasets import DatasetContext, load_dataset
@@ -159,7 +161,7 @@ def _collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
                           corrupt_dir=spec.path_data / CORRUPT_DIR),
         spool_root=spool_root,
         spool_max_bytes=spec.spool_max_bytes,
-        common=_HostFieldsCache(spec.agent, spec.hostfs, describe_host, host),
+        common=_HostFieldsCache(spec.agent, spec.hostfs, describe_host, host, common_fields),
         on_spooled=Bell(spec.doorbell).ring,
         routing_fields=spec.routing_fields,
     )
@@ -189,14 +191,15 @@ class _HostFieldsCache:
     REFRESH_SECONDS = 300.0
 
     def __init__(self, agent: AgentIdentity, hostfs: Path, describe: Callable[[Path], Mapping[str, Any]],
-                 host: Mapping[str, Any]) -> None:
-        self.agent, self.hostfs, self.describe = agent, hostfs, describe
+                 host: Mapping[str, Any],
+                 common_fields: Callable[[AgentIdentity, Mapping[str, Any]], Mapping[str, Any]]) -> None:
+        self.agent, self.hostfs, self.describe, self.common_fields = agent, hostfs, describe, common_fields
         self.fields = common_fields(agent, host)
         self.read_at = time.monotonic()
 
     def __call__(self) -> Mapping[str, Any]:
         if time.monotonic() - self.read_at >= self.REFRESH_SECONDS:
-            self.fields = common_fields(self.agent, self.describe(self.hostfs))
+            self.fields = self.common_fields(self.agent, self.describe(self.hostfs))
             self.read_at = time.monotonic()
         return self.fields
 
