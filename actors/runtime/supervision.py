@@ -8,7 +8,6 @@ import collections
 import logging
 import multiprocessing
 import multiprocessing.connection
-import multiprocessing.resource_tracker
 import os
 import signal
 import threading
@@ -25,22 +24,6 @@ log = logging.getLogger("hostaudit.supervisor")
 WATCH_INTERVAL = 0.25
 FAILED_RETRY_MAX = 3600.0
 DUPLICATE_SIGNAL_SECONDS = 1.0  # GNU timeout signals the process and then its group: one request, not two
-
-
-def forkserver_context(preload: str) -> BaseContext:
-    """multiprocessing's forkserver, which imports module `preload` once for every child, without the resource
-    tracker it would start beside it.
-
-    The tracker is a whole interpreter (about 6.5 MiB of its own) that unlinks the named semaphores and shared
-    memory a crashed child leaves behind. hostaudit's processes share neither (their heartbeats and doorbell are
-    pipes and a FIFO), so it is pointed at /dev/null: a child's `register` writes there and nothing is started.
-    """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([preload])
-    tracker = multiprocessing.resource_tracker._resource_tracker
-    if getattr(tracker, "_fd", 0) is None and hasattr(tracker, "_check_alive"):  # not started, and the API known
-        tracker._fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-    return context
 
 
 class RestartPolicy(Protocol):

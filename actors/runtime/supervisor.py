@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from actors.runtime.logs import configure_logging
 from actors.runtime.monitoring import build_stats, log_stats, serve
 from actors.runtime.worker import run_pickled, set_role
-from actors.runtime.supervision import (Child, ProcessSupervisor, RestartSettings, Shutdown, Status, StopSignals,
-                                        forkserver_context)
+from actors.runtime.forkserver import fork_forkserver, forkserver_context
+from actors.runtime.supervision import Child, ProcessSupervisor, RestartSettings, Shutdown, Status, StopSignals
 
 if TYPE_CHECKING:
     from actors.config import Settings
@@ -143,6 +143,7 @@ def run(plan: Plan) -> int:
     without its supervisor (a failed HTTP bind exits 1 with one line, after stopping them).
     """
     context = forkserver_context("actors.runtime.preload")
+    fork_forkserver()  # before any thread, and before the signal handlers: it inherits neither
     signals = StopSignals()
     stop_requested = signals.requested
     supervisor = SupervisorActor.start(plan, context, stop_requested, signals.known_pids)
