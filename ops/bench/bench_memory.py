@@ -68,29 +68,29 @@ def start(tree: Path, workdir: str, seed: bool, datasets: list[str], period: str
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def sample(agent: subprocess.Popen[bytes], idle_seconds: float) -> list[Row]:
-    """Memory of every agent process now, and each one's CPU over the next `idle_seconds`."""
-    processes = agent_processes(psutil.Process(agent.pid))
-    rows: dict[int, Row] = {}
-    cpu_before: dict[int, float] = {}
-    for process in processes:
-        try:
-            info = process.memory_full_info()
-            rows[process.pid] = Row(process_title(process), info.pss / 2**20, info.uss / 2**20, info.rss / 2**20)
-            cpu_before[process.pid] = cpu_seconds(process)
-        except psutil.NoSuchProcess:
-            continue
+def sample(agents: dict[Path, subprocess.Popen[bytes]], idle_seconds: float) -> dict[Path, list[Row]]:
+    """Memory of every process of every agent now, and each one's CPU over the same next `idle_seconds` (one
+    window for all the agents: the load they see is the same)."""
+    watched: list[tuple[Path, psutil.Process, Row, float]] = []
+    for tree, agent in agents.items():
+        for process in agent_processes(psutil.Process(agent.pid)):
+            try:
+                info = process.memory_full_info()
+                row = Row(process_title(process), info.pss / 2**20, info.uss / 2**20, info.rss / 2**20)
+                watched.append((tree, process, row, cpu_seconds(process)))
+            except psutil.NoSuchProcess:
+                continue
     if idle_seconds > 0:
         started = time.monotonic()
         time.sleep(idle_seconds)
         elapsed = time.monotonic() - started
-        for process in processes:
-            if process.pid in rows:
-                try:
-                    rows[process.pid].cpu = 100 * (cpu_seconds(process) - cpu_before[process.pid]) / elapsed
-                except psutil.NoSuchProcess:
-                    pass
-    return sorted(rows.values(), key=lambda row: row.name)
+        for _, process, row, before in watched:
+            try:
+                row.cpu = 100 * (cpu_seconds(process) - before) / elapsed
+            except psutil.NoSuchProcess:
+                pass
+    return {tree: sorted((row for owner, _, row, _ in watched if owner == tree), key=lambda row: row.name)
+            for tree in agents}
 
 
 def stop(agent: subprocess.Popen[bytes]) -> None:
@@ -132,9 +132,8 @@ def measure(trees: list[Path], seed: bool, datasets: list[str], period: str, set
             for index, tree in enumerate(trees):
                 agents[tree] = start(tree, f"{root}/{index}", seed, datasets, period)
             time.sleep(settle_seconds)  # a benchmark, not a test: let every collector finish its first cycles
-            # The idle windows overlap; the memory is read at the start of each.
             on_host = len(psutil.pids())
-            return {tree: sample(agent, idle_seconds) for tree, agent in agents.items()}, on_host
+            return sample(agents, idle_seconds), on_host
         finally:
             stop_load.set()
             load.join()
