@@ -118,12 +118,12 @@ def _run(settings: "Settings") -> int:
     from actors.runtime.data_lock import DataDirectoryLocked, lock_data_directory
     from actors.runtime.logs import configure_logging
     from actors.runtime.state import StateStore
-    from actors.runtime.supervisor import run
+    from actors.runtime.supervisor import exec_supervisor, plan
 
     setproctitle.setproctitle("hostaudit: supervisor")
     configure_logging(settings.logging_level, "supervisor")
     try:
-        lock_data_directory(settings.path_data)  # before anything else touches path.data; held until exit
+        lock_fd = lock_data_directory(settings.path_data)  # before anything else touches path.data; held until exit
     except DataDirectoryLocked as error:
         print(f"hostaudit: {error}", file=sys.stderr)
         return 1
@@ -140,7 +140,7 @@ def _run(settings: "Settings") -> int:
         return 1
     log.info("hostaudit %s starting: datasets %s, output %s, path.data %s", __version__,
              ", ".join(settings.datasets), settings.output.type, settings.path_data)
-    return run(settings, agent)
+    exec_supervisor(plan(settings, agent, lock_fd))  # the configuration's modules stay behind, in this image
 
 
 if __name__ == "__main__":

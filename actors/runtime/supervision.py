@@ -36,6 +36,17 @@ class RestartPolicy(Protocol):
     failed_retry: float
 
 
+@dataclass(frozen=True)
+class RestartSettings:
+    """A RestartPolicy of plain values (what the agent's supervisor runs on, copied from its settings)."""
+
+    max_restarts: int
+    max_restarts_window: float
+    backoff_initial: float
+    backoff_max: float
+    failed_retry: float
+
+
 def describe_exit(exitcode: int | None) -> str:
     """`exit code 1`, or `killed by SIGKILL` for a negative multiprocessing exit code."""
     if exitcode is None:
@@ -114,10 +125,11 @@ class ProcessSupervisor(pykka.ThreadingActor):
     stop_seconds = 6.0  # how long `_shutdown` waits for the children after SIGTERM before killing them
 
     def __init__(self, policy: RestartPolicy, context: BaseContext,
-                 stop_requested: threading.Event | None = None) -> None:
+                 stop_requested: threading.Event | None = None, known_pids: list[int] | None = None) -> None:
         super().__init__()
         self.policy = policy
         self.stop_requested = stop_requested or threading.Event()  # set by the signal handler, at once
+        self.known_pids = known_pids  # kept up to date here, when given (StopSignals.known_pids): nobody polls
         self.context = context
         self.children: dict[str, Child] = {}
         self.stopping = False
@@ -162,7 +174,12 @@ class ProcessSupervisor(pykka.ThreadingActor):
         sender.close()  # only the child holds the sending end: its death closes the pipe
         child.process, child.heartbeat, child.exit_pending = process, receiver, True
         child.progress, child.progress_at, child.hang_killed = -1, time.monotonic(), False
+        self._note_pids()
         log.info("started %s (pid %d)", child.name, process.pid)
+
+    def _note_pids(self) -> None:
+        if self.known_pids is not None:
+            self.known_pids[:] = self.child_pids()
 
     # --- watching --------------------------------------------------------------------------------------
     def _watch_once(self) -> None:
@@ -217,6 +234,7 @@ class ProcessSupervisor(pykka.ThreadingActor):
         assert child.process is not None
         child.exit_pending = False
         child.process.join(0)
+        self._note_pids()
         self.child_exited(child)
         reason = describe_exit(child.process.exitcode)
         if child.hang_killed:

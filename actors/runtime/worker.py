@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -11,13 +12,15 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import pykka
 import setproctitle
 
-from actors.runtime.agent import AgentIdentity, common_fields
 from actors.runtime.logs import configure_logging
+
+if TYPE_CHECKING:  # the supervisor imports this module for run_pickled only: it stays without the event code
+    from actors.runtime.agent import AgentIdentity
 
 log = logging.getLogger("hostaudit.worker")
 
@@ -75,14 +78,14 @@ class _Lifecycle:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda signum, frame: self.stopping.set())
 
-    def wait(self) -> None:
-        while not self.stopping.wait(0.5):
-            pass
 
-
-def _heartbeats(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle: _Lifecycle) -> None:
-    """Send `stats()` (with the progress counter) to the supervisor every second; stop if it is gone."""
-    while not lifecycle.stopping.is_set():
+def _heartbeat_until_stopped(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle: _Lifecycle,
+                             check: Callable[[], None] = lambda: None) -> None:
+    """From the main thread (no thread of its own, one wakeup a second): send `stats()` (with the progress counter)
+    to the supervisor every HEARTBEAT_INTERVAL until SIGTERM or the supervisor is gone. `check` runs before each
+    beat and raises to end the process."""
+    while True:
+        check()
         try:
             beat = stats()
         except Exception:  # noqa: BLE001 - a broken figure must not end the heartbeats (a false hang)
@@ -94,11 +97,23 @@ def _heartbeats(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle
             log.warning("supervisor is gone; stopping")
             lifecycle.stopping.set()
             return
-        time.sleep(HEARTBEAT_INTERVAL)
+        if lifecycle.stopping.wait(HEARTBEAT_INTERVAL):
+            return
 
 
 def _start_heartbeats(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle: _Lifecycle) -> None:
-    threading.Thread(target=_heartbeats, args=(conn, stats, lifecycle), name="heartbeat", daemon=True).start()
+    """The same heartbeats from a thread of their own, for a process whose main thread has other work (the
+    indexer's workers watch their actors)."""
+    threading.Thread(target=_heartbeat_until_stopped, args=(conn, stats, lifecycle), name="heartbeat",
+                     daemon=True).start()
+
+
+def run_pickled(spec: tuple[str, bytes], heartbeat: Connection) -> None:
+    """A child's entry point: ("collector" or "producer", its pickled spec). The supervisor passes the spec through
+    unread, so it never imports what the spec names (a secret's class, the configuration's containers)."""
+    kind, data = spec
+    main = producer_main if kind == "producer" else collector_main
+    main(pickle.loads(data), heartbeat)
 
 
 def collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
@@ -120,7 +135,7 @@ def _exit_loudly_on_error(main: Callable[..., None], *args: Any, role: str) -> N
 
 
 def _collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
-    from actors.runtime.agent import load_digest_key
+    from actors.runtime.agent import common_fields, load_digest_key
     from actors.runtime.collector import CollectorActor, DatasetRunner, Progress, pump_stream
     from actors.runtime.doorbell import Bell
     from actors.datasets import DatasetContext, load_dataset
@@ -146,7 +161,7 @@ def _collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
                           corrupt_dir=spec.path_data / CORRUPT_DIR),
         spool_root=spool_root,
         spool_max_bytes=spec.spool_max_bytes,
-        common=_HostFieldsCache(spec.agent, spec.hostfs, describe_host, host),
+        common=_HostFieldsCache(spec.agent, spec.hostfs, describe_host, host, common_fields),
         on_spooled=Bell(spec.doorbell).ring,
         routing_fields=spec.routing_fields,
     )
@@ -159,8 +174,7 @@ def _collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
     if stream is not None:
         threading.Thread(target=pump_stream, args=(stream, actor, lifecycle.stopping, progress, crashed),
                          name="stream", daemon=True).start()
-    _start_heartbeats(heartbeat, progress.read, lifecycle)
-    lifecycle.wait()
+    _heartbeat_until_stopped(heartbeat, progress.read, lifecycle)
     try:
         actor.stop(timeout=STOP_TIMEOUT)
     except Exception as error:  # pykka raises its own Timeout; a wedged actor cannot be stopped politely
@@ -177,14 +191,15 @@ class _HostFieldsCache:
     REFRESH_SECONDS = 300.0
 
     def __init__(self, agent: AgentIdentity, hostfs: Path, describe: Callable[[Path], Mapping[str, Any]],
-                 host: Mapping[str, Any]) -> None:
-        self.agent, self.hostfs, self.describe = agent, hostfs, describe
+                 host: Mapping[str, Any],
+                 common_fields: Callable[[AgentIdentity, Mapping[str, Any]], Mapping[str, Any]]) -> None:
+        self.agent, self.hostfs, self.describe, self.common_fields = agent, hostfs, describe, common_fields
         self.fields = common_fields(agent, host)
         self.read_at = time.monotonic()
 
     def __call__(self) -> Mapping[str, Any]:
         if time.monotonic() - self.read_at >= self.REFRESH_SECONDS:
-            self.fields = common_fields(self.agent, self.describe(self.hostfs))
+            self.fields = self.common_fields(self.agent, self.describe(self.hostfs))
             self.read_at = time.monotonic()
         return self.fields
 
@@ -215,10 +230,11 @@ def _producer_main(spec: ProducerSpec, heartbeat: Connection) -> None:
         os._exit(1)  # the supervisor sees the exit code and restarts the producer
 
     actor = ProducerActor.start(delivery, Doorbell(spec.doorbell), IDLE_POLL_SECONDS, crashed)
-    _start_heartbeats(heartbeat, ActorFigures(actor, Stats()), lifecycle)
-    while not lifecycle.stopping.wait(0.5):
+    def check() -> None:
         if not actor.is_alive():
             raise RuntimeError("the producer actor stopped by itself")
+
+    _heartbeat_until_stopped(heartbeat, ActorFigures(actor, Stats()), lifecycle, check)
     try:
         # Deliver what the stopped collectors spooled last, then stop (the output is closed on stop).
         actor.ask(Drain(spec.drain_timeout), timeout=spec.drain_timeout + STOP_TIMEOUT)

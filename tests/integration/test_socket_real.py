@@ -250,8 +250,45 @@ def test_include_localhost_decides_whether_loopback_sockets_are_reported(cleanup
     assert find(with_loopback, port(listener), 0) and find(with_loopback, port(client), port(listener))
     assert not any(record[2].startswith("127.") or record[4].startswith("127.") or "::1" in (record[2], record[4])
                    for record in without["sockets"].values())
-    # the loopback listener still counts for direction, as in Auditbeat
-    assert str(port(listener)) in without["listeners"]["tcp"]
+    # the kernel left it out of the dump: a listener on loopback could only make a loopback connection inbound
+    assert str(port(listener)) not in without.get("listeners", {}).get("tcp", {})
+    assert str(port(listener)) in with_loopback["listeners"]["tcp"]
+
+
+def host_address() -> str | None:
+    """An IPv4 address of this host that is not loopback, None without one."""
+    import psutil
+
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not address.address.startswith("127."):
+                return address.address
+    return None
+
+
+@pytest.mark.skipif(host_address() is None, reason="no IPv4 address besides loopback")
+@pytest.mark.parametrize("include_localhost", [False, True])
+def test_loopback_sockets_cost_nothing_unless_reported(cleanup: contextlib.ExitStack,
+                                                       include_localhost: bool) -> None:
+    """Without include_localhost the kernel leaves loopback sockets out of the dumps and drops their destroy
+    notifications before queueing them (the stream thread does not even wake); the host's own address is kept."""
+    dataset = make_dataset(cleanup, include_localhost=include_localhost)
+    stream = open_stream(cleanup, dataset)
+    loopback, host = listen(cleanup), listen(cleanup, host_address() or "")
+    connections = [connect(cleanup, loopback), connect(cleanup, host)]
+    snapshot = dataset.observe()
+
+    assert find(snapshot, port(host), 0) and find(snapshot, port(connections[1][0]), port(host))
+    assert bool(find(snapshot, port(connections[0][0]), port(loopback))) is include_localhost
+    host_client = port(connections[1][0])
+    for client, server in connections:
+        client.close()
+        server.close()
+    closed = read_stream(stream, lambda items: host_client in {item.local_port for item in items},
+                         "the host connection's close")
+    time.sleep(0.2)  # a loopback notification would be queued by now
+    closed += stream.read(0.2)
+    assert any(item.local_ip.startswith("127.") for item in closed) is include_localhost
 
 
 def test_udp_sockets_are_reported_only_with_include_udp(cleanup: contextlib.ExitStack) -> None:

@@ -1015,3 +1015,92 @@ def test_sample_document_has_the_fields_we_emit(hostfs: Path) -> None:
     assert sample["message"] == generated["message"]
     assert sample["event"]["action"] == "socket_closed"
     assert_ecs(sample, EVENT_FIELDS)
+
+
+# --- the kernel-side loopback filters, run by small models of the kernel's interpreters ------------------------
+
+def _run_inet_diag_bytecode(program: bytes, family: int, source: bytes, destination: bytes) -> bool:
+    """inet_diag_bc_run for S_COND/D_COND (any port) and JMP, as net/ipv4/inet_diag.c runs it: True = dumped."""
+    from actors.datasets.socket.sock_diag import INET_DIAG_BC_D_COND, INET_DIAG_BC_JMP, INET_DIAG_BC_S_COND
+
+    def matches(address: bytes, cond_family: int, prefix: int, cond_address: bytes) -> bool:
+        if cond_family != family:
+            if family == socket.AF_INET6 and cond_family == socket.AF_INET and address[:12] == b"\0" * 10 + b"\xff" * 2:
+                address = address[12:]
+            else:
+                return False
+        bits = "".join(f"{byte:08b}" for byte in address)[:prefix]
+        return bits == "".join(f"{byte:08b}" for byte in cond_address)[:prefix]
+
+    offset, remaining = 0, len(program)
+    while remaining > 0:
+        code, yes, no = struct.unpack_from("=BBH", program, offset)
+        if code == INET_DIAG_BC_JMP:
+            matched = False
+        else:
+            assert code in (INET_DIAG_BC_S_COND, INET_DIAG_BC_D_COND)
+            cond_family, prefix, port = struct.unpack_from("=BBxxi", program, offset + 4)
+            assert port == -1
+            size = 4 if cond_family == socket.AF_INET else 16
+            matched = matches(source if code == INET_DIAG_BC_S_COND else destination, cond_family, prefix,
+                              program[offset + 12:offset + 12 + size])
+        step = yes if matched else no
+        offset, remaining = offset + step, remaining - step
+    return remaining == 0
+
+
+def _run_socket_filter(code: bytes, packet: bytes) -> bool:
+    """Classic BPF for the opcodes not_loopback_socket_filter uses: True = the notification is queued."""
+    instructions = [struct.unpack_from("=HBBI", code, at) for at in range(0, len(code), 8)]
+    accumulator, index = 0, 0
+    while True:
+        kind, true, false, k = instructions[index]
+        index += 1
+        if kind == 0x30:  # ld b [k]
+            accumulator = packet[k]
+        elif kind == 0x20:  # ld w [k], network order
+            accumulator = struct.unpack_from(">I", packet, k)[0]
+        elif kind == 0x54:  # and #k
+            accumulator &= k
+        elif kind == 0x15:  # jeq #k
+            index += true if accumulator == k else false
+        elif kind == 0x06:  # ret #k
+            return k != 0
+        else:
+            raise AssertionError(f"unexpected opcode {kind:#x}")
+
+
+LOOPBACK_CASES = [
+    (socket.AF_INET, "127.0.0.1", "127.0.0.1", False), (socket.AF_INET, "127.1.2.3", "0.0.0.0", False),
+    (socket.AF_INET, "10.0.0.5", "127.0.0.1", False), (socket.AF_INET, "10.0.0.5", "192.0.2.9", True),
+    (socket.AF_INET, "0.0.0.0", "0.0.0.0", True), (socket.AF_INET6, "::1", "::1", False),
+    (socket.AF_INET6, "::", "::", True), (socket.AF_INET6, "fd00::2", "::1", False),
+    (socket.AF_INET6, "::ffff:127.0.0.1", "::ffff:127.0.0.1", False),
+    (socket.AF_INET6, "::ffff:10.0.0.1", "::", True),
+    (socket.AF_INET6, "fd00::2", "2001:db8::1", True), (socket.AF_INET6, "::2", "::", True),
+]
+
+
+def _address(family: int, text: str) -> bytes:
+    """The 16 bytes of an inet_diag_sockid address (IPv4 in the first 4)."""
+    return socket.inet_pton(family, text).ljust(16, b"\0")
+
+
+@pytest.mark.parametrize("family, source, destination, kept", LOOPBACK_CASES)
+def test_the_dump_filter_leaves_out_exactly_the_loopback_sockets(family: int, source: str, destination: str,
+                                                                 kept: bool) -> None:
+    from actors.datasets.socket.sock_diag import not_loopback_bytecode
+
+    assert _run_inet_diag_bytecode(not_loopback_bytecode(), family, _address(family, source),
+                                   _address(family, destination)) is kept
+
+
+@pytest.mark.parametrize("family, source, destination, kept", LOOPBACK_CASES)
+def test_the_destroy_filter_drops_exactly_the_loopback_sockets(family: int, source: str, destination: str,
+                                                               kept: bool) -> None:
+    from actors.datasets.socket.sock_diag import not_loopback_socket_filter
+
+    notification = (struct.pack("=IHHII", 88, SOCK_DIAG_BY_FAMILY, 0, 0, 0) + struct.pack("=BBBB", family, 7, 0, 0)
+                    + struct.pack(">HH", 5000, 6000) + _address(family, source) + _address(family, destination)
+                    + b"\0" * 12 + b"\0" * 20)
+    assert _run_socket_filter(not_loopback_socket_filter(), notification) is kept

@@ -460,15 +460,20 @@ class SocketObserver:
         self._polled = False
         self._udp_unavailable = False
 
+    def _diag_socket(self) -> DiagSocket:
+        """The dump socket, opened on first use; the kernel leaves loopback sockets out unless they are reported."""
+        if self._diag is None:
+            self._diag = DiagSocket(exclude_loopback=not self.options.include_localhost)
+        return self._diag
+
     def _dumps(self) -> list[tuple[str, list[DiagEntry]]]:
         """One dump per family and protocol: TCP always, UDP with include_udp (skipped, after one warning, when
         the kernel has no UDP sock_diag)."""
-        if self._diag is None:
-            self._diag = DiagSocket()
-        dumps = [(TCP, self._diag.dump(family, socket.IPPROTO_TCP, TCP_STATES)) for family in FAMILIES]
+        diag = self._diag_socket()
+        dumps = [(TCP, diag.dump(family, socket.IPPROTO_TCP, TCP_STATES)) for family in FAMILIES]
         if self.options.include_udp and not self._udp_unavailable:
             try:
-                dumps += [(UDP, self._diag.dump(family, socket.IPPROTO_UDP, ALL_STATES)) for family in FAMILIES]
+                dumps += [(UDP, diag.dump(family, socket.IPPROTO_UDP, ALL_STATES)) for family in FAMILIES]
             except DumpError as error:
                 self._udp_unavailable = True
                 LOG.warning("The kernel cannot list UDP sockets (%s; is the udp_diag module available?): "
@@ -596,11 +601,10 @@ class SocketObserver:
         with tcp_info per family, matched by raw sockid (the cookie and the endpoints)."""
         if not self._known:
             return {}
-        if self._diag is None:
-            self._diag = DiagSocket()
+        diag = self._diag_socket()
         counters: dict[bytes, TcpCounters] = {}
         for family in FAMILIES:
-            self._diag.dump(family, socket.IPPROTO_TCP, TCP_CONNECTION_STATES, counters)
+            diag.dump(family, socket.IPPROTO_TCP, TCP_CONNECTION_STATES, counters)
         return {seen.key: Traffic(*counted) for sockid, counted in counters.items()
                 if (seen := self._known.get(sockid)) is not None and seen.reported}
 
@@ -958,7 +962,8 @@ class SocketDataset:
         """Join the sock_diag destroy groups; None, after one warning, when the kernel or a sandbox refuses
         (EPERM where the groups need CAP_NET_ADMIN, EMFILE, no sock_diag, ...). Linux 6.x lets any user join."""
         try:
-            return DestroyListener(destroy_groups(self.options.include_udp), self.options.stream_buffer_bytes)
+            return DestroyListener(destroy_groups(self.options.include_udp), self.options.stream_buffer_bytes,
+                                   exclude_loopback=not self.options.include_localhost)
         except OSError as error:
             if not self._stream_warned:
                 self._stream_warned = True

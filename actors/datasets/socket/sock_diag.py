@@ -25,6 +25,7 @@ NLMSG_DONE = 3
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 SO_RCVBUFFORCE = 33  # SO_RCVBUF beyond net.core.rmem_max; needs CAP_NET_ADMIN
+SO_ATTACH_FILTER = 26
 
 # sock_diag multicast groups (include/uapi/linux/sock_diag.h, enum sknetlink_groups)
 SKNLGRP_INET_TCP_DESTROY = 1
@@ -33,6 +34,10 @@ SKNLGRP_INET6_TCP_DESTROY = 3
 SKNLGRP_INET6_UDP_DESTROY = 4
 
 # inet_diag attributes (include/uapi/linux/inet_diag.h)
+INET_DIAG_REQ_BYTECODE = 1  # a request's filter program (struct inet_diag_bc_op ...)
+INET_DIAG_BC_S_COND = 7
+INET_DIAG_BC_D_COND = 8
+INET_DIAG_BC_JMP = 1
 INET_DIAG_INFO = 2
 INET_DIAG_PROTOCOL = 10
 INET_DIAG_INFO_EXTENSION = 1 << (INET_DIAG_INFO - 1)  # idiag_ext bit asking a dump for each socket's tcp_info
@@ -69,6 +74,8 @@ _MESSAGE_END = _NLMSGHDR.size + 72
 _SOCKID = struct.Struct(">HH16s16s")  # sport, dport, src, dst (network order); then if, cookie (host order)
 _COOKIE = struct.Struct("=II")
 _ATTR = struct.Struct("=HH")
+_BC_OP = struct.Struct("=BBH")  # struct inet_diag_bc_op: code, yes, no (byte offsets to jump by)
+_HOSTCOND = struct.Struct("=BBxxi")  # struct inet_diag_hostcond: family, prefix_len, port (-1: any); the address
 _ERRNO = struct.Struct("=i")
 # struct tcp_info: tcpi_bytes_acked, tcpi_bytes_received (u64 at 120, 128); tcpi_segs_out, tcpi_segs_in (u32)
 _TCP_INFO_COUNTERS = struct.Struct("=QQII")
@@ -113,10 +120,37 @@ def sockid_ports(sockid: bytes) -> tuple[int, int]:
     return struct.unpack_from(">HH", sockid)
 
 
-def dump_request(family: int, protocol: int, states: int, sequence: int, extensions: int = 0) -> bytes:
-    """Return a SOCK_DIAG_BY_FAMILY dump request (nlmsghdr + inet_diag_req_v2) for one family and protocol."""
-    return _REQUEST.pack(_REQUEST.size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, sequence, 0,
-                         family, protocol, extensions, states, b"\x00" * 48)
+def dump_request(family: int, protocol: int, states: int, sequence: int, extensions: int = 0,
+                 bytecode: bytes = b"") -> bytes:
+    """Return a SOCK_DIAG_BY_FAMILY dump request (nlmsghdr + inet_diag_req_v2) for one family and protocol, with
+    `bytecode` (a filter the kernel runs on each socket, see not_loopback_bytecode) as INET_DIAG_REQ_BYTECODE."""
+    attribute = _ATTR.pack(_ATTR.size + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode if bytecode else b""
+    return _REQUEST.pack(_REQUEST.size + len(attribute), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,
+                         sequence, 0, family, protocol, extensions, states, b"\x00" * 48) + attribute
+
+
+# Loopback, as hostaudit reports it (actors.datasets.socket.dataset.is_loopback): 127.0.0.0/8 (also IPv4-mapped
+# in IPv6: the kernel matches an AF_INET condition against ::ffff:a.b.c.d) and ::1.
+_LOOPBACK_CONDITIONS = ((socket.AF_INET, 8, socket.inet_pton(socket.AF_INET, "127.0.0.0")),
+                        (socket.AF_INET6, 128, socket.inet_pton(socket.AF_INET6, "::1")))
+
+
+def not_loopback_bytecode() -> bytes:
+    """An inet_diag filter program keeping only the sockets whose local and remote addresses are both not loopback.
+
+    Each condition (struct inet_diag_bc_op + inet_diag_hostcond, any port) goes on to the next op when it
+    matches: a JMP past the end, which rejects the socket; otherwise it skips that JMP. The kernel's audit
+    (inet_diag_bc_audit) wants every jump target on the chain of `yes` jumps, which this layout keeps.
+    """
+    hostconds = [_HOSTCOND.pack(family, prefix, -1) + address for family, prefix, address in _LOOPBACK_CONDITIONS]
+    conditions = [(code, hostcond) for code in (INET_DIAG_BC_S_COND, INET_DIAG_BC_D_COND) for hostcond in hostconds]
+    total = sum(2 * _BC_OP.size + len(hostcond) for _, hostcond in conditions)
+    program = b""
+    for code, hostcond in conditions:
+        size = _BC_OP.size + len(hostcond)
+        program += _BC_OP.pack(code, size, size + _BC_OP.size) + hostcond  # yes: the JMP; no: past it
+        program += _BC_OP.pack(INET_DIAG_BC_JMP, _BC_OP.size, total - len(program) + 4)  # past the end: reject
+    return program
 
 
 class DiagEntry(NamedTuple):
@@ -175,12 +209,67 @@ def parse_dump(data: bytes, sequence: int, into: list[DiagEntry],
     return False
 
 
-class DiagSocket:
-    """A netlink NETLINK_SOCK_DIAG socket for dumps; one dump at a time, reused across polls."""
+# Classic BPF (linux/filter.h): the instructions a destroy subscription's filter is made of, and where a destroy
+# notification (one nlmsghdr + inet_diag_msg per datagram) keeps the family and the two addresses.
+_BPF_LD_B, _BPF_LD_W, _BPF_AND, _BPF_JEQ, _BPF_RET = 0x30, 0x20, 0x54, 0x15, 0x06
+_SOCK_FILTER = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
+_MSG_FAMILY, _MSG_SOURCE, _MSG_DESTINATION = 16, 24, 40
+_IPV4_NET = 0xFF000000
+_IPV4_LOOPBACK = 0x7F000000  # 127.0.0.0/8
+BpfProgram = list[str | tuple[int, int] | tuple[int, int, str | None, str | None]]
 
-    def __init__(self) -> None:
+
+def assemble(program: BpfProgram) -> bytes:
+    """Classic BPF bytes of `program`: labels (str) and instructions (code, k[, jump if true, jump if false]),
+    each jump a label or None to go on to the next instruction."""
+    instructions = [item for item in program if not isinstance(item, str)]
+    labels: dict[str, int] = {}
+    for item in program:
+        if isinstance(item, str):
+            labels[item] = sum(1 for before in program[:program.index(item)] if not isinstance(before, str))
+    code = b""
+    for index, (kind, k, *jumps) in enumerate(instructions):
+        true, false = (jumps + [None, None])[:2]
+        code += _SOCK_FILTER.pack(kind, 0 if true is None else labels[true] - index - 1,
+                                  0 if false is None else labels[false] - index - 1, k)
+    return code
+
+
+def not_loopback_socket_filter() -> bytes:
+    """A classic BPF program for the destroy subscription: the kernel drops a notification whose local or
+    remote address is loopback (127.0.0.0/8, also IPv4-mapped, or ::1) before it is queued."""
+    program: BpfProgram = [(_BPF_LD_B, _MSG_FAMILY), (_BPF_JEQ, socket.AF_INET, "ipv4", None),
+                           (_BPF_JEQ, socket.AF_INET6, "ipv6", "keep"), "ipv4"]
+    for at in (_MSG_SOURCE, _MSG_DESTINATION):
+        program += [(_BPF_LD_W, at), (_BPF_AND, _IPV4_NET), (_BPF_JEQ, _IPV4_LOOPBACK, "drop", None)]
+    program += [(_BPF_RET, 0xFFFFFFFF), "ipv6"]
+    for at in (_MSG_SOURCE, _MSG_DESTINATION):
+        done, one, mapped = f"done{at}", f"one{at}", f"mapped{at}"
+        program += [(_BPF_LD_W, at), (_BPF_JEQ, 0, None, done), (_BPF_LD_W, at + 4), (_BPF_JEQ, 0, None, done),
+                    (_BPF_LD_W, at + 8), (_BPF_JEQ, 0, one, None), (_BPF_JEQ, 0xFFFF, mapped, done),
+                    one, (_BPF_LD_W, at + 12), (_BPF_JEQ, 1, "drop", done),
+                    mapped, (_BPF_LD_W, at + 12), (_BPF_AND, _IPV4_NET), (_BPF_JEQ, _IPV4_LOOPBACK, "drop", done),
+                    done]
+    return assemble([*program, "keep", (_BPF_RET, 0xFFFFFFFF), "drop", (_BPF_RET, 0)])
+
+
+def attach_filter(sock: socket.socket, code: bytes) -> None:
+    """Attach a classic BPF program (SO_ATTACH_FILTER: the kernel copies it) to `sock`."""
+    import ctypes  # only here: a pointer to the program is what struct sock_fprog holds
+
+    buffer = ctypes.create_string_buffer(code, len(code))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                    struct.pack("HP", len(code) // _SOCK_FILTER.size, ctypes.addressof(buffer)))
+
+
+class DiagSocket:
+    """A netlink NETLINK_SOCK_DIAG socket for dumps; one dump at a time, reused across polls. With
+    `exclude_loopback`, the kernel leaves loopback sockets out of every dump (see not_loopback_bytecode)."""
+
+    def __init__(self, exclude_loopback: bool = False) -> None:
         self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
         self._socket.bind((0, 0))
+        self._bytecode = not_loopback_bytecode() if exclude_loopback else b""
 
     def dump(self, family: int, protocol: int, states: int = ALL_STATES,
              counters: dict[bytes, TcpCounters] | None = None) -> list[DiagEntry]:
@@ -188,7 +277,7 @@ class DiagSocket:
         with `counters`, also ask for each TCP socket's tcp_info and put its counters there (by raw sockid)."""
         sequence = next(_sequence) & 0xFFFFFFFF
         extensions = INET_DIAG_INFO_EXTENSION if counters is not None else 0
-        self._socket.send(dump_request(family, protocol, states, sequence, extensions))
+        self._socket.send(dump_request(family, protocol, states, sequence, extensions, self._bytecode))
         entries: list[DiagEntry] = []
         while not parse_dump(self._socket.recv(_RECV_SIZE), sequence, entries, counters):
             pass
@@ -294,13 +383,18 @@ class DestroyListener:
     Linux 6.x lets any user join the groups (sock_diag sets NL_CFG_F_NONROOT_RECV); a kernel or sandbox that
     refuses raises OSError here (PermissionError for EPERM). The receive buffer is made large
     (SO_RCVBUFFORCE as root) so bursts wait in the kernel; what the kernel still drops is counted by lost().
+    With `exclude_loopback`, the kernel drops the notifications of loopback sockets (not_loopback_socket_filter)
+    before queueing them: they neither wake the reader nor take buffer room.
     """
 
     MAX_BATCH = 4096
+    DROPS_READ_SECONDS = 1.0
 
-    def __init__(self, groups: tuple[int, ...], receive_buffer: int) -> None:
+    def __init__(self, groups: tuple[int, ...], receive_buffer: int, exclude_loopback: bool = False) -> None:
         self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
         try:
+            if exclude_loopback:  # before joining: no loopback notification is ever queued
+                self._exclude_loopback()
             self._socket.bind((0, 0))
             for group in groups:
                 self._socket.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
@@ -311,7 +405,16 @@ class DestroyListener:
             raise
         self._inode = os.fstat(self._socket.fileno()).st_ino
         self._overruns = 0  # ENOBUFS seen: the kernel dropped at least one notification each time
+        self._drops = 0  # sk_drops when /proc/net/netlink was last read
+        self._drops_read_at = float("-inf")
         self._closed = False
+
+    def _exclude_loopback(self) -> None:
+        try:
+            attach_filter(self._socket, not_loopback_socket_filter())
+        except OSError as error:  # no socket filters here: the dataset drops loopback sockets itself
+            LOG.warning("Cannot filter loopback sockets out of the destroy notifications in the kernel (%s)",
+                        error.strerror or error)
 
     def _set_receive_buffer(self, size: int) -> None:
         try:
@@ -348,9 +451,13 @@ class DestroyListener:
 
     def lost(self) -> int:
         """Notifications the kernel dropped for want of buffer: its exact count (sk_drops in /proc/net/netlink)
-        when readable, else the number of ENOBUFS errors seen (each stands for one or more drops)."""
-        drops = netlink_drops(self._inode)
-        return max(self._overruns, drops if drops is not None else 0)
+        when readable, else the number of ENOBUFS errors seen (each stands for one or more drops). The table is
+        read at most every DROPS_READ_SECONDS: the runtime asks after every 50 ms batch window, and reading it
+        20 times a second was most of an idle socket collector's work."""
+        now = time.monotonic()
+        if now >= self._drops_read_at + self.DROPS_READ_SECONDS:
+            self._drops_read_at, self._drops = now, netlink_drops(self._inode) or 0
+        return max(self._overruns, self._drops)
 
     def receive_buffer(self) -> int:
         """The socket's receive buffer as the kernel accounts it (twice what was asked, as socket(7) says)."""
