@@ -4,6 +4,7 @@ descriptions (`system.audit.changes`)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -11,10 +12,36 @@ from datetime import datetime, timezone
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+import orjson
+
 ECS_VERSION = "9.4.0"
 
 STATE = "state"
 CHANGE = "event"
+
+
+def encode_document(document: Any) -> bytes:
+    """Serialise one ECS document as compact UTF-8 JSON (undecodable bytes from /proc become U+FFFD).
+
+    orjson writes the same bytes as `json.dumps(separators=(",", ":"), ensure_ascii=False)` in a tenth of the
+    time, but NaN and infinities as null (JSON has no such numbers); what it refuses (a lone surrogate from a
+    path decoded with surrogateescape, an int beyond 64 bits) takes the json module's way, which replaces what
+    cannot be encoded, with the same nulls."""
+    try:
+        return orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(_finite(document), separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
+
+
+def _finite(value: Any) -> Any:
+    """`value` with NaN and infinities as None, as orjson writes them (for the rare json-module path)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def iso_millis(epoch_seconds: float) -> str:

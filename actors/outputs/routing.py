@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections import abc
 from typing import Any, Mapping, Sequence
+
+from actors.event import encode_document
 
 _FIELD_REFERENCE = re.compile(r"%\{\[([^\]]+)\](?::([^}]*))?\}")
 
@@ -126,10 +129,12 @@ def routing_text(value: Any) -> str | None:
     kind = type(value)
     if kind is str:
         return value  # a lone surrogate is stored as '?', as the encoded event has it
-    if kind is int or kind is float or kind is bool:
+    if kind is int or kind is bool:
         return str(value)  # JSON gives back the same value
+    if kind is float:
+        return str(value) if math.isfinite(value) else None  # the encoding writes NaN and infinities as null
     # Lists, objects, subclasses: through the collector's encoding (tuples become lists, surrogates '?')
-    return str(json.loads(json.dumps(value, ensure_ascii=False).encode("utf-8", "replace")))
+    return str(json.loads(encode_document(value)))
 
 
 def routing_values(document: Mapping[str, Any], fields: frozenset[str]) -> dict[str, str | None]:

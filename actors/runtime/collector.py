@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
@@ -12,10 +11,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import orjson
 import pykka
 
-from actors.event import Event, deep_merge
+from actors.event import Event, deep_merge, encode_document
 from actors.outputs.routing import routing_values
 from actors.runtime.spool import SpoolWriter, unacknowledged_bytes
 from actors.runtime.state import CommittedState, StateStore
@@ -26,18 +24,6 @@ PROBLEM_LOG_INTERVAL = 60.0  # a lasting problem (spool full, disk full) is logg
 STREAM_PERSIST_INTERVAL = 1.0
 SPOOL_CHECK_INTERVAL = 1.0  # seconds a look at the spool's size holds while this runner appends within its room
 MAX_TIMER_SECONDS = 366 * 86400.0
-
-
-def encode_document(document: Mapping[str, Any]) -> bytes:
-    """Serialise one ECS document as compact UTF-8 JSON (undecodable bytes from /proc become U+FFFD).
-
-    orjson writes the same bytes as `json.dumps(separators=(",", ":"), ensure_ascii=False)` in a tenth of the
-    time; what it refuses (a lone surrogate from a path decoded with surrogateescape, an int beyond 64 bits)
-    takes the json module's way, which replaces what cannot be encoded."""
-    try:
-        return orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS)
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
 
 
 def with_fields(event: Event, extra: Mapping[str, Any]) -> Event:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "ops" / "kafka"))
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
 
-from actors.runtime.collector import encode_document  # noqa: E402
+from actors.event import encode_document  # noqa: E402
 from actors.config import load_settings  # noqa: E402
 from actors.datasets import CATALOG  # noqa: E402
 from actors.ecs import assert_ecs  # noqa: E402

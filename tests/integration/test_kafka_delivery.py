@@ -18,7 +18,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.partitioner.default import murmur2
 
-from actors.runtime.collector import encode_document
+from actors.event import encode_document
 from actors.runtime.spool import segment_name
 from tests.agent_harness import REPO, wait_for
 from tests.hostfs import make_hostfs, set_hostname

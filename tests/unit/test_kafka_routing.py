@@ -15,7 +15,7 @@ from actors.outputs import OutgoingEvent
 from actors.outputs.kafka import (FormatString, HashedKey, HashedKeySerializer, HashPartitioner, KafkaOutput,
                                   NoHashField, lookup, producer_config)
 from actors.outputs.routing import Unrecorded, routing_fields, routing_values
-from actors.runtime.collector import encode_document
+from actors.event import encode_document
 from actors.runtime.spool import decode_routing, encode_routing
 from kafka.partitioner.default import murmur2
 
