@@ -75,11 +75,11 @@ def _pool(engine: EngineSettings) -> urllib3.PoolManager:
     tls = engine.ssl
     if not tls.get("enabled"):
         return urllib3.PoolManager(num_pools=len(engine.hosts), maxsize=1, timeout=timeout, retries=False)
-    from actors.outputs.kafka import _ssl_context  # one TLS setup for every output (verification modes, mTLS)
+    from actors.outputs.kafka import ssl_context  # one TLS setup for every output (verification modes, mTLS)
 
     mode = tls.get("verification_mode", "full")
     return urllib3.PoolManager(num_pools=len(engine.hosts), maxsize=1, timeout=timeout, retries=False,
-                               ssl_context=_ssl_context(tls), cert_reqs="CERT_NONE" if mode == "none" else None,
+                               ssl_context=ssl_context(tls), cert_reqs="CERT_NONE" if mode == "none" else None,
                                assert_hostname=False if mode in ("certificate", "none") else None)
 
 

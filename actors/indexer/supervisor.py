@@ -4,7 +4,6 @@ collectors (restarts with backoff and restart intensity), /stats and /metrics, S
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
 import time
 from multiprocessing.context import BaseContext
@@ -13,6 +12,7 @@ from typing import Any
 from actors.indexer.monitoring import IndexerStats, log_stats, prometheus_text
 from actors.indexer.settings import IndexerSettings
 from actors.indexer.worker import WorkerSpec, worker_main
+from actors.runtime.forkserver import forkserver_context
 from actors.runtime.monitoring import serve
 from actors.runtime.supervision import Child, ProcessSupervisor, Shutdown, Status, StopSignals
 
@@ -46,8 +46,7 @@ class IndexerSupervisor(ProcessSupervisor):
 def run(settings: IndexerSettings) -> int:
     """Run the indexer in the foreground until SIGTERM or SIGINT; return the exit code. The workers are
     stopped (drained) before this returns."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["actors.indexer.preload"])
+    context = forkserver_context("actors.indexer.preload")  # as the agent's: no resource tracker process
     signals = StopSignals()
     stats = IndexerStats()
     supervisor = IndexerSupervisor.start(settings, context, stats, signals.requested)

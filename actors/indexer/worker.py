@@ -15,7 +15,7 @@ import pykka
 
 from actors.indexer.settings import IndexerSettings
 from actors.runtime.logs import configure_logging
-from actors.runtime.worker import _exit_loudly_on_error, _Lifecycle, _start_heartbeats, set_role
+from actors.runtime.worker import exit_loudly_on_error, Lifecycle, start_heartbeats, set_role
 
 log = logging.getLogger("hostaudit.indexer.worker")
 
@@ -37,7 +37,7 @@ class WorkerSpec:
 
 def worker_main(spec: WorkerSpec, heartbeat: Connection) -> None:
     """Run one worker until SIGTERM; any error exits non-zero for the supervisor to restart it."""
-    _exit_loudly_on_error(_worker_main, spec, heartbeat, role=f"indexer {spec.name}")
+    exit_loudly_on_error(_worker_main, spec, heartbeat, role=f"indexer {spec.name}")
 
 
 def _worker_main(spec: WorkerSpec, heartbeat: Connection) -> None:
@@ -50,7 +50,7 @@ def _worker_main(spec: WorkerSpec, heartbeat: Connection) -> None:
     settings = spec.settings
     engine, kafka = settings.engine, settings.kafka
     set_role(f"indexer {spec.name}")
-    lifecycle = _Lifecycle()
+    lifecycle = Lifecycle()
     configure_logging(settings.logging_level, f"indexer {spec.name}")
 
     def crashed(error: BaseException) -> None:
@@ -70,7 +70,7 @@ def _worker_main(spec: WorkerSpec, heartbeat: Connection) -> None:
     def figures() -> dict[str, Any]:
         return {**writer_stats.as_dict(), **consumer_stats.as_dict()}
 
-    _start_heartbeats(heartbeat, figures, lifecycle)
+    start_heartbeats(heartbeat, figures, lifecycle)
     while not lifecycle.stopping.wait(0.5):
         if not (consumer.is_alive() and writer.is_alive()):
             raise RuntimeError("an actor of the worker stopped by itself")

@@ -191,7 +191,7 @@ def _reveal(secret: Any) -> str | None:
     return secret.reveal() if hasattr(secret, "reveal") else secret
 
 
-def _ssl_context(tls: Mapping[str, Any]) -> ssl.SSLContext:
+def ssl_context(tls: Mapping[str, Any]) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     authorities = tls.get("certificate_authorities") or ()
     for authority in authorities:
@@ -236,7 +236,7 @@ def producer_config(options: Mapping[str, Any]) -> dict[str, Any]:
     config["security_protocol"] = {(False, False): "PLAINTEXT", (True, False): "SSL",
                                    (False, True): "SASL_PLAINTEXT", (True, True): "SASL_SSL"}[(use_tls, use_sasl)]
     if use_tls:
-        config["ssl_context"] = _ssl_context(tls)
+        config["ssl_context"] = ssl_context(tls)
     if use_sasl:
         config["sasl_mechanism"] = sasl.get("mechanism") or "PLAIN"
         config["sasl_plain_username"] = options["username"]

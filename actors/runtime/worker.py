@@ -70,7 +70,7 @@ class ProducerSpec:
     drain_timeout: float = 5.0
 
 
-class _Lifecycle:
+class Lifecycle:
     """SIGTERM asks the process to stop; SIGINT is the supervisor's business, not a child's."""
 
     def __init__(self) -> None:
@@ -79,7 +79,7 @@ class _Lifecycle:
         signal.signal(signal.SIGTERM, lambda signum, frame: self.stopping.set())
 
 
-def _heartbeat_until_stopped(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle: _Lifecycle,
+def _heartbeat_until_stopped(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle: Lifecycle,
                              check: Callable[[], None] = lambda: None) -> None:
     """From the main thread (no thread of its own, one wakeup a second): send `stats()` (with the progress counter)
     to the supervisor every HEARTBEAT_INTERVAL until SIGTERM or the supervisor is gone. `check` runs before each
@@ -101,7 +101,7 @@ def _heartbeat_until_stopped(conn: Connection, stats: Callable[[], dict[str, Any
             return
 
 
-def _start_heartbeats(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle: _Lifecycle) -> None:
+def start_heartbeats(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle: Lifecycle) -> None:
     """The same heartbeats from a thread of their own, for a process whose main thread has other work (the
     indexer's workers watch their actors)."""
     threading.Thread(target=_heartbeat_until_stopped, args=(conn, stats, lifecycle), name="heartbeat",
@@ -118,10 +118,10 @@ def run_pickled(spec: tuple[str, bytes], heartbeat: Connection) -> None:
 
 def collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
     """Run one dataset's collector actor until SIGTERM; any error exits non-zero for the supervisor to see."""
-    _exit_loudly_on_error(_collector_main, spec, heartbeat, role=spec.dataset)
+    exit_loudly_on_error(_collector_main, spec, heartbeat, role=spec.dataset)
 
 
-def _exit_loudly_on_error(main: Callable[..., None], *args: Any, role: str) -> None:
+def exit_loudly_on_error(main: Callable[..., None], *args: Any, role: str) -> None:
     """Run `main`; an exception that escapes it is logged and the process exits 1 at once (no live but idle
     process left behind: the supervisor restarts it)."""
     try:
@@ -144,7 +144,7 @@ def _collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
     from actors.runtime.state import StateStore
 
     set_role(spec.dataset)
-    lifecycle = _Lifecycle()
+    lifecycle = Lifecycle()
     configure_logging(spec.log_level, spec.dataset)
     host = describe_host(spec.hostfs)
     context = DatasetContext(hostfs=spec.hostfs, options=spec.options, host_id=host.get("id", ""),
@@ -206,7 +206,7 @@ class _HostFieldsCache:
 
 def producer_main(spec: ProducerSpec, heartbeat: Connection) -> None:
     """Run the producer actor: deliver spooled events to the output until SIGTERM, then drain and exit."""
-    _exit_loudly_on_error(_producer_main, spec, heartbeat, role="producer")
+    exit_loudly_on_error(_producer_main, spec, heartbeat, role="producer")
 
 
 def _producer_main(spec: ProducerSpec, heartbeat: Connection) -> None:
@@ -215,7 +215,7 @@ def _producer_main(spec: ProducerSpec, heartbeat: Connection) -> None:
     from actors.runtime.producer import IDLE_POLL_SECONDS, Delivery, Drain, ProducerActor, Stats
 
     set_role("producer")
-    lifecycle = _Lifecycle()
+    lifecycle = Lifecycle()
     configure_logging(spec.log_level, "producer")
     output = create_output(spec.output_type, spec.output_options)
     delivery = Delivery(

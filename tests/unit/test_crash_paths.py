@@ -38,9 +38,9 @@ def test_a_timer_fires_its_message_and_a_cancelled_one_does_not() -> None:
 
 def test_an_exception_escaping_a_child_main_exits_1_with_one_logged_error() -> None:
     code = ("import logging, sys; logging.basicConfig(stream=sys.stderr);"
-            "from actors.runtime.worker import _exit_loudly_on_error;"
+            "from actors.runtime.worker import exit_loudly_on_error;"
             "import threading; threading.Thread(target=threading.Event().wait, daemon=False).start();"  # a live thread
-            "_exit_loudly_on_error(lambda: 1 / 0, role='producer')")
+            "exit_loudly_on_error(lambda: 1 / 0, role='producer')")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "producer: unexpected error; exiting for the supervisor to restart it" in result.stderr
