@@ -63,6 +63,28 @@ def read_bytes(path: Path | str, whole: bool = True) -> bytes | None:
         return vanished_or_raise(path, error)
 
 
+def read_proc_file(path: str, dir_fd: int | None = None, whole: bool = True) -> bytes | None:
+    """As read_bytes, for a file of /proc/PID (`path` relative to the open directory `dir_fd`, if given): a
+    read shorter than asked is the end (procfs fills each read as far as it can), which saves a read per file.
+
+    Raises Unreadable, naming `path`, for any error but the file's absence (None).
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            data = os.read(descriptor, FIRST_READ_BYTES)
+            if whole and len(data) == FIRST_READ_BYTES:
+                chunks = [data]
+                while chunk := os.read(descriptor, _MORE_BYTES):
+                    chunks.append(chunk)
+                data = b"".join(chunks)
+            return data
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        return vanished_or_raise(path, error)
+
+
 def read_text(path: Path | str) -> str | None:
     """Return the file as text, or None when it does not exist; bytes that are not UTF-8 become U+FFFD.
 
