@@ -198,56 +198,40 @@ def _capability_names(mask: int) -> tuple[str, ...]:
 
 
 class _Reader:
-    """Reads the files of one /proc/PID in order, collecting what was denied or failed. The directory is opened
-    once and its files are opened relative to it (openat: no walk of /proc/PID per file); close() when done."""
+    """Reads the files of one /proc/PID in order, collecting what was denied or failed."""
 
-    def __init__(self, proc: str, pid: int) -> None:
-        self.base = f"{proc}{pid}/"
+    def __init__(self, base: str) -> None:
+        self.base = base
         self.denied: list[str] = []
         self.errors: list[str] = []
         self.failed: set[str] = set()  # names that exist but could not be read (denied or another error)
-        try:
-            self.dir: int | None = os.open(self.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:  # gone (each file is then absent), or not to be opened: each file says why by its path
-            self.dir = None
-
-    def _at(self, name: str) -> str:
-        return name if self.dir is not None else self.base + name
 
     def file(self, name: str, whole: bool = False) -> bytes | None:
         try:
-            return procfs.read_proc_file(self._at(name), self.dir, whole)
+            return procfs.read_bytes(self.base + name, whole, short_is_end=True)
         except procfs.Unreadable as error:
             self._problem(name, error)
             return None
 
     def link(self, name: str) -> str | None:
         try:
-            return os.readlink(self._at(name), dir_fd=self.dir)
-        except OSError as error:
-            try:
-                return procfs.vanished_or_raise(self.base + name, error)
-            except procfs.Unreadable as unreadable:
-                self._problem(name, unreadable)
-                return None
+            return procfs.read_link(self.base + name)
+        except procfs.Unreadable as error:
+            self._problem(name, error)
+            return None
 
     def file_id(self, name: str) -> FileId | None:
         try:
-            return file_id(os.stat(self._at(name), dir_fd=self.dir))
+            return file_id(os.stat(self.base + name))
         except OSError:  # gone, denied, or a dangling link in a synthetic tree: no hash, not an error
             return None
-
-    def close(self) -> None:
-        if self.dir is not None:
-            os.close(self.dir)
-            self.dir = None
 
     def _problem(self, name: str, error: procfs.Unreadable) -> None:
         self.failed.add(name)
         if error.outcome is Outcome.DENIED:
             self.denied.append(name)
         else:
-            self.errors.append(f"cannot read {self.base}{name}: {error.reason}")
+            self.errors.append(str(error))
 
 
 def read_details(proc: str, pid: int, stat: ProcStat | None = None) -> ProcessDetails | None:
@@ -256,24 +240,16 @@ def read_details(proc: str, pid: int, stat: ProcStat | None = None) -> ProcessDe
     A file absent after another was read means the process exited while we read it (`vanished`); a zombie
     still has its stat and status, with an empty cmdline and no exe.
     """
-    reader = _Reader(proc, pid)
-    try:
-        return _read_rest(reader, pid, reader.link("exe"), reader.file("cmdline", whole=True), stat)
-    finally:
-        reader.close()
+    reader = _Reader(f"{proc}{pid}/")
+    return _read_rest(reader, pid, reader.link("exe"), reader.file("cmdline", whole=True), stat)
 
 
 def read_exec_details(proc: str, pids: Sequence[int]) -> list[ProcessDetails | None]:
     """Read processes that have just exec'd: the executable and arguments of all of them first (what matters
     most, and each may exit any moment), then their other files."""
-    readers = [_Reader(proc, pid) for pid in pids]
-    try:
-        images = [(reader.link("exe"), reader.file("cmdline", whole=True)) for reader in readers]
-        return [_read_rest(reader, pid, exe, cmdline, None)
-                for reader, pid, (exe, cmdline) in zip(readers, pids, images)]
-    finally:
-        for reader in readers:
-            reader.close()
+    readers = [_Reader(f"{proc}{pid}/") for pid in pids]
+    images = [(reader.link("exe"), reader.file("cmdline", whole=True)) for reader in readers]
+    return [_read_rest(reader, pid, exe, cmdline, None) for reader, pid, (exe, cmdline) in zip(readers, pids, images)]
 
 
 def _read_rest(reader: _Reader, pid: int, exe: str | None, cmdline: bytes | None,
