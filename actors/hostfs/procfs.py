@@ -40,10 +40,11 @@ def vanished_or_raise(path: Path | str, error: OSError) -> None:
     return None
 
 
-def read_bytes(path: Path | str, whole: bool = True) -> bytes | None:
+def read_bytes(path: Path | str, whole: bool = True, short_is_end: bool = False) -> bytes | None:
     """Return the file's bytes (with `whole=False`, only what one read of FIRST_READ_BYTES returns: enough for
     /proc/PID/stat or status, and the cheapest read of /proc), or None when it does not exist (vanished:
-    ENOENT, ENOTDIR, ESRCH).
+    ENOENT, ENOTDIR, ESRCH). `short_is_end`: a first read shorter than asked is the whole file (true of a
+    /proc/PID file, which procfs fills as far as it can: a read fewer for cmdline and cgroup).
 
     Raises Unreadable, naming the path, for any other OS error (EACCES, EPERM, EIO, EISDIR, ...).
     """
@@ -51,7 +52,7 @@ def read_bytes(path: Path | str, whole: bool = True) -> bytes | None:
         descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             data = os.read(descriptor, FIRST_READ_BYTES)
-            if whole and data:
+            if whole and data and not (short_is_end and len(data) < FIRST_READ_BYTES):
                 chunks = [data]
                 while chunk := os.read(descriptor, _MORE_BYTES):
                     chunks.append(chunk)

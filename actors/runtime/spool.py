@@ -53,6 +53,7 @@ DEFAULT_SEGMENT_MAX_AGE = 30.0
 DEFAULT_LOCK_TIMEOUT = 5.0
 SEGMENT_SUFFIX = ".seg"
 ACK_FILE = "ack"
+CURSOR_BYTES = 128  # the cursor file's fixed size: JSON padded with spaces, then a newline (rewritten in place)
 WRITER_LOCK = "writer.lock"
 READER_LOCK = "reader.lock"
 READ_WINDOW = 1024 * 1024  # bytes read from a segment per pread() when scanning
@@ -480,22 +481,48 @@ def _classify_path(path: Path, segment: str) -> tuple[str, int, int]:
 # --- files ------------------------------------------------------------------------------------------------
 
 
+def _cursor_check(segment: str, offset: int, sequence: int) -> int:
+    """The checksum stored in a cursor: a torn rewrite of the file (a crash mid-write) does not match it."""
+    return crc32c(f"{segment}:{offset}:{sequence}".encode("ascii"))
+
+
+def encode_cursor(position: SpoolPosition) -> bytes:
+    """The cursor file's content: CURSOR_BYTES of JSON with its checksum, padded with spaces, then a newline."""
+    text = json.dumps({"segment": position.segment, "offset": position.offset, "sequence": position.sequence,
+                       "check": _cursor_check(position.segment, position.offset, position.sequence)}, separators=(",", ":"))
+    return text.encode("ascii").ljust(CURSOR_BYTES - 1) + b"\n"
+
+
 def _load_cursor(directory: Path, warn: bool) -> SpoolPosition | None:
-    """Return the acknowledgement cursor stored in `directory`, or None if there is none or it is unreadable."""
+    """Return the acknowledgement cursor stored in `directory`, or None if there is none or it is unreadable.
+
+    The cursor is rewritten in place (encode_cursor): its checksum must match, else it is torn (a crash mid-write;
+    a read racing the rewrite is read again). A cursor without newline is of the older form (written whole to a
+    temporary file and renamed): it has no checksum."""
     path = directory / ACK_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except (OSError, UnicodeDecodeError) as error:
-        if warn:
-            log.warning("cannot read spool cursor %s (%s); re-sending from the oldest segment", path, error)
-        return None
-    try:
-        stored = json.loads(text)
-        segment, offset, sequence = stored["segment"], stored["offset"], stored["sequence"]
-    except (ValueError, TypeError, KeyError, IndexError):
-        segment = offset = sequence = None
+    for attempt in range(3):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, UnicodeDecodeError) as error:
+            if warn:
+                log.warning("cannot read spool cursor %s (%s); re-sending from the oldest segment", path, error)
+            return None
+        try:
+            stored = json.loads(text)
+            segment, offset, sequence = stored["segment"], stored["offset"], stored["sequence"]
+            torn = text.endswith("\n") and stored.get("check") != _cursor_check(segment, offset, sequence)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeEncodeError):
+            segment = offset = sequence = None
+            torn = False
+        if not torn:
+            break
+        if attempt == 2:
+            if warn:
+                log.warning("spool cursor %s does not match its checksum (torn by a crash mid-write); re-sending "
+                            "from the oldest segment", path)
+            return None
     if (
         isinstance(segment, str)
         and _is_segment(segment)
@@ -934,6 +961,7 @@ class SpoolReader:
         self._reported: set[tuple[str, int]] = set()  # bad stretches (segment, offset) already set aside
         self._warned: set[tuple[str, int]] = set()  # stray files (segment, inode) already warned about
         self._cursor_error: str | None = None
+        self._cursor_fd: int | None = None  # the cursor file, open once written (rewritten in place)
         self._routings: dict[bytes, Routing | None] = {}  # routing section entries -> values (records share them)
         _make_private_directory(self._directory, fsync=False)
         self._lock: _Lock | None = _Lock(self._directory, READER_LOCK, "reader", lock_timeout)
@@ -1220,8 +1248,8 @@ class SpoolReader:
     def acknowledge(self, position: SpoolPosition) -> None:
         """Record that the output has every record up to `position`, and delete the closed segments it covers.
 
-        The cursor file is replaced atomically but not synced: a crash may forget the last acknowledgement,
-        which only re-sends records. A position at or before the current cursor is ignored. If the cursor cannot
+        The cursor file is rewritten in place with a checksum but not synced: a crash may forget the last
+        acknowledgement, which only re-sends records (a torn cursor is detected, and re-sends the spool). A position at or before the current cursor is ignored. If the cursor cannot
         be written (disk full, I/O error) this does not raise: the position is kept in memory, `cursor_error`
         says why, and the write is tried again at the next acknowledge.
         """
@@ -1251,23 +1279,31 @@ class SpoolReader:
         self._cursor_error = None
 
     def _write_cursor(self, position: SpoolPosition) -> None:
-        temporary = self._directory / (ACK_FILE + ".tmp")
-        text = json.dumps({"segment": position.segment, "offset": position.offset, "sequence": position.sequence})
+        """Rewrite the cursor file in place (one pwrite of CURSOR_BYTES, checksummed: see _load_cursor); a
+        temporary file renamed over it cost a file creation and a rename, which flushes, per batch."""
+        data = encode_cursor(position)
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                data = text.encode("ascii")
-                if os.write(fd, data) != len(data):
-                    raise OSError(errno.ENOSPC, "short write")
-            finally:
-                os.close(fd)
-            os.replace(temporary, self._directory / ACK_FILE)
+            if self._cursor_fd is None:
+                self._cursor_fd = os.open(self._directory / ACK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                if os.fstat(self._cursor_fd).st_size > CURSOR_BYTES:  # never: the older form is shorter
+                    os.ftruncate(self._cursor_fd, CURSOR_BYTES)
+            if os.pwrite(self._cursor_fd, data, 0) != len(data):
+                raise OSError(errno.ENOSPC, "short write")
         except OSError:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
+            self._close_cursor(drop_if_empty=True)  # a cursor file just created, not written, is not left behind
             raise
+
+    def _close_cursor(self, drop_if_empty: bool = False) -> None:
+        if self._cursor_fd is None:
+            return
+        try:
+            if drop_if_empty and os.fstat(self._cursor_fd).st_size == 0:
+                os.unlink(self._directory / ACK_FILE)
+        except OSError:
+            pass
+        finally:
+            os.close(self._cursor_fd)
+            self._cursor_fd = None
 
     def _delete_acknowledged_segments(self) -> None:
         """Delete every closed segment that lies wholly at or before the acknowledged position."""
@@ -1362,6 +1398,7 @@ class SpoolReader:
         """Close the open segment and release the lock. Safe to call twice; the reader can be used again
         afterwards (it takes the lock again)."""
         self._close_segment()
+        self._close_cursor()
         if self._lock is not None:
             self._lock.release()
             self._lock = None

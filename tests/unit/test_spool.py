@@ -181,7 +181,7 @@ def test_acknowledge_deletes_closed_segments_it_covers_and_never_the_newest(dire
     assert segment_files(directory) == [segment_name(7)]
     assert reader.pending_bytes() == 0 and not reader.has_pending()
     reader.acknowledge(records[2].position)  # going backwards is ignored
-    assert json.loads((directory / ACK_FILE).read_text()) == {
+    assert {key: value for key, value in json.loads((directory / ACK_FILE).read_text()).items() if key != "check"} == {
         "segment": segment_name(7),
         "offset": 3 * (RECORD_OVERHEAD + 10),
         "sequence": 9,

@@ -382,14 +382,14 @@ def test_acknowledge_on_a_full_disk_keeps_the_position_and_writes_the_cursor_onc
     append_range(writer, 1, 9)  # segments 1, 4, 7
     reader = SpoolReader(directory)
     records = read_available(reader, max_records=4)
-    reader.acknowledge(records[0].position)
-    stored = (directory / ACK_FILE).read_text()
     filler = fill(tiny_fs)
 
-    reader.acknowledge(records[4].position)  # sequence 5: no exception
+    reader.acknowledge(records[0].position)  # no cursor file yet: it needs a block, and there is none
     assert reader.cursor_error is not None and "No space left" in reader.cursor_error
-    assert (directory / ACK_FILE).read_text() == stored
+    assert not (directory / ACK_FILE).exists()
     assert not (directory / (ACK_FILE + ".tmp")).exists()
+    reader.acknowledge(records[4].position)  # sequence 5: no exception
+    assert reader.cursor_error is not None
     assert reader.acknowledged == records[4].position
     assert segment_files(directory) == [segment_name(4), segment_name(7)]  # still reclaims closed segments
     assert reader.read(100, 1 << 20) == []  # nothing is read again in this run
@@ -406,12 +406,38 @@ def test_acknowledge_on_a_full_disk_keeps_the_position_and_writes_the_cursor_onc
     filler.unlink()
     reader.acknowledge(records[5].position)  # the same position again: written now
     assert reader.cursor_error is None
-    assert json.loads((directory / ACK_FILE).read_text()) == {
+    stored = (directory / ACK_FILE).read_text()
+    assert {key: value for key, value in json.loads(stored).items() if key != "check"} == {
         "segment": segment_name(4),
         "offset": 3 * RECORD,
         "sequence": 6,
     }
+    filler = fill(tiny_fs)
+    reader.acknowledge(records[7].position)  # the cursor is rewritten in place: a full disk does not stop it
+    assert reader.cursor_error is None and len((directory / ACK_FILE).read_bytes()) == len(stored)
     reader.close()
+    with SpoolReader(directory) as restarted:
+        assert restarted.acknowledged == records[7].position
+    filler.unlink()
+    writer.close()
+
+
+def test_a_torn_cursor_is_detected_and_the_spool_is_sent_again(tmp_path: Path,
+                                                              spool_log: pytest.LogCaptureFixture) -> None:
+    directory = tmp_path / "spool" / "process"
+    writer = SpoolWriter(directory, segment_bytes=3 * RECORD)
+    append_range(writer, 1, 5)
+    with SpoolReader(directory) as reader:
+        records = read_available(reader)
+        reader.acknowledge(records[1].position)
+        reader.acknowledge(records[3].position)
+    stored = (directory / ACK_FILE).read_bytes()
+    torn = stored.replace(b'"sequence":4', b'"sequence":2')  # half of a rewrite reached the disk
+    (directory / ACK_FILE).write_bytes(torn)
+    with SpoolReader(directory) as restarted:
+        assert restarted.acknowledged.segment == ""
+        assert sequences(read_available(restarted)) == [4, 5]  # segment 1 was deleted: all that is left
+    assert "does not match its checksum" in spool_log.text
     writer.close()
 
 

@@ -59,6 +59,7 @@ STREAM_EXIT_GRACE = 5.0  # seconds a vanished process waits for the connector's 
 # its event goes out without it, later state reports and its stop carry it.
 POLL_HASH_WAIT = 2.0
 STREAM_HASH_WAIT = 0.25
+STARTED_FIELDS_KEPT = 4096  # the ECS fields of streamed starts kept for their stops (made once per process)
 EXITED_STATES = frozenset({"Z", "X"})  # zombie, dead: the process has exited, only its parent has not reaped it
 
 # Capability bits 0..40 (linux/capability.h); a newer kernel's extra bits are named CAP_<n>.
@@ -207,7 +208,7 @@ class _Reader:
 
     def file(self, name: str, whole: bool = False) -> bytes | None:
         try:
-            return procfs.read_bytes(self.base + name, whole)
+            return procfs.read_bytes(self.base + name, whole, short_is_end=True)
         except procfs.Unreadable as error:
             self._problem(name, error)
             return None
@@ -397,11 +398,12 @@ def process_message(action: str, record: Mapping[str, Any]) -> str:
 
 
 def process_event(action: str, record: Mapping[str, Any], extra: Mapping[str, Any] | None = None,
-                  timestamp: float | None = None) -> Event:
+                  timestamp: float | None = None, fields: Mapping[str, Any] | None = None) -> Event:
     """One event of `action` for a process record; `extra` is merged into its fields (exit code, ...).
-    `timestamp` (epoch seconds) is when it happened, when the kernel said so; else now."""
+    `timestamp` (epoch seconds) is when it happened, when the kernel said so; else now. `fields`: the record's
+    process_fields made already (for an earlier event of the same record; not changed here)."""
     spec = ACTIONS[action]
-    fields = process_fields(record)
+    fields = process_fields(record) if fields is None else dict(fields)
     for key, value in (extra or {}).items():
         fields[key] = {**fields.get(key, {}), **value}
     when = {} if timestamp is None else {"timestamp": timestamp}
@@ -409,12 +411,14 @@ def process_event(action: str, record: Mapping[str, Any], extra: Mapping[str, An
                  message=process_message(action, record), fields=fields, **when)
 
 
-def appeared_event(record: Mapping[str, Any], timestamp: float | None = None) -> Event:
+def appeared_event(record: Mapping[str, Any], timestamp: float | None = None,
+                   fields: Mapping[str, Any] | None = None) -> Event:
     """process_started, or process_error when the process could not be read (as Auditbeat)."""
-    return process_event(ERROR if record.get("error") else STARTED, record, timestamp=timestamp)
+    return process_event(ERROR if record.get("error") else STARTED, record, timestamp=timestamp, fields=fields)
 
 
-def stopped_events(record: Mapping[str, Any], ended: ProcessExit | None = None) -> list[Event]:
+def stopped_events(record: Mapping[str, Any], ended: ProcessExit | None = None,
+                   fields: Mapping[str, Any] | None = None) -> list[Event]:
     """process_stopped for a record (none for one that was reported as process_error, as Auditbeat); with the
     connector's EXIT it carries process.exit_code, process.end and event.duration."""
     if record.get("error"):
@@ -424,7 +428,7 @@ def stopped_events(record: Mapping[str, Any], ended: ProcessExit | None = None) 
     start_ns = record.get("start_ns", record.get("ticks", 0) * NANOS_PER_TICK)
     extra = {"process": {"exit_code": ended.exit_code, "end": iso_millis(ended.time)},
              "event": {"duration": max(0, ended.boot_ns - start_ns)}}
-    return [process_event(STOPPED, record, extra, timestamp=ended.time)]
+    return [process_event(STOPPED, record, extra, timestamp=ended.time, fields=fields)]
 
 
 def same_process(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
@@ -528,6 +532,7 @@ class ProcessDataset:
         self._missing_since: dict[str, float] = {}  # pid -> when a poll first found a known process gone
         self._warned: set[str] = set()
         self._names_fresh = False  # the account files were looked at during this poll or batch
+        self._started_fields: dict[str, tuple[ProcessRecord, dict[str, Any]]] = {}  # pid -> record, its fields
 
     # -- Dataset --------------------------------------------------------------------------------------------
 
@@ -642,7 +647,11 @@ class ProcessDataset:
         if old is not None:  # the pid was reused and its exit is lost (ENOBUFS)
             events += stopped_events(old)
         processes[key] = self._known[key] = record
-        events.append(appeared_event(record, timestamp=item.time))
+        fields = process_fields(record)
+        if len(self._started_fields) >= STARTED_FIELDS_KEPT:  # processes whose EXIT never came (lost, or polled)
+            self._started_fields.clear()
+        self._started_fields[key] = (record, fields)
+        events.append(appeared_event(record, timestamp=item.time, fields=fields))
         return events
 
     def _apply_exit(self, processes: dict[str, Any], item: ProcessExit) -> list[Event]:
@@ -650,7 +659,10 @@ class ProcessDataset:
         if record is None:  # never reported (a fork that did not exec nor live to a poll), or already stopped
             return []
         self._known.pop(str(item.pid), None)
-        return stopped_events(record, item)
+        started = self._started_fields.pop(str(item.pid), None)
+        # Its start's fields serve its stop while the record is the same object (records are replaced, never
+        # changed: a hash attached since makes a new one, whose fields are made anew).
+        return stopped_events(record, item, fields=started[1] if started and started[0] is record else None)
 
     def _exec_record(self, item: ProcessExec, old: Mapping[str, Any] | None) -> ProcessRecord | None:
         """The record of an exec'd process from what was read at once; from the kernel's times alone when
