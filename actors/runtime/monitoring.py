@@ -137,6 +137,8 @@ def log_stats(stats: Mapping[str, Any]) -> None:
         text = f"{name}: {values['events_emitted']} emitted/{values['events_acknowledged']} acked"
         if values["restarts"]:
             text += f", {values['restarts']} restarts"
+        if values["kernel_events_lost"]:  # the kernel's buffer overflowed: short-lived processes may be missing
+            text += f", {values['kernel_events_lost']} kernel notifications lost"
         return text + (" FAILED" if values["failed"] else "")
 
     datasets = "; ".join(describe(name, values) for name, values in stats["datasets"].items())
