@@ -462,10 +462,14 @@ def process_changes(previous: Any, current: Any) -> list[Event]:
     events: list[Event] = []
     for pid, record in old.items():
         now = new.get(pid)
+        if now is record and not rebooted:
+            continue  # the very record a poll reused: nothing changed
         if rebooted or now is None or not same_process(record, now):
             events += stopped_events(record)
     for pid, record in new.items():
         before = old.get(pid)
+        if before is record and not rebooted:
+            continue
         if rebooted or before is None or not same_process(before, record):
             events.append(appeared_event(record))
         elif image_changed(before, record):
