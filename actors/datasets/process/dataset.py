@@ -560,7 +560,7 @@ class ProcessDataset:
                 if known is None:
                     skipped[entry] = self._skipped[entry]
                     continue
-                if known.get("name") is not None:  # a record from /proc, not approximated from the kernel's times
+                if known.get("name") is not None and not known.get("awaiting_exit"):  # read from /proc, alive
                     processes[entry] = known
                     continue
             stat = read_stat(self.proc + entry)
