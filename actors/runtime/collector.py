@@ -22,7 +22,7 @@ log = logging.getLogger("hostaudit.collector")
 
 PROBLEM_LOG_INTERVAL = 60.0  # a lasting problem (spool full, disk full) is logged once a minute, with numbers
 STREAM_PERSIST_INTERVAL = 1.0
-SPOOL_CHECK_INTERVAL = 1.0  # seconds a look at the spool's size holds while this runner appends within its room
+SPOOL_CHECK_INTERVAL = 5.0  # seconds a look at the spool's size holds while this runner appends within its room
 MAX_TIMER_SECONDS = 366 * 86400.0
 
 
@@ -231,22 +231,32 @@ class DatasetRunner:
 
 
 class _CrashingTimer(threading.Thread):
-    """Calls `action(message)` after `delay` seconds unless cancelled; if the timer itself fails, the process
-    is told to crash (`on_crash`) rather than the dataset silently never ticking again."""
+    """Calls `action(message)` after `delay` seconds, and again after each `schedule(delay)`, unless cancelled
+    (one thread for all of an actor's ticks); if the timer itself fails, the process is told to crash
+    (`on_crash`) rather than the dataset silently never ticking again."""
 
     def __init__(self, delay: float, action: Callable[[Any], Any], message: Any,
                  on_crash: Callable[[BaseException], None]) -> None:
         super().__init__(name="tick", daemon=True)
         self.delay, self.action, self.message, self.on_crash = delay, action, message, on_crash
         self.cancelled = threading.Event()
+        self._scheduled = threading.Event()
+
+    def schedule(self, delay: float) -> None:
+        """Fire once more, `delay` seconds from now (call it after the previous firing's action ran)."""
+        self.delay = delay
+        self._scheduled.set()
 
     def cancel(self) -> None:
         self.cancelled.set()
+        self._scheduled.set()
 
     def run(self) -> None:
         try:
-            if not self.cancelled.wait(self.delay):
+            while not self.cancelled.wait(self.delay):
                 self.action(self.message)
+                self._scheduled.wait()
+                self._scheduled.clear()
         except pykka.ActorDeadError:
             pass  # the actor stopped while the timer was pending: nothing to tick
         except BaseException as error:  # noqa: BLE001 - a timer that dies must not go unnoticed
@@ -295,6 +305,7 @@ class StreamItems:
 
 
 STREAM_BATCH_SECONDS = 0.05
+STREAM_IDLE_SECONDS = 1.0  # the longest wait in one read for a batch's first item (the pump re-checks stopping)
 STREAM_BATCH_ITEMS = 2000
 
 
@@ -316,8 +327,12 @@ def pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, s
 def _pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, stats: Progress) -> None:
     items = 0
     while not stopping.is_set():
-        deadline = time.monotonic() + STREAM_BATCH_SECONDS
-        batch: list[Any] = list(stream.read(STREAM_BATCH_SECONDS))  # the first items, or none in a batch time
+        started = time.monotonic()
+        batch: list[Any] = list(stream.read(STREAM_IDLE_SECONDS))  # the first items, or none for a second
+        # The batch ends where a 50 ms read begun at `started` would have ended: the latency of one read a batch
+        # time, without its twenty wake-ups a second when nothing comes.
+        now = time.monotonic()
+        deadline = now + STREAM_BATCH_SECONDS - (now - started) % STREAM_BATCH_SECONDS
         if batch and not stopping.wait(max(0.0, deadline - time.monotonic())):
             # The rest of the batch time asleep, then what came meanwhile at once: one wake-up a batch, not one
             # for each of the reader's frames.
@@ -376,9 +391,12 @@ class CollectorActor(pykka.ThreadingActor):
             return
         self.progress.advance(self.runner, result)
         self._next_due = max(self._next_due + self.period, time.monotonic())
-        self._timer = _CrashingTimer(min(MAX_TIMER_SECONDS, self._next_due - time.monotonic()),
-                                     self.actor_ref.tell, Tick(), self.on_crash)
-        self._timer.start()
+        delay = min(MAX_TIMER_SECONDS, self._next_due - time.monotonic())
+        if self._timer is None:
+            self._timer = _CrashingTimer(delay, self.actor_ref.tell, Tick(), self.on_crash)
+            self._timer.start()
+        else:
+            self._timer.schedule(delay)
 
     def _wedge_if_asked(self) -> None:
         """Test hook (`debug.hang_file`): stop making progress, as a collector stuck in a read would.

@@ -91,8 +91,8 @@ class Doorbell:
         """Wait until rung or `timeout` seconds passed; True if rung."""
         if self._socket is None and time.monotonic() - self._bind_tried_at >= self.REBIND_SECONDS:
             self._bind()
-        if self._socket is None:
-            time.sleep(timeout)
+        if self._socket is None:  # rings are lost until bound: poll at least as often as it tries to bind
+            time.sleep(min(timeout, self.REBIND_SECONDS))
             return False
         readable, _, _ = select.select([self._socket], [], [], timeout)
         return bool(readable)

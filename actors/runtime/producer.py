@@ -24,7 +24,7 @@ log = logging.getLogger("hostaudit.producer")
 OUTAGE_LOG_INTERVAL = 60.0
 CURSOR_LOG_INTERVAL = 60.0
 DEAD_LETTER_DIR = "dead-letter"
-IDLE_POLL_SECONDS = 0.5  # the producer re-reads the spools at least this often, rung or not
+IDLE_POLL_SECONDS = 5.0  # the producer re-reads the spools at least this often, rung or not
 
 
 @dataclass

@@ -205,7 +205,9 @@ class ProcessSupervisor(pykka.ThreadingActor):
     def _read_heartbeats(self, child: Child) -> None:
         assert child.heartbeat is not None
         try:
-            while child.heartbeat.poll():
+            readable = True  # the wait found it readable: one poll fewer (a select of its own) per heartbeat
+            while readable or child.heartbeat.poll():
+                readable = False
                 beat = child.heartbeat.recv()
                 child.last_heartbeat = beat
                 if beat.get("progress") != child.progress:

@@ -65,10 +65,10 @@ def plan(settings: Settings, agent: AgentIdentity, lock_fd: int) -> Plan:
     from actors.runtime.worker import CollectorSpec, ProducerSpec
 
     doorbell = doorbell_name(settings.path_data)
+    producer_hang_timeout = settings.supervisor.hang_timeout or PRODUCER_HANG_TIMEOUT
     producer = ProducerSpec(settings.path_data, settings.output.type, dict(settings.output.options),
-                            settings.logging_level, doorbell)
-    children = [ChildPlan(PRODUCER, ("producer", pickle.dumps(producer)),
-                          settings.supervisor.hang_timeout or PRODUCER_HANG_TIMEOUT)]
+                            settings.logging_level, doorbell, hang_timeout=producer_hang_timeout)
+    children = [ChildPlan(PRODUCER, ("producer", pickle.dumps(producer)), producer_hang_timeout)]
     routing = routing_fields(settings.output.type, settings.output.options)  # once, for every collector
     for name, dataset in settings.datasets.items():
         spec = CollectorSpec(

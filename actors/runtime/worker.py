@@ -68,6 +68,7 @@ class ProducerSpec:
     log_level: str
     doorbell: str
     drain_timeout: float = 5.0
+    hang_timeout: float = 120.0  # the supervisor's: an idle producer pumps (its progress) several times within it
 
 
 class Lifecycle:
@@ -229,7 +230,8 @@ def _producer_main(spec: ProducerSpec, heartbeat: Connection) -> None:
         logging.shutdown()
         os._exit(1)  # the supervisor sees the exit code and restarts the producer
 
-    actor = ProducerActor.start(delivery, Doorbell(spec.doorbell), IDLE_POLL_SECONDS, crashed)
+    actor = ProducerActor.start(delivery, Doorbell(spec.doorbell), min(IDLE_POLL_SECONDS, spec.hang_timeout / 4),
+                                crashed)
     def check() -> None:
         if not actor.is_alive():
             raise RuntimeError("the producer actor stopped by itself")

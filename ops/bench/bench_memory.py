@@ -93,6 +93,12 @@ def sample(agents: dict[Path, subprocess.Popen[bytes]], idle_seconds: float) -> 
             for tree in agents}
 
 
+def starts_reported(workdir: str) -> int:
+    """The process_started events an agent wrote to its file output so far (other people's execs, when idle)."""
+    return sum(path.read_bytes().count(b'"process_started"') for path in Path(workdir, "out").glob("*")
+               if path.is_file())
+
+
 def stop(agent: subprocess.Popen[bytes]) -> None:
     os.killpg(agent.pid, signal.SIGTERM)
     agent.wait(15)
@@ -119,9 +125,11 @@ def loopback_connections(per_second: float, stop: threading.Event) -> None:
 
 
 def measure(trees: list[Path], seed: bool, datasets: list[str], period: str, settle_seconds: float,
-            idle_seconds: float, host_processes: int = 0, loopback: float = 0.0) -> tuple[dict[Path, list[Row]], int]:
+            idle_seconds: float, host_processes: int = 0, loopback: float = 0.0
+            ) -> tuple[dict[Path, list[Row]], int, dict[Path, int]]:
     """Run the agent of every tree at once (same load, same moment), settle, then sample each; also answer how
-    many processes the host had. `loopback` connections a second are made on 127.0.0.1 meanwhile."""
+    many processes the host had, and how many process starts each agent reported during the sample.
+    `loopback` connections a second are made on 127.0.0.1 meanwhile."""
     with tempfile.TemporaryDirectory() as root:
         agents = {}
         sleepers = fill_host(host_processes)
@@ -133,7 +141,10 @@ def measure(trees: list[Path], seed: bool, datasets: list[str], period: str, set
                 agents[tree] = start(tree, f"{root}/{index}", seed, datasets, period)
             time.sleep(settle_seconds)  # a benchmark, not a test: let every collector finish its first cycles
             on_host = len(psutil.pids())
-            return sample(agents, idle_seconds), on_host
+            workdirs = {tree: f"{root}/{index}" for index, tree in enumerate(trees)}
+            starts = {tree: starts_reported(workdir) for tree, workdir in workdirs.items()}
+            rows = sample(agents, idle_seconds)
+            return rows, on_host, {tree: starts_reported(workdir) - starts[tree] for tree, workdir in workdirs.items()}
         finally:
             stop_load.set()
             load.join()
@@ -169,14 +180,14 @@ def main() -> None:
                         help="TCP connections a second made on 127.0.0.1 throughout (default 0)")
     arguments = parser.parse_args()
     datasets = arguments.datasets.split(",")
-    results, on_host = measure(arguments.tree or [REPO], arguments.seed, datasets, arguments.period, arguments.settle,
-                      arguments.idle, arguments.host_processes, arguments.loopback)
+    results, on_host, starts = measure(arguments.tree or [REPO], arguments.seed, datasets, arguments.period,
+                                       arguments.settle, arguments.idle, arguments.host_processes, arguments.loopback)
     print(f"Configuration: {SEED_CONFIG.name if arguments.seed else ', '.join(datasets) + ' at ' + arguments.period}"
           f"; CPU over {arguments.idle:.0f} s, {on_host} processes on the host, {arguments.loopback:g} loopback "
           f"connections/s, load average "
           f"{os.getloadavg()[0]:.2f}\n")
     for tree, rows in results.items():
-        print(f"### {tree}\n\n{table(rows)}\n")
+        print(f"### {tree}\n\n{table(rows)}\n\nprocess_started events reported meanwhile: {starts[tree]}\n")
 
 
 if __name__ == "__main__":

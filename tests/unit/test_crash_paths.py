@@ -36,6 +36,20 @@ def test_a_timer_fires_its_message_and_a_cancelled_one_does_not() -> None:
     assert fired == ["tick"]
 
 
+def test_one_timer_thread_fires_again_after_each_schedule_until_cancelled() -> None:
+    fired = threading.Semaphore(0)
+    timer = _CrashingTimer(0.01, lambda message: fired.release(), "tick", lambda error: None)
+    timer.start()
+    assert fired.acquire(timeout=5)
+    assert not fired.acquire(timeout=0.1), "fires once per schedule, not on its own"
+    timer.schedule(0.01)
+    assert fired.acquire(timeout=5)
+    timer.schedule(30.0)
+    timer.cancel()
+    timer.join(5)
+    assert not timer.is_alive() and not fired.acquire(timeout=0)
+
+
 def test_an_exception_escaping_a_child_main_exits_1_with_one_logged_error() -> None:
     code = ("import logging, sys; logging.basicConfig(stream=sys.stderr);"
             "from actors.runtime.worker import exit_loudly_on_error;"

@@ -929,3 +929,42 @@ def test_cmdline_padding_left_by_a_rewritten_title_is_not_arguments() -> None:
     assert parse_cmdline(b"hostaudit: supervisor" + b"\0" * 40) == ("hostaudit: supervisor",)
     assert parse_cmdline(b"ls\0-l\0\0x\0") == ("ls", "-l", "", "x")
     assert parse_cmdline(b"") == ()
+
+
+class _HealthyConnector:
+    """Stands in for an open ProcConnector: only lost() is asked by a poll."""
+
+    def __init__(self) -> None:
+        self.dropped = 0
+
+    def lost(self) -> int:
+        return self.dropped
+
+
+def test_with_a_healthy_connector_a_poll_reads_only_new_pids_until_the_full_pass(host: Path, monkeypatch) -> None:
+    add_process(host, 2700, comm="kept", ticks=1_000)
+    add_process(host, 2701, comm="zombie", state="Z")
+    ds = dataset(host)
+    ds._connector = connector = _HealthyConnector()  # what open_stream keeps
+    ds._streaming = True
+    first = ds.observe()
+    read: list[str] = []
+    real_read_stat = process_dataset.read_stat
+    monkeypatch.setattr(process_dataset, "read_stat", lambda path: read.append(path.rsplit("/", 1)[1])
+                        or real_read_stat(path))
+    add_process(host, 2702, comm="new", ticks=2_000)
+    # A new name is seen only by a full pass (the connector reports execs).
+    add_process(host, 2700, comm="renamed", ticks=1_000, skip=("exe", "cwd"))
+    second = ds.observe()
+    assert read == ["2702"], "the known process and the zombie are not read again"
+    assert second["processes"]["2700"] is first["processes"]["2700"] and "2702" in second["processes"]
+    assert "2701" not in second["processes"]
+    connector.dropped = 1  # notifications lost: the next poll reads everything again
+    third = ds.observe()
+    assert sorted(read[1:]) == ["2700", "2701", "2702"] and third["processes"]["2700"]["name"] == "renamed"
+    read.clear()
+    ds.observe()
+    assert read == []
+    monkeypatch.setattr(process_dataset, "FULL_PASS_SECONDS", 0.0)
+    ds.observe()
+    assert sorted(read) == ["2700", "2701", "2702"], "a full pass at least every FULL_PASS_SECONDS"

@@ -54,6 +54,7 @@ SNAPSHOT_VERSION = 1
 PF_KTHREAD = 0x00200000  # task flag in field 9 of /proc/PID/stat
 KTHREADD_PID = 2
 STREAM_EXIT_GRACE = 5.0  # seconds a vanished process waits for the connector's EXIT before a poll stops it
+FULL_PASS_SECONDS = 60.0  # while the connector is healthy, a poll reads every /proc/PID/stat at most this often
 # The most a poll, and a batch of connector notifications, waits in all for the hashes of the executables it
 # found (they are hashed in a background thread). A hash not ready by then is added to the process when it is:
 # its event goes out without it, later state reports and its stop carry it.
@@ -465,10 +466,14 @@ def process_changes(previous: Any, current: Any) -> list[Event]:
     events: list[Event] = []
     for pid, record in old.items():
         now = new.get(pid)
+        if now is record and not rebooted:
+            continue  # the very record a poll reused: nothing changed
         if rebooted or now is None or not same_process(record, now):
             events += stopped_events(record)
     for pid, record in new.items():
         before = old.get(pid)
+        if before is record and not rebooted:
+            continue
         if rebooted or before is None or not same_process(before, record):
             events.append(appeared_event(record))
         elif image_changed(before, record):
@@ -529,6 +534,9 @@ class ProcessDataset:
         self._known: dict[str, ProcessRecord] = {}  # the last poll's records, reused while (pid, ticks) holds
         self._skipped: dict[str, ProcStat] = {}  # pid -> stat of kernel threads and vanished entries
         self._streaming = False  # the connector is open: it reports every exit, with its exit code
+        self._connector: ProcConnector | None = None  # the open connector, whose lost() says when to read all again
+        self._lost_seen = -1  # the connector's lost() at the last full pass
+        self._full_pass_at = float("-inf")  # monotonic time of the last poll that read every stat
         self._missing_since: dict[str, float] = {}  # pid -> when a poll first found a known process gone
         self._warned: set[str] = set()
         self._names_fresh = False  # the account files were looked at during this poll or batch
@@ -548,12 +556,24 @@ class ProcessDataset:
             self._warn_once("listdir", "cannot list %s (%s): no processes are reported", self.proc,
                             error.strerror)
             entries = []
+        full = self._full_pass_due()
         for entry in entries:
             if not entry.isdigit():
                 continue
+            if not full and (entry in self._known or entry in self._skipped):
+                known = self._known.get(entry)
+                if known is None:
+                    skipped[entry] = self._skipped[entry]
+                    continue
+                if known.get("name") is not None and not known.get("awaiting_exit"):  # read from /proc, alive
+                    processes[entry] = known
+                    continue
             stat = read_stat(self.proc + entry)
-            if stat is None or stat.flags & PF_KTHREAD or entry == "2" or stat.state in EXITED_STATES:
-                continue  # gone, a kernel thread, or exited (a zombie's exit is reported as its stop)
+            if stat is None:
+                continue  # gone
+            if stat.flags & PF_KTHREAD or entry == "2" or stat.state in EXITED_STATES:
+                skipped[entry] = stat  # a kernel thread, or exited (a zombie's exit is reported as its stop)
+                continue
             record = self._known.get(entry)
             if record is not None and record.get("ticks") == stat.start_ticks and record.get("name") == stat.comm:
                 processes[entry] = record
@@ -588,6 +608,7 @@ class ProcessDataset:
         try:
             connector.open()
             self._streaming = True
+            self._connector = connector
             return connector
         except ConnectorUnavailable as error:
             if self.options.backend == "netlink":
@@ -707,6 +728,16 @@ class ProcessDataset:
                 waiting[pid] = record if record.get("awaiting_exit") else {**record, "awaiting_exit": True}
         self._missing_since = {pid: first for pid, first in since.items() if pid in waiting}
         return waiting
+
+    def _full_pass_due(self) -> bool:
+        """Whether this poll reads every pid's stat: always without the connector; with it, every
+        FULL_PASS_SECONDS and when it lost notifications (else it reads only pids it has not seen)."""
+        now = time.monotonic()
+        lost = self._connector.lost() if self._connector is not None else -1
+        if self._connector is not None and lost == self._lost_seen and now - self._full_pass_at < FULL_PASS_SECONDS:
+            return False
+        self._lost_seen, self._full_pass_at = lost, now
+        return True
 
     def _read_new(self, pid: int, stat: ProcStat) -> ProcessRecord | None:
         """Read a process the poll has not seen; None when it vanished or is a kernel thread."""

@@ -459,6 +459,7 @@ class SocketObserver:
         self._attributed: OrderedDict[int, tuple[str, list[Any]]] = OrderedDict()
         self._polled = False
         self._udp_unavailable = False
+        self.boot_id = read_boot_id(hostfs)  # read once: it changes only with a reboot, which restarts the agent
 
     def _diag_socket(self) -> DiagSocket:
         """The dump socket, opened on first use; the kernel leaves loopback sockets out unless they are reported."""
@@ -594,7 +595,7 @@ class SocketObserver:
         sockets = {seen.key: seen.record for seen in known.values() if seen.reported}
         referenced = {record[R_PROCESS] for record in sockets.values() if record[R_PROCESS]}
         self._process_info = {key: info for key, info in self._process_info.items() if key in referenced}
-        return new_snapshot(sockets, self._process_info, listeners, read_boot_id(self.hostfs), now)
+        return new_snapshot(sockets, self._process_info, listeners, self.boot_id, now)
 
     def traffic(self) -> dict[str, "Traffic"]:
         """What the kernel has counted so far for each TCP connection the last poll reported, by key: one dump
