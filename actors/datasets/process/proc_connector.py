@@ -626,18 +626,15 @@ class ProcConnector:
                     wait = -1 if not pending else max(0, math.ceil((send_at - time.monotonic()) * 1000))
                     if any(descriptor == lifeline for descriptor, _ in poller.poll(wait)):
                         return
-                # The execs first, and their processes read at once (a /bin/true is gone 0.4 ms after its exec):
-                # decoding the FORKs and EXITs the main socket gathered meanwhile comes after.
-                exec_raw = self._drain(execs) if execs is not None else []
-                read_early = self._read_execs(exec_raw)
-                raw += self._drain()
-                if exec_raw:
-                    if first:
-                        seen = {(event.cpu, event.seq) for event, _ in raw if event.what == PROC_EVENT_EXEC}
-                        exec_raw = [pair for pair in exec_raw if (pair[0].cpu, pair[0].seq) not in seen]
-                    raw = sorted(raw + exec_raw, key=lambda pair: pair[0].timestamp_ns) if raw else exec_raw
-                first = False
-                if raw and (items := self._interpret(raw, _Clocks.now(), read_early)):
+                raw += self._drain()  # the main socket first: what an EXEC read next follows is not older
+                if execs is not None:
+                    if exec_raw := self._drain(execs):
+                        if first:
+                            seen = {(event.cpu, event.seq) for event, _ in raw if event.what == PROC_EVENT_EXEC}
+                            exec_raw = [pair for pair in exec_raw if (pair[0].cpu, pair[0].seq) not in seen]
+                        raw = sorted(raw + exec_raw, key=lambda pair: pair[0].timestamp_ns) if raw else exec_raw
+                    first = False
+                if raw and (items := self._interpret(raw, _Clocks.now())):
                     if not pending:
                         send_at = time.monotonic() + FRAME_HOLD
                     pending += items
@@ -718,18 +715,9 @@ class ProcConnector:
             del self._unseen[key]
             self._gaps += 1
 
-    def _read_execs(self, raw: list[tuple[RawEvent, int]]) -> dict[int, Any]:
-        """Read now the processes these EXECs started: pid -> details."""
-        pids = list(dict.fromkeys(event.data[0] for event, _ in raw
-                                  if event.what == PROC_EVENT_EXEC and len(event.data) >= 2
-                                  and event.data[0] == event.data[1]))
-        return dict(zip(pids, self._enrich(pids))) if pids else {}
-
-    def _interpret(self, raw: list[tuple[RawEvent, int]], clocks: _Clocks,
-                   read_early: dict[int, Any] | None = None) -> list[ProcessExec | ProcessExit]:
+    def _interpret(self, raw: list[tuple[RawEvent, int]], clocks: _Clocks) -> list[ProcessExec | ProcessExit]:
         """Turn raw events into items. The processes that exec'd and have not exited in this batch are read
-        together, first, unless `read_early` has them (read as their EXEC arrived); an EXEC whose process exits
-        later in the batch is not read (it is gone)."""
+        together, first; an EXEC whose process exits later in the batch is not read (it is gone)."""
         live: dict[int, None] = {}  # pids whose last EXEC in the batch comes after their last EXIT, in order
         exit_parent: dict[int, int] = {}
         for event, _ in raw:
@@ -740,9 +728,7 @@ class ProcConnector:
                 live.pop(data[0], None)
                 if len(data) == 6 and data[5] > 0:
                     exit_parent[data[0]] = data[5]
-        details = dict(read_early or {})
-        if unread := [pid for pid in live if pid not in details]:
-            details.update(zip(unread, self._enrich(unread)))
+        details = dict(zip(live, self._enrich(list(live)))) if live else {}
         items: list[ProcessExec | ProcessExit] = []
         for event, received_ns in raw:
             what, data = event.what, event.data
