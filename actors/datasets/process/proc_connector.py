@@ -607,6 +607,8 @@ class ProcConnector:
         if execs is not None:
             poller.register(execs.fileno(), select.POLLIN)
         main = self._socket.fileno()
+        main_waiting = select.poll()  # asked without waiting: is anything left on the main socket?
+        main_waiting.register(main, select.POLLIN)
         polling_main = False
         first = True  # an EXEC may be on both sockets once, from before the split
         pending: list[ProcessExec | ProcessExit] = []  # read, not yet sent
@@ -632,6 +634,8 @@ class ProcConnector:
                         if first:
                             seen = {(event.cpu, event.seq) for event, _ in raw if event.what == PROC_EVENT_EXEC}
                             exec_raw = [pair for pair in exec_raw if (pair[0].cpu, pair[0].seq) not in seen]
+                        if main_waiting.poll(0):  # the main socket holds more than one drain took (a backlog):
+                            exec_raw = self._hold_newer_execs(exec_raw, raw)  # an EXEC never before its FORK
                         raw = sorted(raw + exec_raw, key=lambda pair: pair[0].timestamp_ns) if raw else exec_raw
                     first = False
                 if raw and (items := self._interpret(raw, _Clocks.now())):
@@ -651,6 +655,15 @@ class ProcConnector:
         except Exception as error:  # the socket failed, or a bug: the parent's read() raises it
             _write_frame(frames, pickle.dumps((pending, self._gaps, self._enobufs, self.received, str(error))))
             raise
+
+    def _hold_newer_execs(self, exec_raw: list[tuple[RawEvent, int]],
+                          main_raw: list[tuple[RawEvent, int]]) -> list[tuple[RawEvent, int]]:
+        """The EXECs no newer than the last event drained from the main socket; the newer ones wait in the
+        backlog for the next pass, with the FORKs (and parents) the main socket still holds for them."""
+        horizon = max((event.timestamp_ns for event, _ in main_raw), default=-1)
+        now = [pair for pair in exec_raw if pair[0].timestamp_ns <= horizon]
+        self._backlog.extend(pair for pair in exec_raw if pair[0].timestamp_ns > horizon)
+        return now
 
     def _raise_reader_priority(self) -> None:
         """SCHED_FIFO `rt_priority` for the reader process, else nice `reader_nice` (both need CAP_SYS_NICE; a
