@@ -15,12 +15,16 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actors.datasets import DatasetContext
 from actors.datasets.package import dataset as package_dataset
-from actors.datasets.package.dpkg import StanzaCache
+from actors.datasets.package import dpkg
+from actors.datasets.package.dpkg import Record, _fast, _generic, parse_status
 from actors.datasets.package.options import PackageOptions, parse_options
 from actors.datasets.package.records import Package
 from actors.datasets.package.rpmdb import HeaderError, package_of, parse_header
@@ -450,12 +454,109 @@ def test_a_missing_or_unreadable_database_is_one_warning(tmp_path: Path, caplog:
     assert str(tmp_path / "var/lib/dpkg/status") in warning and "kept as last seen" in warning
 
 
-def test_stanza_cache_reparses_only_changed_stanzas() -> None:
-    cache = StanzaCache()
-    first = cache.parse(BASE_STATUS.encode())
-    second = cache.parse(BASE_STATUS.replace("2.36-9", "2.36-10").encode())
-    assert first.records[0].package is second.records[0].package  # bash: the same parse, reused
-    assert second.records[1].package.version == "2.36-10"
+def line_by_line(text: str) -> list[Record | str]:
+    """The reference parse: every stanza by `_fast` or `_generic` (the path of stanzas the regex does not match);
+    a skipped stanza as its reason."""
+    parsed: list[Record | str] = []
+    for stanza in text.split("\n\n"):
+        if stanza.strip():
+            state, package, _ = _fast(stanza.lstrip("\n")) or _generic(stanza.strip("\n"))
+            parsed.append(package if state is None else Record(  # type: ignore[arg-type]
+                state, package, "\nMulti-Arch: same\n" in stanza + "\n"))
+    return parsed
+
+
+# Lines a stanza may be made of: the fields the parser reads (canonical or not), others, continuations, comments,
+# and lines that make a stanza malformed.
+STANZA_LINES = st.sampled_from([
+    "Status: install ok installed", "Status: deinstall ok installed", "Status: purge ok not-installed",
+    "Status: install ok  installed", "Status: install ok unpacked", "status: install ok installed",
+    "Installed-Size: 42", "Installed-Size: 7M", "Installed-Size: many", "Architecture: amd64",
+    "Architecture:  all ", "Version: 1.0-1", "Version: 2:3.4~rc1-1+b2", "Version: 1.0 ", "Version:  9.9", "Version: 1",
+    "Version:",
+    "Description: a summary", "Description:  spaced summary ", " a continuation line", " .", "# a comment",
+    "Homepage: https://example.org/", "Homepage:", "Depends: libc6 (>= 2.36)", "Multi-Arch: same",
+    "Package: second", "Fïeld: value", ":colon first", "no colon here", "\tTabbed: continuation",
+])
+STANZA = st.builds(lambda name, lines: "\n".join([f"Package: {name}", *lines]),
+                   st.sampled_from(["bash", "lib-x", "two words", "tab\tname", ""]),
+                   st.lists(STANZA_LINES, max_size=12))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(STANZA, min_size=1, max_size=4), st.sampled_from(["\n\n", "\n\n\n"]))
+def test_whole_stanza_regex_parses_as_the_line_by_line_path(stanzas: list[str], separator: str) -> None:
+    text = separator.join(stanzas) + "\n\n"
+    parsed = parse_status(text.encode())
+    skipped = [reason for reason in line_by_line(text) if isinstance(reason, str)]
+    assert list(parsed.records) == [record for record in line_by_line(text) if isinstance(record, Record)]
+    assert [problem.reason.startswith("stanza ") for problem in parsed.problems].count(True) == len(skipped)
+    assert parsed.skipped == bool(skipped)
+
+
+# Stanzas that parse (in dpkg's order or not): a reparse reuses records only after a parse without problems.
+GOOD_STANZA = st.builds(
+    lambda name, version, extra, home, shuffled: "\n".join(
+        [f"Package: {name}", *(reversed if shuffled else list)([
+            "Status: install ok installed", "Installed-Size: 3", "Architecture: amd64", f"Version: {version}",
+            *extra, "Description: summary", " more", *(["Homepage: https://example.org/"] if home else [])])]),
+    st.sampled_from(["bash", "zsh", "libc6"]), st.sampled_from(["1", "1.0-2", "2:3"]),
+    st.lists(st.sampled_from(["Depends: libc6", "Multi-Arch: same", " continued", "# comment"]), max_size=3),
+    st.booleans(), st.booleans())
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(GOOD_STANZA, min_size=1, max_size=6), st.lists(GOOD_STANZA, max_size=2), st.integers(0, 6),
+       st.integers(0, 2), st.sampled_from(["", "\n", "x", "\n\n"]), st.integers(0, 400), st.booleans())
+def test_a_reparse_after_a_change_equals_a_parse_from_scratch(stanzas: list[str], inserted: list[str], at: int,
+                                                             removed: int, typed: str, where: int,
+                                                             at_a_boundary: bool) -> None:
+    before = "\n\n".join(stanzas) + "\n\n"
+    after = "\n\n".join([*stanzas[:at], *inserted, *stanzas[at + removed:]]) + "\n\n"
+    if at_a_boundary:  # within two characters of an empty line, where the reuse of records is decided
+        boundaries = [index for index in range(len(after)) if after.startswith("\n\n", index)]
+        where = max(0, boundaries[where % len(boundaries)] + where % 5 - 2)
+    after = after[:where] + typed + after[where:]  # and a keystroke somewhere (maybe in an empty line)
+    for old, new in ((before, after), (after, before)):
+        previous = parse_status(old.encode())
+        assert parse_status(new.encode(), previous) == parse_status(new.encode())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text("ab\n", max_size=40), st.text("ab\n", max_size=40), st.text("ab", max_size=40),
+       st.sampled_from([1, 3, 7, 65536]))
+def test_shared_start_and_end_are_measured_exactly(one: str, other: str, shared: str, chunk: int) -> None:
+    with mock.patch.object(dpkg, "_CHUNK", chunk):
+        prefix = dpkg._common_prefix(shared + one, shared + other)
+        suffix = dpkg._common_suffix(one + shared, other + shared, min(len(one), len(other)) + len(shared))
+    assert prefix == len(os.path.commonprefix([shared + one, shared + other]))
+    assert suffix == len(os.path.commonprefix([(one + shared)[::-1], (other + shared)[::-1]]))
+
+
+def test_a_reparse_reuses_the_records_of_unchanged_stanzas() -> None:
+    many = "".join(f"Package: p{index}\nStatus: install ok installed\nInstalled-Size: 1\nArchitecture: all\n"
+                   f"Version: 1.{index}\nDescription: number {index}\n\n" for index in range(50))
+    first = parse_status(many.encode())
+    second = parse_status(many.replace("Version: 1.20\n", "Version: 2.0\n").encode(), first)
+    assert second.records[19] is first.records[19] and second.records[21] is first.records[21]
+    assert second.records[20].package.version == "2.0" and second == parse_status(second.text.encode())
+
+
+def test_canonical_stanzas_take_the_regex_path_and_odd_ones_do_not() -> None:
+    canonical = ("Package: bash\nStatus: install ok installed\nInstalled-Size: 7\nArchitecture: amd64\n"
+                 "Version: 5.2-1\nDescription: GNU shell\n more\nHomepage: https://gnu.org/\n\n")
+    assert parse_status(canonical.encode()).records == (Record("installed", Package(
+        "dpkg", "bash", "5.2-1", architecture="amd64", size=7 * 1024, description="GNU shell",
+        reference="https://gnu.org/")),)
+    home_first = canonical.replace("Homepage: https://gnu.org/\n", "").replace(
+        "Status:", "Homepage: https://gnu.org/\nStatus:")
+    assert parse_status(home_first.encode()).records == parse_status(canonical.encode()).records
+    garbled = canonical.replace(" more\n", "more\n") + "Package: zsh\nStatus: install ok installed\n"
+    parsed = parse_status(garbled.encode())
+    assert parsed.records == () and parsed.skipped
+    assert [(problem.line, problem.reason) for problem in parsed.problems] == [
+        (1, "stanza with a line without ':' (not 'Field: value')"),
+        (10, "stanza where the file ends (it was being written?)")]
 
 
 # --------------------------------------------------------------------------------------------------------

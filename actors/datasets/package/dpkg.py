@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 from actors.datasets.package.records import DPKG, DatabaseRead, Package
@@ -30,25 +32,50 @@ _UPDATE_NAME = re.compile(r"[0-9]+")
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # deb822: printable ASCII but ':'
 _BAD_LINE = re.compile(r"\n[^ \t\n#:][^:\n]*(?:\n|$)")  # not a continuation, a comment, empty or `Field: value`
 _new_package = tuple.__new__
+_new_record = tuple.__new__
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+def _then(field: str, value: str = ".*") -> str:
+    """Valid lines, then the first line of `field` (captured `value`); committed once found (no backtracking)."""
+    return rf"(?>(?:{_VALID_LINE})*?{field}: ({value})\n)"
+
+
+# A line of a well-formed stanza: a continuation or comment, or `Field: value` (the field name printable ASCII).
+_VALID_LINE = r"(?:[ \t#]|[!-9;-~]+:).*\n"
+# One whole stanza as dpkg writes it for an installed package, up to and with its blank line: the fields it
+# needs in dpkg's order (each the first of its name after the one before), every line valid. A stanza this does
+# not match is parsed by `_fast` or `_generic`, which give the same result for a stanza this does match.
+_INSTALLED_STANZA = re.compile(
+    r"Package: ([^ \n]+)\n"
+    + _then("Status", r"[^ \n]+ [^ \n]+ installed")
+    + _then("Installed-Size", "[0-9]+")
+    + _then("Architecture")
+    + _then("Version", r"[^ \n](?:.*[^ \n])?")
+    + _then("Description")
+    + rf"(?:{_then('Homepage')})?"
+    + rf"(?>(?:{_VALID_LINE})*)\n")
+
+
+class Record(NamedTuple):
     """One parsed stanza: the package's dpkg state and its fields (`installed` not filled in yet)."""
 
     state: str
     package: Package
+    arch_qualified: bool = False  # Multi-Arch: same, so its file list is <name>:<arch>.list (a hint: both are tried)
 
 
 @dataclass(frozen=True, slots=True)
 class ParsedStatus:
     """The stanzas of a status (or updates/) file that parsed, and the problems of the others.
 
-    `skipped` is True when a stanza was left out (its package is then unknown, not absent)."""
+    `skipped` is True when a stanza was left out (its package is then unknown, not absent). `text` is what was
+    parsed and `spans` where each record's stanza starts and ends in it (for the next parse to reuse)."""
 
     records: tuple[Record, ...]
     problems: tuple[LineProblem, ...]
     skipped: bool
+    text: str = ""
+    spans: tuple[tuple[int, int], ...] = ()
 
 
 def parse_size(value: str) -> int | None:
@@ -96,7 +123,8 @@ def _fast(stanza: str) -> Parsed | None:
     description, at = _after(stanza, "\nDescription: ", at)
     reference, at = _after(stanza, "\nHomepage: ", at)
     if status.endswith(" installed") and version and size_text.isdigit() and size_text.isascii() \
-            and status.count(" ") == 2 and not version.endswith(" "):
+            and status.count(" ") == 2 and not version.endswith(" ") \
+            and not version.startswith(" "):
         # The common case, already known to be valid: build the record directly.
         return "installed", _new_package(Package, (DPKG, name, version, "", None, architecture.strip(), None,
                                                    int(size_text) * 1024, description.strip(), reference.strip(),
@@ -142,59 +170,138 @@ def _generic(stanza: str) -> Parsed:
                     fields.get("installed-size", ""), fields.get("description", ""), fields.get("homepage", ""))
 
 
-class StanzaCache:
-    """The parse of each stanza text seen in the last read: a database re-read after one package changed parses
-    only the stanzas that changed."""
+def parse_status(data: bytes, previous: ParsedStatus | None = None) -> ParsedStatus:
+    """Parse the stanzas of dpkg's status file (or one updates/ file). Never raises.
 
-    def __init__(self) -> None:
-        self._parsed: dict[str, Parsed] = {}
+    A stanza is skipped, as a problem naming its first line, when it has a line that is not `Field: value`,
+    no Package, no or a malformed Status, or no Version while installed. A file that does not end with an
+    empty line ends inside a stanza (it was cut while being written): that last stanza is skipped too.
 
-    def parse(self, data: bytes) -> ParsedStatus:
-        """Parse the stanzas of dpkg's status file (or one updates/ file). Never raises.
+    With `previous` (the parse of the file before it changed), the stanzas in the text both share at the start
+    and at the end are taken from it: dpkg rewrites the whole file when one package changes.
+    """
+    text = data.decode("utf-8", "replace")
+    if previous is not None and previous.text and not previous.problems and text.endswith("\n\n"):
+        return _parse_changed(text, previous)
+    cut = not text.endswith("\n\n") and bool(text.strip())
+    records, spans, problems, skipped = _parse_span(text, 0, len(text), cut)
+    return ParsedStatus(tuple(records), _numbered(text, problems), skipped, text, tuple(spans))
 
-        A stanza is skipped, as a problem naming its first line, when it has a line that is not `Field: value`,
-        no Package, no or a malformed Status, or no Version while installed. A file that does not end with an
-        empty line ends inside a stanza (it was cut while being written): that last stanza is skipped too.
-        """
-        text = data.decode("utf-8", "replace")
-        stanzas = text.split("\n\n")
-        cut = not text.endswith("\n\n") and bool(text.strip())
-        previous, parsed = self._parsed, {}
-        records: list[Record] = []
-        problems: list[tuple[int, str]] = []  # (stanza index, reason)
-        skipped = False
-        last = len(stanzas) - 1
-        for index, stanza in enumerate(stanzas):
-            result = previous.get(stanza) or parsed.get(stanza)
-            if result is None:
-                if not stanza.strip():
-                    continue
-                result = _fast(stanza) or _generic(stanza.strip("\n"))
-            if cut and index == last:
-                result = None, "where the file ends (it was being written?)", None
-            else:
-                parsed[stanza] = result
-            state, package, soft = result
-            if state is None:
-                skipped = True
-                problems.append((index, f"stanza {package}"))
+
+def _parse_changed(text: str, previous: ParsedStatus) -> ParsedStatus:
+    """Parse `text` reusing the records of `previous` whose stanzas lie in the text both share at either end."""
+    old, spans = previous.text, previous.spans
+    prefix = _common_prefix(text, old)
+    suffix = _common_suffix(text, old, min(len(text), len(old)) - prefix)
+    ends = [end for _, end in spans]
+    head = bisect.bisect_right(ends, prefix)  # records[:head] end inside the shared start
+    # records[tail:] start, with the empty line before them, inside the shared end
+    tail = max(head, bisect.bisect_left([start for start, _ in spans], len(old) - suffix + 2))
+    shift = len(text) - len(old)
+    begin = ends[head - 1] if head else 0
+    stop = spans[tail][0] + shift if tail < len(spans) else len(text)
+    records, middle, problems, skipped = _parse_span(text, begin, stop, cut=False)
+    moved = [(start + shift, end + shift) for start, end in spans[tail:]]
+    return ParsedStatus((*previous.records[:head], *records, *previous.records[tail:]), _numbered(text, problems),
+                        skipped, text, (*spans[:head], *middle, *moved))
+
+
+_CHUNK = 65536
+_MULTI_ARCH_SAME = "\nMulti-Arch: same\n"
+
+
+def _common_prefix(one: str, other: str) -> int:
+    """How many characters `one` and `other` share at their start (compared a chunk at a time, in C)."""
+    limit = min(len(one), len(other))
+    done = 0
+    while done < limit and one[done:done + _CHUNK] == other[done:done + _CHUNK]:
+        done += _CHUNK
+    if done >= limit:
+        return limit
+    low, high = done, min(done + _CHUNK, limit)  # one[done:low] == other[done:low]; they differ before high
+    while low < high:
+        middle = (low + high + 1) // 2
+        if one[done:middle] == other[done:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _common_suffix(one: str, other: str, limit: int) -> int:
+    """How many characters (at most `limit`) `one` and `other` share at their end."""
+    one_end, other_end, done = len(one), len(other), 0
+    while done < limit:
+        size = min(_CHUNK, limit - done)
+        if one[one_end - done - size:one_end - done] != other[other_end - done - size:other_end - done]:
+            break
+        done += size
+    else:
+        return limit
+    low, high = done, done + size  # the last `low` characters are shared; not the last `high`
+    while low < high:
+        middle = (low + high + 1) // 2
+        if one[one_end - middle:one_end - done] == other[other_end - middle:other_end - done]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _parse_span(text: str, position: int, stop: int, cut: bool
+                ) -> tuple[list[Record], list[tuple[int, int]], list[tuple[int, str]], bool]:
+    """Parse the stanzas of text[position:stop] (which starts a stanza and ends with an empty line, unless `cut`):
+    the records, where each one's stanza is, the problems (offset of the stanza, reason) and whether one was
+    skipped. Most stanzas are matched whole by one regular expression (C speed); the others go line by line."""
+    records: list[Record] = []
+    spans: list[tuple[int, int]] = []
+    problems: list[tuple[int, str]] = []
+    skipped = False
+    match_installed, find = _INSTALLED_STANZA.match, text.find
+    while position < stop:
+        matched = match_installed(text, position, stop)
+        if matched is not None:
+            end = matched.end()
+            name, _, size, architecture, version, description, reference = matched.groups()
+            if reference is not None or find("\nHomepage: ", position, end) < 0:
+                records.append(_new_record(Record, ("installed", _new_package(Package, (
+                    DPKG, name, version, "", None, architecture.strip(), None, int(size) * 1024,
+                    description.strip(), reference.strip() if reference else "", "")),
+                    find(_MULTI_ARCH_SAME, position, end) >= 0)))
+                spans.append((position, end))
+                position = end
                 continue
-            records.append(Record(state, package))  # type: ignore[arg-type]
-            if soft is not None:
-                problems.append((index, soft))
-        self._parsed = parsed
-        return ParsedStatus(tuple(records), _numbered(stanzas, problems), skipped)
+        if text[position] == "\n":
+            position += 1  # an extra empty line between stanzas
+            continue
+        start, end = position, find("\n\n", position, stop)
+        stanza = text[start:stop] if end < 0 else text[start:end]
+        position = stop if end < 0 else end + 2
+        if not stanza.strip():
+            continue  # only white space: not a stanza
+        if cut and end < 0:
+            state, package, soft = None, "where the file ends (it was being written?)", None
+        else:
+            state, package, soft = _fast(stanza) or _generic(stanza.strip("\n"))
+        if state is None:
+            skipped = True
+            problems.append((start, f"stanza {package}"))
+            continue
+        records.append(_new_record(Record, (state, package, find(_MULTI_ARCH_SAME, start, position) >= 0)))
+        spans.append((start, position))
+        if soft is not None:
+            problems.append((start, soft))
+    return records, spans, problems, skipped
 
 
-def _numbered(stanzas: list[str], problems: list[tuple[int, str]]) -> tuple[LineProblem, ...]:
-    """Problems with the line number where their stanza starts (counted only when there are problems)."""
+def _numbered(text: str, problems: list[tuple[int, str]]) -> tuple[LineProblem, ...]:
+    """Problems (in the order of their offsets) with the number of the line their stanza starts on."""
     numbered: list[LineProblem] = []
-    line, index = 1, 0
-    for wanted, reason in problems:
-        while index < wanted:
-            line += stanzas[index].count("\n") + 2
-            index += 1
-        numbered.append(LineProblem(line + len(stanzas[wanted]) - len(stanzas[wanted].lstrip("\n")), reason))
+    line, counted = 1, 0
+    for offset, reason in problems:
+        line += text.count("\n", counted, offset)
+        counted = offset
+        numbered.append(LineProblem(line, reason))
     return tuple(numbered)
 
 
@@ -227,9 +334,9 @@ class DpkgReader:
         self.status_path = procfs.host_path(hostfs, STATUS)
         self.updates_path = procfs.host_path(hostfs, UPDATES)
         self.info_path = procfs.host_path(hostfs, INFO)
-        self._stanzas = StanzaCache()
         self._installed: dict[tuple[str, str], int | None] = {}
         self._info_signature: FileSignature | None = None
+        self._status: ParsedStatus | None = None  # the last parse of the status file
 
     def read(self) -> DatabaseRead:
         """Read the installed packages from the status file and pending updates. Never raises."""
@@ -237,12 +344,12 @@ class DpkgReader:
             content = etc_files.read_file(self.status_path)
             if content is None:
                 return DatabaseRead((), exists=False)
-            parsed = [(self.status_path, self._stanzas.parse(content.data),
-                       len(content.data) > etc_files.MAX_FILE_BYTES)]
+            self._status = parse_status(content.data, self._status)
+            parsed = [(self.status_path, self._status, len(content.data) > etc_files.MAX_FILE_BYTES)]
             for update in _update_files(self.updates_path):
                 loaded = etc_files.read_file(update)
                 if loaded is not None:  # one dpkg merged and removed meanwhile is in status now
-                    parsed.append((update, StanzaCache().parse(loaded.data), False))
+                    parsed.append((update, parse_status(loaded.data), False))
         except procfs.Unreadable as error:
             return DatabaseRead(None, complete=False, problem=f"{error}; the dpkg packages are kept as last seen")
         by_slot: dict[tuple[str, str], Record] = {}
@@ -256,7 +363,7 @@ class DpkgReader:
             if too_large:
                 problems.append(f"{path}: larger than {etc_files.MAX_FILE_BYTES} bytes, the rest is not read")
             complete = complete and not status.skipped and not too_large
-        packages = self._with_install_times([record.package for record in by_slot.values()
+        packages = self._with_install_times([record for record in by_slot.values()
                                              if record.state not in ABSENT_STATES])
         problem = None
         if problems:
@@ -265,7 +372,7 @@ class DpkgReader:
             problem = f"{'; '.join(problems)}; {consequence}"
         return DatabaseRead(packages, complete, problem)
 
-    def _with_install_times(self, packages: list[Package]) -> tuple[Package, ...]:
+    def _with_install_times(self, records: list[Record]) -> tuple[Package, ...]:
         """Fill in `installed` from each package's file list mtime. The lists are stat'ed again only when the
         info directory changed (a reinstall writes a new list: the directory's mtime moves)."""
         try:
@@ -273,25 +380,40 @@ class DpkgReader:
         except procfs.Unreadable:
             signature = None
         known = self._installed if signature is not None and signature == self._info_signature else {}
-        info = str(self.info_path)
         installed: dict[tuple[str, str], int | None] = {}
         result = []
-        for package in packages:
-            slot = (package[1], package[5])
-            when = known.get(slot, -1)
-            if when == -1:
-                when = _list_mtime(info, package[1], package[5])
-            installed[slot] = when
-            result.append(_new_package(Package, (*package[:6], when, *package[7:])))
+        info = _open_directory(self.info_path)
+        try:
+            for _, package, arch_qualified in records:
+                slot = (package[1], package[5])
+                when = known.get(slot, -1)
+                if when == -1:
+                    when = _list_mtime(info, package[1], package[5], arch_qualified)
+                installed[slot] = when
+                result.append(_new_package(Package, (*package[:6], when, *package[7:])))
+        finally:
+            if info is not None:
+                os.close(info)
         self._installed, self._info_signature = installed, signature
         return tuple(result)
 
 
-def _list_mtime(info: str, name: str, architecture: str) -> int | None:
+def _open_directory(path: Path) -> int | None:
+    """A descriptor of directory `path` (the lists are stat'ed relative to it: one path component each), or None."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _list_mtime(info: int | None, name: str, architecture: str, arch_qualified: bool) -> int | None:
     """The mtime of a package's file list (info/<name>.list, or <name>:<arch>.list for Multi-Arch: same)."""
-    for list_name in (name, f"{name}:{architecture}"):
+    if info is None:
+        return None
+    names = (f"{name}.list", f"{name}:{architecture}.list")
+    for list_name in reversed(names) if arch_qualified else names:
         try:
-            return os.stat(f"{info}/{list_name}.list").st_mtime_ns // 1_000_000_000
+            return os.stat(list_name, dir_fd=info).st_mtime_ns // 1_000_000_000
         except OSError:
             continue
     return None
