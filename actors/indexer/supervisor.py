@@ -14,7 +14,7 @@ from actors.indexer.settings import IndexerSettings
 from actors.indexer.worker import WorkerSpec, worker_main
 from actors.runtime.forkserver import forkserver_context
 from actors.runtime.monitoring import serve
-from actors.runtime.supervision import Child, ProcessSupervisor, Shutdown, Status, StopSignals
+from actors.runtime.supervision import Child, ProcessSupervisor, Shutdown, Status, StopSignals, Wakeup
 
 log = logging.getLogger("hostaudit.indexer")
 
@@ -29,8 +29,8 @@ class IndexerSupervisor(ProcessSupervisor):
     others = "the other workers"
 
     def __init__(self, settings: IndexerSettings, context: BaseContext, stats: IndexerStats,
-                 stop_requested: threading.Event | None = None) -> None:
-        super().__init__(settings.supervisor, context, stop_requested)
+                 stop_requested: threading.Event | None = None, wakeup: Wakeup | None = None) -> None:
+        super().__init__(settings.supervisor, context, stop_requested, wakeup=wakeup)
         self.stats = stats
         self.stop_seconds = settings.drain_timeout + STOP_MARGIN
         for number in range(1, settings.workers + 1):
@@ -49,11 +49,12 @@ def run(settings: IndexerSettings) -> int:
     context = forkserver_context("actors.indexer.preload")  # as the agent's: no resource tracker process
     signals = StopSignals()
     stats = IndexerStats()
-    supervisor = IndexerSupervisor.start(settings, context, stats, signals.requested)
+    wakeup = Wakeup()
+    supervisor = IndexerSupervisor.start(settings, context, stats, signals.requested, wakeup)
     server = None
     try:
         def current_stats() -> dict[str, Any]:
-            return stats.build(supervisor.ask(Status(), timeout=5))
+            return stats.build(wakeup.ask(supervisor, Status(), timeout=5))
 
         if settings.http_enabled:
             try:
@@ -64,7 +65,7 @@ def run(settings: IndexerSettings) -> int:
                 return 1
         next_stats_log = time.monotonic() + STATS_LOG_INTERVAL
         while not signals.requested.wait(1.0):
-            signals.known_pids[:] = supervisor.proxy().child_pids().get(timeout=5)
+            signals.known_pids[:] = wakeup.get(supervisor.proxy().child_pids(), timeout=5)
             figures = current_stats()  # every second: docs/s is measured from these samples
             if time.monotonic() >= next_stats_log:
                 next_stats_log += STATS_LOG_INTERVAL
@@ -74,7 +75,7 @@ def run(settings: IndexerSettings) -> int:
         if server is not None:
             server.shutdown()
         try:
-            signals.known_pids[:] = supervisor.proxy().child_pids().get(timeout=5)
-            supervisor.ask(Shutdown(), timeout=settings.drain_timeout + 2 * STOP_MARGIN)
+            signals.known_pids[:] = wakeup.get(supervisor.proxy().child_pids(), timeout=5)
+            wakeup.ask(supervisor, Shutdown(), timeout=settings.drain_timeout + 2 * STOP_MARGIN)
         finally:
             supervisor.stop()

@@ -21,7 +21,7 @@ import pykka
 
 log = logging.getLogger("hostaudit.supervisor")
 
-WATCH_INTERVAL = 0.25
+WATCH_MAX_SECONDS = 5.0  # the longest wait between two looks at the children (a hang deadline may come sooner)
 FAILED_RETRY_MAX = 3600.0
 DUPLICATE_SIGNAL_SECONDS = 1.0  # GNU timeout signals the process and then its group: one request, not two
 
@@ -57,6 +57,40 @@ def describe_exit(exitcode: int | None) -> str:
         except ValueError:
             return f"killed by signal {-exitcode}"
     return f"exit code {exitcode}"
+
+
+class Wakeup:
+    """Ends the supervisor's wait for its children at once: a message sent to it is read only between two waits.
+
+    A pipe, not a lock or an event: nothing here can be left held by a participant's death."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def fileno(self) -> int:
+        return self._read
+
+    def ring(self) -> None:
+        try:
+            os.write(self._write, b"\0")
+        except BlockingIOError:
+            pass  # rung already and not yet drained: once is enough
+
+    def drain(self) -> None:
+        try:
+            while os.read(self._read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def ask(self, supervisor: pykka.ActorRef, message: Any, timeout: float) -> Any:
+        """Ask `supervisor` (answered within its next turn, not after its current wait) and wait for the answer."""
+        return self.get(supervisor.ask(message, block=False), timeout)
+
+    def get(self, answer: pykka.Future, timeout: float) -> Any:
+        """The answer to a message just sent to the supervisor (a proxy call is one), rung for at once."""
+        self.ring()
+        return answer.get(timeout=timeout)
 
 
 @dataclass
@@ -125,8 +159,10 @@ class ProcessSupervisor(pykka.ThreadingActor):
     stop_seconds = 6.0  # how long `_shutdown` waits for the children after SIGTERM before killing them
 
     def __init__(self, policy: RestartPolicy, context: BaseContext,
-                 stop_requested: threading.Event | None = None, known_pids: list[int] | None = None) -> None:
+                 stop_requested: threading.Event | None = None, known_pids: list[int] | None = None,
+                 wakeup: Wakeup | None = None) -> None:
         super().__init__()
+        self.wakeup = wakeup or Wakeup()  # whoever sends this actor a message rings it (Wakeup.ask)
         self.policy = policy
         self.stop_requested = stop_requested or threading.Event()  # set by the signal handler, at once
         self.known_pids = known_pids  # kept up to date here, when given (StopSignals.known_pids): nobody polls
@@ -183,24 +219,32 @@ class ProcessSupervisor(pykka.ThreadingActor):
 
     # --- watching --------------------------------------------------------------------------------------
     def _watch_once(self) -> None:
+        """Wait until a child exits or sends a heartbeat, a message arrives, or the next hang deadline."""
         running = [child for child in self.children.values() if child.exit_pending]
-        waitables: dict[Any, tuple[Child, str]] = {}
+        waitables: dict[Any, tuple[Child | None, str]] = {self.wakeup: (None, "wakeup")}
         for child in running:
             assert child.process is not None and child.heartbeat is not None
             waitables[child.process.sentinel] = (child, "exit")
             waitables[child.heartbeat] = (child, "heartbeat")
-        ready = multiprocessing.connection.wait(list(waitables), timeout=WATCH_INTERVAL) if waitables else []
-        if not waitables:
-            time.sleep(WATCH_INTERVAL)
+        ready = multiprocessing.connection.wait(list(waitables), timeout=self._watch_timeout(running))
         for handle in ready:
             child, kind = waitables[handle]
             if kind == "heartbeat":
-                self._read_heartbeats(child)
+                self._read_heartbeats(child)  # type: ignore[arg-type]
+            elif kind == "wakeup":
+                self.wakeup.drain()
         for handle in ready:
             child, kind = waitables[handle]
             if kind == "exit":
-                self._exited(child)
+                self._exited(child)  # type: ignore[arg-type]
         self._check_hangs()
+
+    @staticmethod
+    def _watch_timeout(running: list[Child]) -> float:
+        """Seconds until the first hang deadline of a running child, at most WATCH_MAX_SECONDS."""
+        now = time.monotonic()
+        deadlines = [child.progress_at + child.hang_timeout - now for child in running if not child.hang_killed]
+        return max(0.01, min([WATCH_MAX_SECONDS, *deadlines]) + 0.01)
 
     def _read_heartbeats(self, child: Child) -> None:
         assert child.heartbeat is not None
@@ -269,10 +313,14 @@ class ProcessSupervisor(pykka.ThreadingActor):
 
     def _after(self, delay: float, message: Any) -> None:
         """Send `message` to this actor after `delay` seconds (cancelled by a shutdown)."""
-        timer = threading.Timer(delay, self.actor_ref.tell, (message,))
+        timer = threading.Timer(delay, self._tell_now, (message,))
         timer.daemon = True
         timer.start()
         self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+
+    def _tell_now(self, message: Any) -> None:
+        self.actor_ref.tell(message)
+        self.wakeup.ring()
 
     # --- stopping --------------------------------------------------------------------------------------
     def _shutdown(self) -> None:

@@ -20,7 +20,8 @@ from actors.runtime.logs import configure_logging
 from actors.runtime.monitoring import build_stats, log_stats, serve
 from actors.runtime.worker import run_pickled, set_role
 from actors.runtime.forkserver import fork_forkserver, forkserver_context
-from actors.runtime.supervision import Child, ProcessSupervisor, RestartSettings, Shutdown, Status, StopSignals
+from actors.runtime.supervision import (Child, ProcessSupervisor, RestartSettings, Shutdown, Status, StopSignals,
+                                        Wakeup)
 
 if TYPE_CHECKING:
     from actors.config import Settings
@@ -76,9 +77,9 @@ def plan(settings: Settings, agent: AgentIdentity, lock_fd: int) -> Plan:
             options=dict(dataset.options), hostfs=settings.hostfs, path_data=settings.path_data,
             agent=agent, spool_max_bytes=settings.queue_disk_max_size,
             hang_file=settings.debug_hang_file, log_level=settings.logging_level, doorbell=doorbell,
-            routing_fields=routing,
+            routing_fields=routing, hang_timeout=settings.hang_timeout_for(name),
         )
-        children.append(ChildPlan(name, ("collector", pickle.dumps(spec)), settings.hang_timeout_for(name)))
+        children.append(ChildPlan(name, ("collector", pickle.dumps(spec)), spec.hang_timeout))
     policy = settings.supervisor
     restarts = RestartSettings(policy.max_restarts, policy.max_restarts_window, policy.backoff_initial,
                                policy.backoff_max, policy.failed_retry)
@@ -120,8 +121,8 @@ class SupervisorActor(ProcessSupervisor):
     others = "the other datasets"
 
     def __init__(self, plan: Plan, context: BaseContext, stop_requested: threading.Event | None = None,
-                 known_pids: list[int] | None = None) -> None:
-        super().__init__(plan.restarts, context, stop_requested, known_pids)
+                 known_pids: list[int] | None = None, wakeup: Wakeup | None = None) -> None:
+        super().__init__(plan.restarts, context, stop_requested, known_pids, wakeup)
         for child in plan.children:
             self.children[child.name] = Child(child.name, run_pickled, child.spec, child.hang_timeout)
 
@@ -146,11 +147,12 @@ def run(plan: Plan) -> int:
     fork_forkserver()  # before any thread, and before the signal handlers: it inherits neither
     signals = StopSignals()
     stop_requested = signals.requested
-    supervisor = SupervisorActor.start(plan, context, stop_requested, signals.known_pids)
+    wakeup = Wakeup()
+    supervisor = SupervisorActor.start(plan, context, stop_requested, signals.known_pids, wakeup)
     server = None
     try:
         def current_stats() -> dict[str, Any]:
-            return build_stats(supervisor.ask(Status(), timeout=5), plan.path_data / "spool")
+            return build_stats(wakeup.ask(supervisor, Status(), timeout=5), plan.path_data / "spool")
 
         if plan.http_enabled:
             try:
@@ -166,6 +168,6 @@ def run(plan: Plan) -> int:
         if server is not None:
             server.shutdown()
         try:
-            supervisor.ask(Shutdown(), timeout=15)
+            wakeup.ask(supervisor, Shutdown(), timeout=15)
         finally:
             supervisor.stop()

@@ -24,7 +24,13 @@ if TYPE_CHECKING:  # the supervisor imports this module for run_pickled only: it
 
 log = logging.getLogger("hostaudit.worker")
 
-HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_INTERVAL = 1.0  # the indexer's workers (its /stats samples docs/s every second)
+
+
+def heartbeat_interval(hang_timeout: float) -> float:
+    """A quarter of the child's hang timeout (a hang is seen at most that late), within 0.25-5 s: an idle agent
+    (hang timeouts of 30 s and more) sends each child's figures every 5 s."""
+    return min(5.0, max(0.25, hang_timeout / 4))
 STOP_TIMEOUT = 4.0
 STATS_ASK_TIMEOUT = 1.0  # a heartbeat waits this long for the producer's figures, then repeats the last ones
 
@@ -56,6 +62,7 @@ class CollectorSpec:
     log_level: str
     doorbell: str
     routing_fields: frozenset[str] = frozenset()  # recorded beside each spooled event (the output routes by them)
+    hang_timeout: float = 120.0  # the supervisor's, for this dataset: sets the heartbeat interval
 
 
 @dataclass(frozen=True)
@@ -81,10 +88,10 @@ class Lifecycle:
 
 
 def _heartbeat_until_stopped(conn: Connection, stats: Callable[[], dict[str, Any]], lifecycle: Lifecycle,
-                             check: Callable[[], None] = lambda: None) -> None:
-    """From the main thread (no thread of its own, one wakeup a second): send `stats()` (with the progress counter)
-    to the supervisor every HEARTBEAT_INTERVAL until SIGTERM or the supervisor is gone. `check` runs before each
-    beat and raises to end the process."""
+                             check: Callable[[], None] = lambda: None, interval: float = HEARTBEAT_INTERVAL) -> None:
+    """From the main thread (no thread of its own): send `stats()` (with the progress counter) to the supervisor
+    every `interval` seconds until SIGTERM or the supervisor is gone. `check` runs before each beat and raises to
+    end the process."""
     while True:
         check()
         try:
@@ -98,7 +105,7 @@ def _heartbeat_until_stopped(conn: Connection, stats: Callable[[], dict[str, Any
             log.warning("supervisor is gone; stopping")
             lifecycle.stopping.set()
             return
-        if lifecycle.stopping.wait(HEARTBEAT_INTERVAL):
+        if lifecycle.stopping.wait(interval):
             return
 
 
@@ -175,7 +182,7 @@ def _collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
     if stream is not None:
         threading.Thread(target=pump_stream, args=(stream, actor, lifecycle.stopping, progress, crashed),
                          name="stream", daemon=True).start()
-    _heartbeat_until_stopped(heartbeat, progress.read, lifecycle)
+    _heartbeat_until_stopped(heartbeat, progress.read, lifecycle, interval=heartbeat_interval(spec.hang_timeout))
     try:
         actor.stop(timeout=STOP_TIMEOUT)
     except Exception as error:  # pykka raises its own Timeout; a wedged actor cannot be stopped politely
@@ -236,7 +243,8 @@ def _producer_main(spec: ProducerSpec, heartbeat: Connection) -> None:
         if not actor.is_alive():
             raise RuntimeError("the producer actor stopped by itself")
 
-    _heartbeat_until_stopped(heartbeat, ActorFigures(actor, Stats()), lifecycle, check)
+    _heartbeat_until_stopped(heartbeat, ActorFigures(actor, Stats()), lifecycle, check,
+                             heartbeat_interval(spec.hang_timeout))
     try:
         # Deliver what the stopped collectors spooled last, then stop (the output is closed on stop).
         actor.ask(Drain(spec.drain_timeout), timeout=spec.drain_timeout + STOP_TIMEOUT)
