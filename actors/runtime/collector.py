@@ -231,32 +231,38 @@ class DatasetRunner:
 
 
 class _CrashingTimer(threading.Thread):
-    """Calls `action(message)` after `delay` seconds, and again after each `schedule(delay)`, unless cancelled
-    (one thread for all of an actor's ticks); if the timer itself fails, the process is told to crash
-    (`on_crash`) rather than the dataset silently never ticking again."""
+    """Calls `action(message)` at a fixed rate: first after `delay` seconds, then `period` seconds after each due
+    time, but never before the previous firing's work is `done()` (then at once). One thread for all of an
+    actor's ticks, which wakes once a firing: it sleeps until the next due time before it looks whether the work
+    is done, which it usually is by then (the actor's `done()` then wakes no one). If the timer itself fails, the
+    process is told to crash (`on_crash`) rather than the dataset silently never ticking again."""
 
-    def __init__(self, delay: float, action: Callable[[Any], Any], message: Any,
+    def __init__(self, delay: float, period: float, action: Callable[[Any], Any], message: Any,
                  on_crash: Callable[[BaseException], None]) -> None:
         super().__init__(name="tick", daemon=True)
-        self.delay, self.action, self.message, self.on_crash = delay, action, message, on_crash
+        self.delay, self.period, self.action, self.message, self.on_crash = delay, period, action, message, on_crash
         self.cancelled = threading.Event()
-        self._scheduled = threading.Event()
+        self._done = threading.Event()
 
-    def schedule(self, delay: float) -> None:
-        """Fire once more, `delay` seconds from now (call it after the previous firing's action ran)."""
-        self.delay = delay
-        self._scheduled.set()
+    def done(self) -> None:
+        """The work of the last firing is done: the next may come (at its due time)."""
+        self._done.set()
 
     def cancel(self) -> None:
         self.cancelled.set()
-        self._scheduled.set()
+        self._done.set()
 
     def run(self) -> None:
         try:
-            while not self.cancelled.wait(self.delay):
+            due = time.monotonic() + self.delay
+            while not self.cancelled.wait(min(MAX_TIMER_SECONDS, max(0.0, due - time.monotonic()))):
+                self._done.clear()
                 self.action(self.message)
-                self._scheduled.wait()
-                self._scheduled.clear()
+                due += self.period
+                if self.cancelled.wait(min(MAX_TIMER_SECONDS, max(0.0, due - time.monotonic()))):
+                    return
+                self._done.wait()
+                due = max(due, time.monotonic())  # work that outlasted its period: the next firing at once
         except pykka.ActorDeadError:
             pass  # the actor stopped while the timer was pending: nothing to tick
         except BaseException as error:  # noqa: BLE001 - a timer that dies must not go unnoticed
@@ -305,7 +311,7 @@ class StreamItems:
 
 
 STREAM_BATCH_SECONDS = 0.05
-STREAM_IDLE_SECONDS = 1.0  # the longest wait in one read for a batch's first item (the pump re-checks stopping)
+STREAM_IDLE_SECONDS = 5.0  # the longest wait in one read for a batch's first item (the pump re-checks stopping)
 STREAM_BATCH_ITEMS = 2000
 
 
@@ -328,7 +334,7 @@ def _pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, 
     items = 0
     while not stopping.is_set():
         started = time.monotonic()
-        batch: list[Any] = list(stream.read(STREAM_IDLE_SECONDS))  # the first items, or none for a second
+        batch: list[Any] = list(stream.read(STREAM_IDLE_SECONDS))  # the first items, or none for a while
         # The batch ends where a 50 ms read begun at `started` would have ended: the latency of one read a batch
         # time, without its twenty wake-ups a second when nothing comes.
         now = time.monotonic()
@@ -359,7 +365,7 @@ class CollectorActor(pykka.ThreadingActor):
         self.hang_file = hang_file
         self.on_crash = on_crash
         self._timer: _CrashingTimer | None = None
-        self._next_due = time.monotonic()
+        self._started = time.monotonic()
 
     def on_start(self) -> None:
         self.actor_ref.tell(Tick())
@@ -390,13 +396,12 @@ class CollectorActor(pykka.ThreadingActor):
             self.on_crash(error)
             return
         self.progress.advance(self.runner, result)
-        self._next_due = max(self._next_due + self.period, time.monotonic())
-        delay = min(MAX_TIMER_SECONDS, self._next_due - time.monotonic())
-        if self._timer is None:
-            self._timer = _CrashingTimer(delay, self.actor_ref.tell, Tick(), self.on_crash)
+        if self._timer is None:  # the first cycle, told by on_start: the timer ticks from then on
+            delay = max(0.0, self._started + self.period - time.monotonic())
+            self._timer = _CrashingTimer(delay, self.period, self.actor_ref.tell, Tick(), self.on_crash)
             self._timer.start()
         else:
-            self._timer.schedule(delay)
+            self._timer.done()
 
     def _wedge_if_asked(self) -> None:
         """Test hook (`debug.hang_file`): stop making progress, as a collector stuck in a read would.

@@ -5,12 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
 from actors.runtime.collector import _CrashingTimer
 from tests.agent_harness import REPO
 
 
-def test_a_timer_that_cannot_wait_its_delay_crashes_the_process_instead_of_dying_silently() -> None:
+def test_a_timer_that_fails_crashes_the_process_instead_of_dying_silently() -> None:
     crashed = threading.Event()
     errors: list[BaseException] = []
 
@@ -18,7 +19,10 @@ def test_a_timer_that_cannot_wait_its_delay_crashes_the_process_instead_of_dying
         errors.append(error)
         crashed.set()
 
-    timer = _CrashingTimer(1e30, lambda message: None, "tick", on_crash)  # threading.Timer dies: OverflowError
+    def tell(message: str) -> None:
+        raise OverflowError("the actor's inbox cannot take it")
+
+    timer = _CrashingTimer(0.0, 1.0, tell, "tick", on_crash)
     timer.start()
     assert crashed.wait(5), "the dead timer was reported"
     assert isinstance(errors[0], OverflowError)
@@ -27,24 +31,27 @@ def test_a_timer_that_cannot_wait_its_delay_crashes_the_process_instead_of_dying
 def test_a_timer_fires_its_message_and_a_cancelled_one_does_not() -> None:
     fired: list[str] = []
     done = threading.Event()
-    _CrashingTimer(0.01, lambda message: (fired.append(message), done.set()), "tick", lambda error: None).start()
+    _CrashingTimer(0.01, 60.0, lambda message: (fired.append(message), done.set()), "tick", lambda error: None).start()
     assert done.wait(5) and fired == ["tick"]
-    cancelled = _CrashingTimer(0.05, fired.append, "late", lambda error: None)
+    cancelled = _CrashingTimer(0.05, 60.0, fired.append, "late", lambda error: None)
     cancelled.start()
     cancelled.cancel()
     cancelled.join(5)
     assert fired == ["tick"]
 
 
-def test_one_timer_thread_fires_again_after_each_schedule_until_cancelled() -> None:
+def test_one_timer_thread_fires_at_its_period_once_the_last_firing_is_done_until_cancelled() -> None:
     fired = threading.Semaphore(0)
-    timer = _CrashingTimer(0.01, lambda message: fired.release(), "tick", lambda error: None)
+    timer = _CrashingTimer(0.01, 0.2, lambda message: fired.release(), "tick", lambda error: None)
     timer.start()
     assert fired.acquire(timeout=5)
-    assert not fired.acquire(timeout=0.1), "fires once per schedule, not on its own"
-    timer.schedule(0.01)
+    assert not fired.acquire(timeout=0.6), "no firing while the last one's work is not done"
+    timer.done()  # later than its due time: it fires at once
     assert fired.acquire(timeout=5)
-    timer.schedule(30.0)
+    done_at = time.monotonic()
+    timer.done()  # in time: it fires at the next due time, a period after the last one was due
+    assert fired.acquire(timeout=5)
+    assert time.monotonic() - done_at >= 0.15, "not before its due time"
     timer.cancel()
     timer.join(5)
     assert not timer.is_alive() and not fired.acquire(timeout=0)
