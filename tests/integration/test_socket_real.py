@@ -27,8 +27,8 @@ from tests.sample_support import EVENT_FIELDS
 from actors.hostfs.entity import process_entity_id, process_start_iso
 from actors.event import Event
 from actors.datasets.socket.sock_diag import (
-    NETLINK_ADD_MEMBERSHIP, NETLINK_SOCK_DIAG, SKNLGRP_INET_TCP_DESTROY, SOCK_DIAG_BY_FAMILY, SOL_NETLINK,
-    TCP_FIN_WAIT2, DestroyListener, Destroyed, decode_sockid, destroy_groups,
+    ALL_STATES, NETLINK_ADD_MEMBERSHIP, NETLINK_SOCK_DIAG, SKNLGRP_INET_TCP_DESTROY, SOCK_DIAG_BY_FAMILY,
+    SOL_NETLINK, TCP_FIN_WAIT2, DestroyListener, Destroyed, DiagSocket, DumpError, decode_sockid, destroy_groups,
 )
 from tests.agent_harness import wait_for
 
@@ -253,6 +253,46 @@ def test_include_localhost_decides_whether_loopback_sockets_are_reported(cleanup
     # the kernel left it out of the dump: a listener on loopback could only make a loopback connection inbound
     assert str(port(listener)) not in without.get("listeners", {}).get("tcp", {})
     assert str(port(listener)) in with_loopback["listeners"]["tcp"]
+
+
+@pytest.mark.skipif(not ipv6_loopback_works(), reason="no IPv6 loopback")
+def test_one_tcp_dump_of_both_families_is_the_two_dumps_of_one_family_each(cleanup: contextlib.ExitStack) -> None:
+    listeners = [listen(cleanup, "127.0.0.1"), listen(cleanup, "::1")]
+    for listener in listeners:
+        connect(cleanup, listener)
+    diag = DiagSocket()
+    cleanup.callback(diag.close)
+    for attempt in range(5):  # the host's other sockets may change between the dumps: retry until they agree
+        both = diag.dump(socket.AF_UNSPEC, socket.IPPROTO_TCP, ALL_STATES)
+        each = [entry for family in (socket.AF_INET, socket.AF_INET6)
+                for entry in diag.dump(family, socket.IPPROTO_TCP, ALL_STATES)]
+        if sorted(both) == sorted(each):
+            break
+    assert sorted(both) == sorted(each)
+    assert {entry.family for entry in both} == {socket.AF_INET, socket.AF_INET6}
+    ours = {decode_sockid(entry.family, entry.sockid).local_port for entry in both}
+    assert {port(listener) for listener in listeners} <= ours
+
+
+def test_a_kernel_refusing_the_dump_of_both_families_gets_one_per_family(
+        cleanup: contextlib.ExitStack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    listener = listen(cleanup, "127.0.0.1")
+    client, _ = connect(cleanup, listener)
+    real_dump = DiagSocket.dump
+
+    def refusing(self: DiagSocket, family: int, *args: Any) -> Any:
+        if family == socket.AF_UNSPEC:  # as a kernel without the older TCPDIAG_GETSOCK request answers
+            raise DumpError(22, "sock_diag dump failed: Invalid argument")
+        return real_dump(self, family, *args)
+
+    monkeypatch.setattr(DiagSocket, "dump", refusing)
+    dataset = make_dataset(cleanup, include_localhost=True)
+    with caplog.at_level("INFO", logger="hostaudit.socket"):
+        first, second = dataset.observe(), dataset.observe()
+    assert find(second, port(client), port(listener)) and find(first, port(listener), 0)
+    assert [record.getMessage() for record in caplog.records if "both families" in record.getMessage()] == [
+        "The kernel does not dump TCP sockets of both families at once (sock_diag dump failed: Invalid argument): "
+        "one dump per family"]
 
 
 def host_address() -> str | None:

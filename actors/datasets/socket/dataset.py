@@ -459,6 +459,7 @@ class SocketObserver:
         self._attributed: OrderedDict[int, tuple[str, list[Any]]] = OrderedDict()
         self._polled = False
         self._udp_unavailable = False
+        self._per_family_tcp = False  # the kernel refused one TCP dump of both families (see _dump_tcp)
         self.boot_id = read_boot_id(hostfs)  # read once: it changes only with a reboot, which restarts the agent
 
     def _diag_socket(self) -> DiagSocket:
@@ -471,7 +472,7 @@ class SocketObserver:
         """One dump per family and protocol: TCP always, UDP with include_udp (skipped, after one warning, when
         the kernel has no UDP sock_diag)."""
         diag = self._diag_socket()
-        dumps = [(TCP, diag.dump(family, socket.IPPROTO_TCP, TCP_STATES)) for family in FAMILIES]
+        dumps = [(TCP, self._dump_tcp(diag, TCP_STATES))]
         if self.options.include_udp and not self._udp_unavailable:
             try:
                 dumps += [(UDP, diag.dump(family, socket.IPPROTO_UDP, ALL_STATES)) for family in FAMILIES]
@@ -480,6 +481,18 @@ class SocketObserver:
                 LOG.warning("The kernel cannot list UDP sockets (%s; is the udp_diag module available?): "
                             "socket.include_udp is ignored", error)
         return dumps
+
+    def _dump_tcp(self, diag: DiagSocket, states: int,
+                  counters: dict[bytes, TcpCounters] | None = None) -> list[DiagEntry]:
+        """The TCP sockets of both families: one dump (AF_UNSPEC), or one per family where the kernel refuses it."""
+        if not self._per_family_tcp:
+            try:
+                return diag.dump(socket.AF_UNSPEC, socket.IPPROTO_TCP, states, counters)
+            except DumpError as error:
+                self._per_family_tcp = True
+                LOG.info("The kernel does not dump TCP sockets of both families at once (%s): one dump per family",
+                         error.strerror or error)
+        return [entry for family in FAMILIES for entry in diag.dump(family, socket.IPPROTO_TCP, states, counters)]
 
     def observe(self) -> dict[str, Any]:
         """Dump the sockets, reuse what the previous poll learnt of each, and describe the new ones."""
@@ -604,8 +617,7 @@ class SocketObserver:
             return {}
         diag = self._diag_socket()
         counters: dict[bytes, TcpCounters] = {}
-        for family in FAMILIES:
-            diag.dump(family, socket.IPPROTO_TCP, TCP_CONNECTION_STATES, counters)
+        self._dump_tcp(diag, TCP_CONNECTION_STATES, counters)
         return {seen.key: Traffic(*counted) for sockid, counted in counters.items()
                 if (seen := self._known.get(sockid)) is not None and seen.reported}
 
