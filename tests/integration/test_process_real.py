@@ -348,6 +348,31 @@ def test_a_fork_without_exec_is_reported_only_if_a_poll_sees_it(spawn, connector
     assert stopped.action == STOPPED and valid(stopped)["process"]["exit_code"] == 7
 
 
+def test_the_kernels_last_pid_moves_with_every_new_process(spawn, connector_dataset) -> None:
+    ds, _ = connector_dataset
+    before = ds._last_pid()
+    child = spawn(["true"])
+    child.wait(10)
+    after = ds._last_pid()
+    assert isinstance(before, int) and isinstance(after, int) and after != before
+    assert after >= child.pid or after < before, "the last pid handed out (or the pids wrapped past it)"
+
+
+def test_a_poll_lists_proc_only_when_a_pid_was_handed_out_since_the_last(connector_dataset, monkeypatch) -> None:
+    ds, _ = connector_dataset
+    ds.observe()  # the first poll: a full pass, the next one is due in FULL_PASS_SECONDS
+    last_pids = iter([100, 100, 101])  # as /proc/loadavg would show them
+    monkeypatch.setattr(ds, "_last_pid", lambda: next(last_pids))
+    listed: list[str] = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(process_dataset.os, "listdir", lambda path: listed.append(path) or real_listdir(path))
+    first = ds.observe()
+    second = ds.observe()  # no pid handed out since: nothing new can be in /proc
+    assert len(listed) == 1 and second["processes"] == first["processes"]
+    ds.observe()
+    assert len(listed) == 2, "a pid was handed out: /proc is listed again"
+
+
 def test_procfs_backend_opens_no_stream(caplog: pytest.LogCaptureFixture) -> None:
     assert dataset("procfs").open_stream() is None
     assert caplog.records == []

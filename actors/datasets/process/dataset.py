@@ -454,6 +454,14 @@ def _processes(snapshot: Any) -> Mapping[str, Mapping[str, Any]] | None:
     return None
 
 
+def _is_own_proc(proc: str) -> bool:
+    """Whether `proc` is this process's own /proc (its pid namespace's), not another mounted under hostfs."""
+    try:
+        return os.path.samefile(proc, "/proc")
+    except OSError:
+        return False
+
+
 def process_changes(previous: Any, current: Any) -> list[Event]:
     """Events between two snapshots: stops first (a reused pid is a stop, then a start), then starts and
     image changes. After a reboot (another boot id) every previous process stopped."""
@@ -537,6 +545,8 @@ class ProcessDataset:
         self._connector: ProcConnector | None = None  # the open connector, whose lost() says when to read all again
         self._lost_seen = -1  # the connector's lost() at the last full pass
         self._full_pass_at = float("-inf")  # monotonic time of the last poll that read every stat
+        self._last_pid_polled: int | None = None  # /proc/loadavg's last pid when the last poll listed /proc
+        self._own_proc = _is_own_proc(self.proc)
         self._missing_since: dict[str, float] = {}  # pid -> when a poll first found a known process gone
         self._warned: set[str] = set()
         self._names_fresh = False  # the account files were looked at during this poll or batch
@@ -548,6 +558,11 @@ class ProcessDataset:
         """Scan /proc now: {"version", "boot_id", "processes": {pid: record}}. Never raises for a process."""
         self.names.refresh()
         self._names_fresh = True
+        full = self._full_pass_due()
+        last_pid = self._last_pid() if self._streaming and not full else None
+        if last_pid is not None and last_pid == self._last_pid_polled and self._settled():
+            return self._unchanged()  # no process could have appeared, and the connector reports every exit
+        self._last_pid_polled = last_pid  # read before the listing: a process made after it is seen next time
         processes: dict[str, ProcessRecord] = {}
         skipped: dict[str, ProcStat] = {}
         try:
@@ -556,7 +571,6 @@ class ProcessDataset:
             self._warn_once("listdir", "cannot list %s (%s): no processes are reported", self.proc,
                             error.strerror)
             entries = []
-        full = self._full_pass_due()
         for entry in entries:
             if not entry.isdigit():
                 continue
@@ -728,6 +742,30 @@ class ProcessDataset:
                 waiting[pid] = record if record.get("awaiting_exit") else {**record, "awaiting_exit": True}
         self._missing_since = {pid: first for pid, first in since.items() if pid in waiting}
         return waiting
+
+    def _last_pid(self) -> int | None:
+        """The pid the kernel handed out last (any process or thread), from /proc/loadavg; None when it cannot be
+        read, or when `hostfs` is another pid namespace's /proc (the file shows this process's namespace)."""
+        if not self._own_proc:
+            return None
+        try:
+            with open(self.proc + "loadavg", "rb") as file:
+                return int(file.read().split()[-1])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _settled(self) -> bool:
+        """No known process waits for its exit or for a read of its /proc (records the poll would revisit)."""
+        return not any(record.get("awaiting_exit") or record.get("name") is None for record in self._known.values())
+
+    def _unchanged(self) -> dict[str, Any]:
+        """The poll of a host where no pid was handed out since the last one: the processes known (the connector's
+        execs and exits applied), with the hashes finished since."""
+        processes = dict(self._known)
+        self._await_hashes(POLL_HASH_WAIT)
+        self._attach_hashes(processes)
+        self._known = dict(processes)
+        return {"version": SNAPSHOT_VERSION, "boot_id": self.boot_id, "processes": processes}
 
     def _full_pass_due(self) -> bool:
         """Whether this poll reads every pid's stat: always without the connector; with it, every
