@@ -134,7 +134,8 @@ def test_monitoring_endpoint_serves_stats_and_prometheus_metrics(agent_factory) 
         host = stats["datasets"]["host"]
         return stats if host["events_acknowledged"] >= 1 and host["events_emitted"] >= 1 else None
 
-    stats = wait_for(acknowledged, 10, "/stats showing the host event emitted and acknowledged")
+    # The figures come with each child's heartbeat: every 5 s at the default hang timeouts.
+    stats = wait_for(acknowledged, 20, "/stats showing the host event emitted and acknowledged")
     assert stats["datasets"]["host"]["up"] is True and stats["output"]["events_dropped"] == 0
     assert stats["spool"]["bytes"] > 0
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
