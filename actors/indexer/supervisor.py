@@ -29,8 +29,9 @@ class IndexerSupervisor(ProcessSupervisor):
     others = "the other workers"
 
     def __init__(self, settings: IndexerSettings, context: BaseContext, stats: IndexerStats,
-                 stop_requested: threading.Event | None = None, wakeup: Wakeup | None = None) -> None:
-        super().__init__(settings.supervisor, context, stop_requested, wakeup=wakeup)
+                 stop_requested: threading.Event | None = None, known_pids: list[int] | None = None,
+                 wakeup: Wakeup | None = None) -> None:
+        super().__init__(settings.supervisor, context, stop_requested, known_pids, wakeup)
         self.stats = stats
         self.stop_seconds = settings.drain_timeout + STOP_MARGIN
         for number in range(1, settings.workers + 1):
@@ -50,7 +51,7 @@ def run(settings: IndexerSettings) -> int:
     signals = StopSignals()
     stats = IndexerStats()
     wakeup = Wakeup()
-    supervisor = IndexerSupervisor.start(settings, context, stats, signals.requested, wakeup)
+    supervisor = IndexerSupervisor.start(settings, context, stats, signals.requested, signals.known_pids, wakeup)
     server = None
     try:
         def current_stats() -> dict[str, Any]:
@@ -65,7 +66,6 @@ def run(settings: IndexerSettings) -> int:
                 return 1
         next_stats_log = time.monotonic() + STATS_LOG_INTERVAL
         while not signals.requested.wait(1.0):
-            signals.known_pids[:] = wakeup.get(supervisor.proxy().child_pids(), timeout=5)
             figures = current_stats()  # every second: docs/s is measured from these samples
             if time.monotonic() >= next_stats_log:
                 next_stats_log += STATS_LOG_INTERVAL
@@ -75,7 +75,6 @@ def run(settings: IndexerSettings) -> int:
         if server is not None:
             server.shutdown()
         try:
-            signals.known_pids[:] = wakeup.get(supervisor.proxy().child_pids(), timeout=5)
             wakeup.ask(supervisor, Shutdown(), timeout=settings.drain_timeout + 2 * STOP_MARGIN)
         finally:
             supervisor.stop()

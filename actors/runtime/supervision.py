@@ -85,11 +85,8 @@ class Wakeup:
 
     def ask(self, supervisor: pykka.ActorRef, message: Any, timeout: float) -> Any:
         """Ask `supervisor` (answered within its next turn, not after its current wait) and wait for the answer."""
-        return self.get(supervisor.ask(message, block=False), timeout)
-
-    def get(self, answer: pykka.Future, timeout: float) -> Any:
-        """The answer to a message just sent to the supervisor (a proxy call is one), rung for at once."""
-        self.ring()
+        answer = supervisor.ask(message, block=False)
+        self.ring()  # after the message is in its mailbox: the supervisor wakes and reads it
         return answer.get(timeout=timeout)
 
 
