@@ -488,8 +488,9 @@ def _cursor_check(segment: str, offset: int, sequence: int) -> int:
 
 def encode_cursor(position: SpoolPosition) -> bytes:
     """The cursor file's content: CURSOR_BYTES of JSON with its checksum, padded with spaces, then a newline."""
+    check = _cursor_check(position.segment, position.offset, position.sequence)
     text = json.dumps({"segment": position.segment, "offset": position.offset, "sequence": position.sequence,
-                       "check": _cursor_check(position.segment, position.offset, position.sequence)}, separators=(",", ":"))
+                       "check": check}, separators=(",", ":"))
     return text.encode("ascii").ljust(CURSOR_BYTES - 1) + b"\n"
 
 
@@ -1249,9 +1250,10 @@ class SpoolReader:
         """Record that the output has every record up to `position`, and delete the closed segments it covers.
 
         The cursor file is rewritten in place with a checksum but not synced: a crash may forget the last
-        acknowledgement, which only re-sends records (a torn cursor is detected, and re-sends the spool). A position at or before the current cursor is ignored. If the cursor cannot
-        be written (disk full, I/O error) this does not raise: the position is kept in memory, `cursor_error`
-        says why, and the write is tried again at the next acknowledge.
+        acknowledgement, which only re-sends records (a torn cursor is detected, and re-sends the spool). A
+        position at or before the current cursor is ignored. If the cursor cannot be written (disk full, I/O
+        error) this does not raise: the position is kept in memory, `cursor_error` says why, and the write is
+        tried again at the next acknowledge.
         """
         if self._lock is None:
             self._relock()

@@ -25,14 +25,14 @@ if TYPE_CHECKING:  # the supervisor imports this module for run_pickled only: it
 log = logging.getLogger("hostaudit.worker")
 
 HEARTBEAT_INTERVAL = 1.0  # the indexer's workers (its /stats samples docs/s every second)
+STOP_TIMEOUT = 4.0
+STATS_ASK_TIMEOUT = 1.0  # a heartbeat waits this long for the producer's figures, then repeats the last ones
 
 
 def heartbeat_interval(hang_timeout: float) -> float:
     """A quarter of the child's hang timeout (a hang is seen at most that late), within 0.25-5 s: an idle agent
     (hang timeouts of 30 s and more) sends each child's figures every 5 s."""
     return min(5.0, max(0.25, hang_timeout / 4))
-STOP_TIMEOUT = 4.0
-STATS_ASK_TIMEOUT = 1.0  # a heartbeat waits this long for the producer's figures, then repeats the last ones
 
 
 def segment_size_for(spool_max_bytes: int) -> int:
