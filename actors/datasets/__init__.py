@@ -73,6 +73,9 @@ class Stream(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional attribute `batch_seconds`: how long after a read's first items the runtime gathers more into one
+    # batch; absent or None is the runtime's default (50 ms), 0 for a stream whose reads hand out batches already.
+
 
 class StreamingDataset(Dataset, Protocol):
     """A dataset that also learns of changes between polls from the kernel. The poll remains the

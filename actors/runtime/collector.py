@@ -184,7 +184,7 @@ class DatasetRunner:
 
         Looking lists every spool directory and reads its cursor: after a look that found room, the next
         SPOOL_CHECK_INTERVAL s of batches do not look again while this runner appends less than half that room
-        (a kernel stream spools every 50 ms)."""
+        (a kernel stream spools a batch every 50 to 100 ms)."""
         now = time.monotonic()
         if self._spool_room > 0 and now - self._spool_checked_at < SPOOL_CHECK_INTERVAL:
             return False
@@ -310,14 +310,15 @@ class StreamItems:
     items: Sequence[Any]
 
 
-STREAM_BATCH_SECONDS = 0.05
+STREAM_BATCH_SECONDS = 0.05  # unless the stream says otherwise (`batch_seconds`: it may batch itself)
 STREAM_IDLE_SECONDS = 5.0  # the longest wait in one read for a batch's first item (the pump re-checks stopping)
 STREAM_BATCH_ITEMS = 2000
 
 
 def pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, stats: Progress,
                 on_crash: Callable[[BaseException], None] = lambda error: None) -> None:
-    """Read kernel notifications in batches (what comes within 50 ms, up to 2,000 items) and hand each to the
+    """Read kernel notifications in batches (what comes within the stream's `batch_seconds`, by default 50 ms, up
+    to 2,000 items) and hand each to the
     collector actor, waiting until it is spooled before reading more, so a slow pipeline backs up into the
     kernel's buffer.
     If the subscription breaks, the process exits (`on_crash`) and the supervisor restarts it, re-subscribed."""
@@ -332,13 +333,15 @@ def pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, s
 
 def _pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, stats: Progress) -> None:
     items = 0
+    window = getattr(stream, "batch_seconds", None)
+    window = STREAM_BATCH_SECONDS if window is None else window
     while not stopping.is_set():
         started = time.monotonic()
         batch: list[Any] = list(stream.read(STREAM_IDLE_SECONDS))  # the first items, or none for a while
-        # The batch ends where a 50 ms read begun at `started` would have ended: the latency of one read a batch
+        # The batch ends where a `window` read begun at `started` would have ended: the latency of one read a batch
         # time, without its twenty wake-ups a second when nothing comes.
         now = time.monotonic()
-        deadline = now + STREAM_BATCH_SECONDS - (now - started) % STREAM_BATCH_SECONDS
+        deadline = now + window - (now - started) % window if window > 0 else now
         if batch and not stopping.wait(max(0.0, deadline - time.monotonic())):
             # The rest of the batch time asleep, then what came meanwhile at once: one wake-up a batch, not one
             # for each of the reader's frames.

@@ -348,6 +348,17 @@ def test_a_fork_without_exec_is_reported_only_if_a_poll_sees_it(spawn, connector
     assert stopped.action == STOPPED and valid(stopped)["process"]["exit_code"] == 7
 
 
+def test_the_reader_process_batches_its_items_itself_and_a_reader_thread_leaves_it_to_the_runtime(
+        connector_dataset) -> None:
+    _, stream = connector_dataset
+    assert stream.batch_seconds == 0.0  # the runtime applies each frame at once: FRAME_HOLD is the one wait
+    threaded = ProcConnector(lambda pids: [None] * len(pids), reader="thread").open()
+    try:
+        assert threaded.batch_seconds is None  # what each read got: the runtime gathers its default window
+    finally:
+        threaded.close()
+
+
 def test_the_kernels_last_pid_moves_with_every_new_process(spawn, connector_dataset) -> None:
     ds, _ = connector_dataset
     before = ds._last_pid()

@@ -7,7 +7,9 @@ import sys
 import threading
 import time
 
-from actors.runtime.collector import _CrashingTimer
+import pytest
+
+from actors.runtime.collector import STREAM_BATCH_SECONDS, Progress, StreamItems, _CrashingTimer, _pump_stream
 from tests.agent_harness import REPO
 
 
@@ -66,3 +68,55 @@ def test_an_exception_escaping_a_child_main_exits_1_with_one_logged_error() -> N
     assert result.returncode == 1
     assert "producer: unexpected error; exiting for the supervisor to restart it" in result.stderr
     assert "ZeroDivisionError" in result.stderr
+
+
+class _ScriptedStream:
+    """Hands out the given reads in order, then nothing; `batch_seconds` as a stream may set it."""
+
+    def __init__(self, reads: list[list[int]], batch_seconds: float | None) -> None:
+        self.reads = reads
+        self.batch_seconds = batch_seconds
+
+    def read(self, timeout: float) -> list[int]:
+        return self.reads.pop(0) if self.reads else []
+
+    def lost(self) -> int:
+        return 0
+
+
+class _RecordingStop(threading.Event):
+    """A stop event that records how long the pump waits on it (and does not wait)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout or 0.0)
+        return super().wait(0)
+
+
+class _Collector:
+    def __init__(self, stop: threading.Event, batches: int) -> None:
+        self.batches: list[list[int]] = []
+        self.stop, self.expected = stop, batches
+
+    def ask(self, message: StreamItems) -> bool:
+        self.batches.append(list(message.items))
+        if len(self.batches) == self.expected:
+            self.stop.set()
+        return True
+
+
+@pytest.mark.parametrize("batch_seconds, window", [(None, STREAM_BATCH_SECONDS), (1.0, 1.0), (0.0, 0.0)])
+def test_the_pump_gathers_a_batch_for_the_streams_window_or_hands_out_each_read_at_once(
+        batch_seconds: float | None, window: float) -> None:
+    stop = _RecordingStop()
+    collector = _Collector(stop, batches=2)
+    stream = _ScriptedStream([[1, 2], [3], [], [4]], batch_seconds)
+    _pump_stream(stream, collector, stop, Progress())  # type: ignore[arg-type]
+    # The first read's items and what a read without waiting adds make one batch; the next read starts another.
+    assert collector.batches == [[1, 2, 3], [4]]
+    # It sleeps out the rest of the window once a batch (not at all for a stream that batches itself).
+    assert len(stop.waits) == 2 and all((window / 2 < wait if window else wait == 0) and wait <= window + 1e-6
+                                        for wait in stop.waits)
