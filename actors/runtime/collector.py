@@ -313,17 +313,42 @@ class StreamItems:
 STREAM_BATCH_SECONDS = 0.05  # unless the stream says otherwise (`batch_seconds`: it may batch itself)
 STREAM_IDLE_SECONDS = 5.0  # the longest wait in one read for a batch's first item (the pump re-checks stopping)
 STREAM_BATCH_ITEMS = 2000
+STREAM_FLUSH_SECONDS = 1.0  # at a stop: the longest wait for the stream to hand over what it holds, and then to
+# spool it (within the supervisor's COLLECTOR_STOP_SECONDS)
+
+
+def finish_stream(stream: Any, pump: threading.Thread, flushed: threading.Event) -> None:
+    """At a stop (after `stopping` is set, before the actor stops): have a stream that holds items (`finish`: the
+    process connector's reader holds up to 100 ms of them) hand them over, and the pump spool them."""
+    finish = getattr(stream, "finish", None)
+    if finish is None:
+        return  # a stream read straight from the kernel's socket holds nothing of its own
+    finish(STREAM_FLUSH_SECONDS)
+    flushed.set()
+    pump.join(STREAM_FLUSH_SECONDS)
+
+
+def _hand_what_is_left(stream: Any, actor: pykka.ActorRef) -> None:
+    """The last batch at a stop: everything the stream still has, at once."""
+    batch: list[Any] = []
+    while more := stream.read(0.0):
+        batch += more
+    if batch and not actor.ask(StreamItems(batch)):
+        log.warning("%d kernel notifications read before the stop could not be spooled (spool full)", len(batch))
 
 
 def pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, stats: Progress,
-                on_crash: Callable[[BaseException], None] = lambda error: None) -> None:
+                on_crash: Callable[[BaseException], None] = lambda error: None,
+                flushed: threading.Event | None = None) -> None:
     """Read kernel notifications in batches (what comes within the stream's `batch_seconds`, by default 50 ms, up
-    to 2,000 items) and hand each to the
-    collector actor, waiting until it is spooled before reading more, so a slow pipeline backs up into the
-    kernel's buffer.
+    to 2,000 items) and hand each to the collector actor, waiting until it is spooled before reading more, so a
+    slow pipeline backs up into the kernel's buffer. Once `stopping`, and then `flushed` (the stream has handed over what it held: see
+    `finish_stream`), what the stream still has goes to the actor in a last batch.
     If the subscription breaks, the process exits (`on_crash`) and the supervisor restarts it, re-subscribed."""
     try:
         _pump_stream(stream, actor, stopping, stats)
+        if flushed is not None and flushed.wait(STREAM_FLUSH_SECONDS):
+            _hand_what_is_left(stream, actor)
     except Exception as error:
         if stopping.is_set():
             return  # the agent is stopping (a group-wide SIGTERM may have ended the stream first)

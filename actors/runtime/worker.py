@@ -144,7 +144,7 @@ def exit_loudly_on_error(main: Callable[..., None], *args: Any, role: str) -> No
 
 def _collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
     from actors.runtime.agent import common_fields, load_digest_key
-    from actors.runtime.collector import CollectorActor, DatasetRunner, Progress, pump_stream
+    from actors.runtime.collector import CollectorActor, DatasetRunner, Progress, finish_stream, pump_stream
     from actors.runtime.doorbell import Bell
     from actors.datasets import DatasetContext, load_dataset
     from actors.hostfs.host_facts import describe_host
@@ -179,10 +179,14 @@ def _collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
         os._exit(1)  # the supervisor sees the exit code and restarts this dataset
 
     actor = CollectorActor.start(runner, spec.period, progress, spec.hang_file, crashed)
+    flushed = threading.Event()  # set at a stop once the stream handed over what it held (see finish_stream)
+    pump = threading.Thread(target=pump_stream, name="stream", daemon=True, args=(
+        stream, actor, lifecycle.stopping, progress, crashed, flushed if hasattr(stream, "finish") else None))
     if stream is not None:
-        threading.Thread(target=pump_stream, args=(stream, actor, lifecycle.stopping, progress, crashed),
-                         name="stream", daemon=True).start()
+        pump.start()
     _heartbeat_until_stopped(heartbeat, progress.read, lifecycle, interval=heartbeat_interval(spec.hang_timeout))
+    if stream is not None:
+        finish_stream(stream, pump, flushed)  # what the kernel told us before the stop is spooled, not dropped
     try:
         actor.stop(timeout=STOP_TIMEOUT)
     except Exception as error:  # pykka raises its own Timeout; a wedged actor cannot be stopped politely

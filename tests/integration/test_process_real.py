@@ -359,6 +359,24 @@ def test_the_reader_process_batches_its_items_itself_and_a_reader_thread_leaves_
         threaded.close()
 
 
+def test_finish_hands_out_what_the_reader_process_held_and_the_reader_exits_by_itself(spawn) -> None:
+    connector = dataset("netlink").open_stream()
+    assert connector is not None
+    try:
+        reader_pid = connector._child
+        child = spawn([TRUE, "held"])
+        child.wait(10)  # exec'd and exited: the reader holds both for up to FRAME_HOLD before sending them
+        connector.finish(timeout=5)
+        items = connector.read(0.0)
+        assert [type(item) for item in items if item.pid == child.pid] == [ProcessExec, ProcessExit]
+        # It sent its last frame and exited on its own (a zombie until close() reaps it), before any SIGKILL.
+        wait_for(lambda: Path(f"/proc/{reader_pid}/stat").read_text().split(") ")[1][0] == "Z", 5,
+                 "the reader process to exit")
+        assert connector.read(0.0) == []
+    finally:
+        connector.close()
+
+
 def test_the_kernels_last_pid_moves_with_every_new_process(spawn, connector_dataset) -> None:
     ds, _ = connector_dataset
     before = ds._last_pid()

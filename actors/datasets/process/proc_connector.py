@@ -65,6 +65,7 @@ PIPE_BYTES = 1 << 20  # the reader process's pipe to the relay thread
 # (was 20 here + 50 there) cut the agent's CPU per exec by a third at 50 and at 200 execs/s, p99 to output ~110 ms.
 FRAME_HOLD = 0.1
 FRAME_ITEMS = 256  # ... or this many items
+FINAL_PASSES = 8  # at most this many reads of what the sockets hold once the parent stops (then it exits)
 FRAME_LENGTH = struct.Struct("=I")  # each frame on that pipe: its length, then a pickle
 READ_SLICE = 0.25  # seconds the reader thread waits on the socket before checking for close()
 # The reader process takes EXECs on a socket of their own (a socket filter splits the stream) and wakes for each
@@ -327,7 +328,8 @@ class ProcConnector:
         self._failure: BaseException | None = None
         self._child: int | None = None  # the reader process
         self._frames: BinaryIO | None = None  # its pipe, read by the relay thread
-        self._lifeline = -1  # our end of a pipe the reader process watches: closed, it exits
+        self._lifeline = -1  # our end of a pipe the reader process watches: closed, it sends what it holds and exits
+        self._finishing = False
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -401,6 +403,20 @@ class ProcConnector:
         raise ConnectorUnavailable(
             f"no acknowledgement from the kernel within {self._ack_timeout:g} s: the process connector only "
             "serves the initial PID and user namespaces (run on the host, or with --pid=host and CAP_NET_ADMIN)")
+
+    def finish(self, timeout: float) -> None:
+        """Have everything read so far handed out, when stopping (before close): the reader process sends what it
+        holds and exits, and the relay thread queues its last frames, for read() to return. Waits up to `timeout`
+        s. A reader thread's items are queued as it reads them: nothing to do."""
+        if self._child is None or self._lifeline < 0:
+            return
+        self._finishing = True
+        os.close(self._lifeline)
+        self._lifeline = -1
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        with self._ready:
+            self._ready.notify_all()  # a read() waiting for more returns what is queued
 
     def close(self) -> None:
         """Stop the reader, unsubscribe (so the kernel stops producing events when nobody listens) and close
@@ -569,7 +585,9 @@ class ProcConnector:
         child, self._child = self._child, None
         if child is None:
             return
-        os.close(self._lifeline)
+        if self._lifeline >= 0:
+            os.close(self._lifeline)
+            self._lifeline = -1
         try:
             os.kill(child, signal.SIGKILL)  # it keeps no state: nothing to finish
             os.waitpid(child, 0)
@@ -585,7 +603,7 @@ class ProcConnector:
             while True:
                 frame = _read_frame(self._frames)
                 if frame is None:
-                    if self._closing.is_set():
+                    if self._closing.is_set() or self._finishing:
                         return
                     raise ConnectorUnavailable(f"the process-events reader process (pid {self._child}) "
                                                f"{_reaped(self._child)}")
@@ -599,7 +617,8 @@ class ProcConnector:
                 self._fail(error)
 
     def _reader_process(self, frames: int, lifeline: int) -> None:
-        """The reader process's whole life: receive, enrich, send; until the parent closes or dies."""
+        """The reader process's whole life: receive, enrich, send; until the parent closes its lifeline (or dies),
+        then what the sockets still hold is read and sent before it exits."""
         assert self._socket is not None
         # The parent decides when this process ends: a group-wide SIGINT or SIGTERM (Ctrl-C, systemd's stop)
         # reaches the parent too, which then closes the connector (or dies, which closes the lifeline).
@@ -618,11 +637,16 @@ class ProcConnector:
         main = self._socket.fileno()
         main_waiting = select.poll()  # asked without waiting: is anything left on the main socket?
         main_waiting.register(main, select.POLLIN)
+        any_waiting = select.poll()  # the same for both sockets (the last passes)
+        any_waiting.register(main, select.POLLIN)
+        if execs is not None:
+            any_waiting.register(execs.fileno(), select.POLLIN)
         polling_main = False
         first = True  # an EXEC may be on both sockets once, from before the split
         pending: list[ProcessExec | ProcessExit] = []  # read, not yet sent
         send_at = 0.0  # when `pending` goes out at the latest
         sent_losses = (0, 0)
+        last_passes = 0  # once the lifeline closed: passes left to send what the sockets still hold, then exit
         try:
             while True:
                 raw, self._backlog = self._backlog, []
@@ -636,7 +660,8 @@ class ProcConnector:
                         polling_main = not busy
                     wait = -1 if not pending else max(0, math.ceil((send_at - time.monotonic()) * 1000))
                     if any(descriptor == lifeline for descriptor, _ in poller.poll(wait)):
-                        return
+                        # The parent stops (finish or close) or died: the last passes send what is left.
+                        last_passes = last_passes or FINAL_PASSES
                 raw += self._drain()  # the main socket first: what an EXEC read next follows is not older
                 if execs is not None:
                     if exec_raw := self._drain(execs):
@@ -654,11 +679,15 @@ class ProcConnector:
                 if self._unseen:
                     self._settle_gaps()
                 losses = (self._gaps, self._enobufs)
-                due = bool(pending) and (len(pending) >= FRAME_ITEMS or time.monotonic() >= send_at)
+                due = bool(pending) and (len(pending) >= FRAME_ITEMS or time.monotonic() >= send_at or last_passes > 0)
                 if due or losses != sent_losses:
                     frame = pickle.dumps((pending, *losses, self.received, ""), pickle.HIGHEST_PROTOCOL)
                     _write_frame(frames, frame)
                     pending, sent_losses = [], losses
+                if last_passes:
+                    last_passes -= 1
+                    if not last_passes or not (self._backlog or any_waiting.poll(0)):
+                        return
         except BrokenPipeError:  # the parent is gone
             return
         except Exception as error:  # the socket failed, or a bug: the parent's read() raises it
