@@ -70,7 +70,8 @@ FRAME_LENGTH = struct.Struct("=I")  # each frame on that pipe: its length, then 
 READ_SLICE = 0.25  # seconds the reader thread waits on the socket before checking for close()
 # The reader process takes EXECs on a socket of their own (a socket filter splits the stream) and wakes for each
 # at once; while items wait to be sent (FRAME_HOLD), the FORKs and EXITs on the main socket wait for the next
-# wake-up: in a burst, one wake-up per exec instead of three. With nothing pending it wakes for anything.
+# wake-up: in a burst, one wake-up per exec instead of three. With nothing pending, and no EXEC for a FRAME_HOLD
+# after the last send, it wakes for anything.
 GAP_SETTLE_SECONDS = 0.5  # a sequence number missing that long was dropped (the two sockets are read in turn)
 GAP_TRACKED = 64  # larger gaps are counted as drops at once
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
@@ -645,20 +646,25 @@ class ProcConnector:
         first = True  # an EXEC may be on both sockets once, from before the split
         pending: list[ProcessExec | ProcessExit] = []  # read, not yet sent
         send_at = 0.0  # when `pending` goes out at the latest
+        quiet_at = 0.0  # when the main socket may wake it again: a FRAME_HOLD after that send
         sent_losses = (0, 0)
         last_passes = 0  # once the lifeline closed: passes left to send what the sockets still hold, then exit
         try:
             while True:
                 raw, self._backlog = self._backlog, []
                 if not raw:
-                    busy = execs is not None and bool(pending)
-                    if polling_main == busy:  # the main socket's events wake it only while nothing is pending
+                    # The main socket's events wake it only when nothing is pending and no EXEC came for a
+                    # FRAME_HOLD: under a steady load its FORKs and EXITs are read at the EXECs' wake-ups.
+                    now = time.monotonic()
+                    busy = execs is not None and (bool(pending) or now < quiet_at)
+                    if polling_main == busy:
                         if busy:
                             poller.unregister(main)
                         else:
                             poller.register(main, select.POLLIN)
                         polling_main = not busy
-                    wait = -1 if not pending else max(0, math.ceil((send_at - time.monotonic()) * 1000))
+                    until = send_at if pending else quiet_at if busy else None
+                    wait = -1 if until is None else max(0, math.ceil((until - now) * 1000))
                     if any(descriptor == lifeline for descriptor, _ in poller.poll(wait)):
                         # The parent stops (finish or close) or died: the last passes send what is left.
                         last_passes = last_passes or FINAL_PASSES
@@ -675,6 +681,7 @@ class ProcConnector:
                 if raw and (items := self._interpret(raw, _Clocks.now())):
                     if not pending:
                         send_at = time.monotonic() + FRAME_HOLD
+                        quiet_at = send_at + FRAME_HOLD
                     pending += items
                 if self._unseen:
                     self._settle_gaps()
