@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -50,10 +50,15 @@ def iso_millis(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(epoch_seconds, tz=timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
+# The random module's own generator: seeded from os.urandom, and again in every forked child (random's
+# register_at_fork), so no two processes of the agent draw the same bits.
+_random_bits = random.getrandbits
+
+
 def new_event_id() -> str:
     """Return a time-ordered UUID (version 7 layout) so ids sort roughly by creation time."""
     millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+    rand = _random_bits(80)  # no syscall (os.urandom was one per event); reseeded from urandom after a fork
     value = (millis & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 | rand & ((1 << 62) - 1)
     digits = f"{value:032x}"  # str(uuid.UUID(int=value)) without its checks: one is made per event
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
