@@ -342,8 +342,8 @@ def pump_stream(stream: Any, actor: pykka.ActorRef, stopping: threading.Event, s
                 flushed: threading.Event | None = None) -> None:
     """Read kernel notifications in batches (what comes within the stream's `batch_seconds`, by default 50 ms, up
     to 2,000 items) and hand each to the collector actor, waiting until it is spooled before reading more, so a
-    slow pipeline backs up into the kernel's buffer. Once `stopping`, and then `flushed` (the stream has handed over what it held: see
-    `finish_stream`), what the stream still has goes to the actor in a last batch.
+    slow pipeline backs up into the kernel's buffer. Once `stopping`, and then `flushed` (the stream has handed
+    over what it held: see `finish_stream`), what the stream still has goes to the actor in a last batch.
     If the subscription breaks, the process exits (`on_crash`) and the supervisor restarts it, re-subscribed."""
     try:
         _pump_stream(stream, actor, stopping, stats)

@@ -180,12 +180,13 @@ def _collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
 
     actor = CollectorActor.start(runner, spec.period, progress, spec.hang_file, crashed)
     flushed = threading.Event()  # set at a stop once the stream handed over what it held (see finish_stream)
-    pump = threading.Thread(target=pump_stream, name="stream", daemon=True, args=(
-        stream, actor, lifecycle.stopping, progress, crashed, flushed if hasattr(stream, "finish") else None))
+    pump = None
     if stream is not None:
+        pump = threading.Thread(target=pump_stream, name="stream", daemon=True, args=(
+            stream, actor, lifecycle.stopping, progress, crashed, flushed if hasattr(stream, "finish") else None))
         pump.start()
     _heartbeat_until_stopped(heartbeat, progress.read, lifecycle, interval=heartbeat_interval(spec.hang_timeout))
-    if stream is not None:
+    if pump is not None:
         finish_stream(stream, pump, flushed)  # what the kernel told us before the stop is spooled, not dropped
     try:
         actor.stop(timeout=STOP_TIMEOUT)
