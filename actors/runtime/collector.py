@@ -320,10 +320,7 @@ STREAM_FLUSH_SECONDS = 1.0  # at a stop: the longest wait for the stream to hand
 def finish_stream(stream: Any, pump: threading.Thread, flushed: threading.Event) -> None:
     """At a stop (after `stopping` is set, before the actor stops): have a stream that holds items (`finish`: the
     process connector's reader holds up to 100 ms of them) hand them over, and the pump spool them."""
-    finish = getattr(stream, "finish", None)
-    if finish is None:
-        return  # a stream read straight from the kernel's socket holds nothing of its own
-    finish(STREAM_FLUSH_SECONDS)
+    stream.finish(STREAM_FLUSH_SECONDS)
     flushed.set()
     pump.join(STREAM_FLUSH_SECONDS)
 

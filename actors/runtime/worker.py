@@ -179,14 +179,16 @@ def _collector_main(spec: CollectorSpec, heartbeat: Connection) -> None:
         os._exit(1)  # the supervisor sees the exit code and restarts this dataset
 
     actor = CollectorActor.start(runner, spec.period, progress, spec.hang_file, crashed)
-    flushed = threading.Event()  # set at a stop once the stream handed over what it held (see finish_stream)
     pump = None
+    # A stream that holds items of its own (`finish`: the connector's reader) hands them over at a stop, then sets
+    # `flushed` for the pump to spool them; one read straight from the kernel's socket holds nothing.
+    flushed = threading.Event() if hasattr(stream, "finish") else None
     if stream is not None:
-        pump = threading.Thread(target=pump_stream, name="stream", daemon=True, args=(
-            stream, actor, lifecycle.stopping, progress, crashed, flushed if hasattr(stream, "finish") else None))
+        pump = threading.Thread(target=pump_stream, name="stream", daemon=True,
+                                args=(stream, actor, lifecycle.stopping, progress, crashed, flushed))
         pump.start()
     _heartbeat_until_stopped(heartbeat, progress.read, lifecycle, interval=heartbeat_interval(spec.hang_timeout))
-    if pump is not None:
+    if pump is not None and flushed is not None:
         finish_stream(stream, pump, flushed)  # what the kernel told us before the stop is spooled, not dropped
     try:
         actor.stop(timeout=STOP_TIMEOUT)

@@ -44,16 +44,21 @@ def test_a_timer_fires_its_message_and_a_cancelled_one_does_not() -> None:
 
 def test_one_timer_thread_fires_at_its_period_once_the_last_firing_is_done_until_cancelled() -> None:
     fired = threading.Semaphore(0)
-    timer = _CrashingTimer(0.01, 0.2, lambda message: fired.release(), "tick", lambda error: None)
+    fired_at: list[float] = []  # stamped by the timer's own thread as it fires
+
+    def fire(message: str) -> None:
+        fired_at.append(time.monotonic())
+        fired.release()
+
+    timer = _CrashingTimer(0.01, 0.2, fire, "tick", lambda error: None)
     timer.start()
     assert fired.acquire(timeout=5)
     assert not fired.acquire(timeout=0.6), "no firing while the last one's work is not done"
     timer.done()  # later than its due time: it fires at once
     assert fired.acquire(timeout=5)
-    done_at = time.monotonic()
     timer.done()  # in time: it fires at the next due time, a period after the last one was due
     assert fired.acquire(timeout=5)
-    assert time.monotonic() - done_at >= 0.15, "not before its due time"
+    assert fired_at[2] - fired_at[1] >= 0.15, "not before its due time"
     timer.cancel()
     timer.join(5)
     assert not timer.is_alive() and not fired.acquire(timeout=0)

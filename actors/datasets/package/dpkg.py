@@ -31,8 +31,7 @@ _SIZE_MULTIPLIERS = {"": 1, "k": 1, "m": 1024, "g": 1024 * 1024}  # Installed-Si
 _UPDATE_NAME = re.compile(r"[0-9]+")
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # deb822: printable ASCII but ':'
 _BAD_LINE = re.compile(r"\n[^ \t\n#:][^:\n]*(?:\n|$)")  # not a continuation, a comment, empty or `Field: value`
-_new_package = tuple.__new__
-_new_record = tuple.__new__
+_new_tuple = tuple.__new__  # a NamedTuple (Package, Record) from its values, without its __new__'s keyword handling
 
 
 def _then(field: str, value: str = ".*") -> str:
@@ -126,9 +125,9 @@ def _fast(stanza: str) -> Parsed | None:
             and status.count(" ") == 2 and not version.endswith(" ") \
             and not version.startswith(" "):
         # The common case, already known to be valid: build the record directly.
-        return "installed", _new_package(Package, (DPKG, name, version, "", None, architecture.strip(), None,
-                                                   int(size_text) * 1024, description.strip(), reference.strip(),
-                                                   "")), None
+        return "installed", _new_tuple(Package, (DPKG, name, version, "", None, architecture.strip(), None,
+                                                 int(size_text) * 1024, description.strip(), reference.strip(),
+                                                 "")), None
     return _checked(name, status, version, architecture, size_text, description, reference)
 
 
@@ -144,8 +143,8 @@ def _checked(name: str, status: str, version: str, architecture: str, size_text:
     size_text = size_text.strip()
     size = parse_size(size_text) if size_text else None
     soft = f"of {name}: Installed-Size is not a number of KiB" if size is None and size_text else None
-    package = _new_package(Package, (DPKG, name, version, "", None, architecture.strip(), None, size,
-                                     description.strip(), reference.strip(), ""))
+    package = _new_tuple(Package, (DPKG, name, version, "", None, architecture.strip(), None, size,
+                                   description.strip(), reference.strip(), ""))
     return state, package, soft
 
 
@@ -264,7 +263,7 @@ def _parse_span(text: str, position: int, stop: int, cut: bool
             end = matched.end()
             name, _, size, architecture, version, description, reference = matched.groups()
             if reference is not None or find("\nHomepage: ", position, end) < 0:
-                records.append(_new_record(Record, ("installed", _new_package(Package, (
+                records.append(_new_tuple(Record, ("installed", _new_tuple(Package, (
                     DPKG, name, version, "", None, architecture.strip(), None, int(size) * 1024,
                     description.strip(), reference.strip() if reference else "", "")),
                     find(_MULTI_ARCH_SAME, position, end) >= 0)))
@@ -287,7 +286,7 @@ def _parse_span(text: str, position: int, stop: int, cut: bool
             skipped = True
             problems.append((start, f"stanza {package}"))
             continue
-        records.append(_new_record(Record, (state, package, find(_MULTI_ARCH_SAME, start, position) >= 0)))
+        records.append(_new_tuple(Record, (state, package, find(_MULTI_ARCH_SAME, start, position) >= 0)))
         spans.append((start, position))
         if soft is not None:
             problems.append((start, soft))
@@ -390,7 +389,7 @@ class DpkgReader:
                 if when == -1:
                     when = _list_mtime(info, package[1], package[5], arch_qualified)
                 installed[slot] = when
-                result.append(_new_package(Package, (*package[:6], when, *package[7:])))
+                result.append(_new_tuple(Package, (*package[:6], when, *package[7:])))
         finally:
             if info is not None:
                 os.close(info)
