@@ -271,7 +271,8 @@ def read_file(path: Path) -> FileContent | None:
         read_at_ns = time.time_ns()
         chunks: list[bytes] = []
         remaining = MAX_FILE_BYTES + 1
-        while remaining > 0 and (chunk := os.read(descriptor, min(remaining, 1 << 20))):
+        wanted = max(status.st_size + 1, 1 << 16)  # the whole file in one read (no join copy), if it did not grow
+        while remaining > 0 and (chunk := os.read(descriptor, min(remaining, wanted))):
             chunks.append(chunk)
             remaining -= len(chunk)
     except OSError as error:
