@@ -83,6 +83,15 @@ def restore(before: AuditState | None) -> None:
               f"{now.enabled} -> {before.enabled}", file=sys.stderr)
 
 
+def warn_if_enabled(before_what: str = "these figures") -> None:
+    """One line on stderr when audit is on: every syscall of every process then pays for it, ours included."""
+    state = read_state()
+    if state is not None and (state.enabled or state.rules):
+        print(f"warning: kernel audit is enabled ({len(state.rules)} rule(s)): every syscall on this machine pays "
+              f"for it, so {before_what} are not those of a host without audit (left by an audit client? "
+              f"`python ops/bench/audit_state.py --reset` turns it off)", file=sys.stderr)
+
+
 def main() -> None:
     """`python ops/bench/audit_state.py [--reset]`: print the state; --reset deletes every rule and disables."""
     state = read_state()

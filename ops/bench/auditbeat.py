@@ -130,11 +130,3 @@ class Auditbeat:
         code = stop_session(self.process, 20)
         self._log.close()
         return code
-
-
-def audit_rules_left() -> str | None:
-    """`auditctl -l` output when auditctl is installed and rules remain, else None."""
-    if shutil.which("auditctl") is None:
-        return None
-    listed = subprocess.run(["auditctl", "-l"], capture_output=True, text=True).stdout.strip()
-    return None if not listed or listed == "No rules" else listed

@@ -38,6 +38,7 @@ import psutil
 
 from cpu import bench_and_children_seconds, host_busy_seconds  # ops/bench/cpu.py
 from sessions import stop_session  # ops/bench/sessions.py
+import audit_state  # ops/bench/audit_state.py
 
 REPO = Path(__file__).resolve().parents[2]
 TRUE = os.path.realpath("/bin/true")
@@ -438,6 +439,7 @@ def main() -> None:
                         "host to be quiet (busy under --quiet-percent of one core) before measuring")
     parser.add_argument("--quiet-percent", type=float, default=20.0)
     args = parser.parse_args()
+    audit_state.warn_if_enabled()
     if os.geteuid() != 0:
         sys.exit("bench_capture.py needs root (the agent subscribes to the kernel's process connector)")
     chosen: list[Callable[[int], Launch]] = []

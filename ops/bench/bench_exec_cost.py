@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import audit_state  # noqa: E402  (ops/bench/audit_state.py)
 from bench_capture import (REPO, Agent, Events, OutputTail, cpu_seconds, drain, launch_python, summarise,  # noqa: E402
                            wait_until)
 
@@ -164,6 +165,7 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="py-spy each Python process of the agent during the runs "
                         "into this directory (raw folded stacks; skews the CPU figures: profile, then measure)")
     args = parser.parse_args()
+    audit_state.warn_if_enabled()
     if os.geteuid() != 0:
         sys.exit("bench_exec_cost.py needs root (the agent subscribes to the kernel's process connector)")
     codes = dict(item.split("=", 1) for item in args.code) if args.code else {"this": str(REPO)}

@@ -31,7 +31,8 @@ from typing import Callable, Protocol
 
 import psutil
 
-from auditbeat import Auditbeat, Unavailable, audit_rules_left, build  # ops/bench/auditbeat.py
+import audit_state  # ops/bench/audit_state.py
+from auditbeat import Auditbeat, Unavailable, build  # ops/bench/auditbeat.py
 from cpu import TreeCpu, bench_and_children_seconds, cpu_by_name, host_busy_seconds, tree_cpu  # ops/bench/cpu.py
 from sessions import stop_session  # ops/bench/sessions.py
 
@@ -341,13 +342,18 @@ def run_hostaudit_all(workdir: Path, args: argparse.Namespace, marker: Marker) -
 
 
 def run_auditd(binary: Path, workdir: Path, args: argparse.Namespace, marker: Marker) -> Run:
-    check_no_audit_rules()
+    """Auditbeat's auditd module; the kernel's audit state is put back after it (it leaves audit enabled, which
+    would tax every syscall of the runs after it)."""
+    before = audit_state.read_state()
+    if before is not None and before.rules:
+        print(f"warning: {len(before.rules)} audit rule(s) are loaded before Auditbeat starts (another audit "
+              "client? a crashed Auditbeat?)", file=sys.stderr)
     agent = AuditbeatAgent(binary, make_dir(workdir / "auditbeat-auditd"), AUDITD_MODULE)
     try:
         return measure(agent, "auditd module, execve rule", marker_seen(agent, marker), args.settle,
                        args.idle_seconds, args.rates, args.connections, args.seconds, marker)
     finally:
-        check_no_audit_rules()
+        audit_state.restore(before)
 
 
 def run_system(binary: Path, workdir: Path, args: argparse.Namespace, marker: Marker) -> Run:
@@ -360,12 +366,6 @@ def run_system(binary: Path, workdir: Path, args: argparse.Namespace, marker: Ma
 def make_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def check_no_audit_rules() -> None:
-    if (rules := audit_rules_left()) is not None:
-        print(f"warning: audit rules are loaded (another audit client? a crashed Auditbeat?):\n{rules}",
-              file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -521,6 +521,7 @@ def main() -> None:
     args = parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_load.py needs root (hostaudit's process connector, Auditbeat's audit rules)")
+    audit_state.warn_if_enabled("hostaudit's figures")
     binary, missing_peer = None, None
     if args.no_auditbeat:
         missing_peer = "--no-auditbeat"

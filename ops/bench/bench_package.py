@@ -21,6 +21,7 @@ from actors.datasets.package.dataset import create  # noqa: E402
 from actors.datasets.package import dpkg  # noqa: E402
 from actors.datasets.package.dpkg import DpkgReader  # noqa: E402
 from cpu import cpu_children  # noqa: E402  (ops/bench/cpu.py)
+import audit_state  # noqa: E402  (ops/bench/audit_state.py)
 
 LISTED_AT = 1_700_000_000
 
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--packages", type=int, default=3000, help="packages in the generated status file")
     parser.add_argument("--runs", type=int, default=9, help="runs to take the median of")
     args = parser.parse_args()
+    audit_state.warn_if_enabled()
     if shutil.which("dpkg-query") is None:
         sys.exit("bench_package.py compares with dpkg-query: install dpkg")
     with tempfile.TemporaryDirectory(prefix="hostaudit-bench-package-") as directory:

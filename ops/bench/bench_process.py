@@ -19,6 +19,7 @@ sys.path.insert(0, str(REPO))
 from actors.datasets import DatasetContext  # noqa: E402
 from actors.datasets.process.dataset import STARTED, STOPPED, ProcessDataset, create  # noqa: E402
 from actors.datasets.process.proc_connector import ProcessExec, ProcessExit  # noqa: E402
+import audit_state  # noqa: E402  (ops/bench/audit_state.py)
 
 PS_COMMAND = ["ps", "-e", "-o", "pid,ppid,user,lstart,args"]
 TRUE = os.path.realpath("/bin/true")
@@ -160,6 +161,7 @@ def main() -> None:
     parser.add_argument("--loops", type=int, default=2, help="parallel shell loops running them")
     parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle polling for (3)")
     args = parser.parse_args()
+    audit_state.warn_if_enabled()
     if os.geteuid() != 0:
         sys.exit("bench_process.py needs root (every /proc entry and the process connector)")
 

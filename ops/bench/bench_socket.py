@@ -22,6 +22,7 @@ from actors.datasets import DatasetContext  # noqa: E402
 from actors.datasets.socket.dataset import SOCKET_CLOSED, SocketDataset  # noqa: E402
 from actors.datasets.socket.sock_diag import Destroyed  # noqa: E402
 from cpu import cpu_children, cpu_self  # noqa: E402  (ops/bench/cpu.py)
+import audit_state  # noqa: E402  (ops/bench/audit_state.py)
 
 LOOPBACK = "127.0.0.1"
 LISTENERS = 4  # spread the clients over a few server ports
@@ -246,6 +247,7 @@ def main() -> None:
     if arguments.hold_clients:
         hold_clients([int(port) for port in arguments.hold_clients[0].split(",")], int(arguments.hold_clients[1]))
         return
+    audit_state.warn_if_enabled()
     if os.geteuid() != 0:
         raise SystemExit("run as root: ss -p, /proc/*/fd of every process and the destroy groups need it")
     steady = steady_state(arguments.pairs, arguments.runs)
