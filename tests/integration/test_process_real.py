@@ -351,7 +351,7 @@ def test_a_fork_without_exec_is_reported_only_if_a_poll_sees_it(spawn, connector
 def test_the_reader_process_batches_its_items_itself_and_a_reader_thread_leaves_it_to_the_runtime(
         connector_dataset) -> None:
     _, stream = connector_dataset
-    assert stream.batch_seconds == 0.0  # the runtime applies each frame at once: FRAME_HOLD is the one wait
+    assert stream.batch_seconds == 0.0  # the runtime applies each frame at once: the reader's hold is the one wait
     threaded = ProcConnector(lambda pids: [None] * len(pids), reader="thread").open()
     try:
         assert threaded.batch_seconds is None  # what each read got: the runtime gathers its default window
@@ -365,7 +365,7 @@ def test_finish_hands_out_what_the_reader_process_held_and_the_reader_exits_by_i
     try:
         reader_pid = connector._child
         child = spawn([TRUE, "held"])
-        child.wait(10)  # exec'd and exited: the reader holds both for up to FRAME_HOLD before sending them
+        child.wait(10)  # exec'd and exited: the reader holds both for up to FRAME_HOLD_STEADY before sending them
         connector.finish(timeout=5)
         items = connector.read(0.0)
         assert [type(item) for item in items if item.pid == child.pid] == [ProcessExec, ProcessExit]
