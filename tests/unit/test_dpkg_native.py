@@ -4,6 +4,7 @@ anything."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from unittest import mock
@@ -195,3 +196,13 @@ def test_the_real_status_file_and_lists_read_alike() -> None:
         end = text.find("\n\n", position)
         position = len(text) if end < 0 else end + 2
     assert len(taken) > len(native.packages) // 2
+
+
+def test_a_reader_without_the_speedups_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="hostaudit.package"):
+        dpkg.DpkgReader(Path("/nonexistent"))
+        with pure_python():
+            dpkg.DpkgReader(Path("/nonexistent"))
+    assert [record.getMessage() for record in caplog.records] == [
+        "dpkg: the C speed-ups were not built (no C compiler at install?): reading on the pure-Python path, about "
+        "three times the CPU for a full read"]

@@ -1,7 +1,7 @@
 /* C speed-ups of dpkg.py: the whole-stanza scan of installed packages and the install times from the info/ file lists.
  *
  * Optional: setup.py builds it when a C compiler is present, and dpkg.py falls back to its pure-Python path (the
- * same results, about four times the CPU) when it is missing. Both functions only accelerate what dpkg.py
+ * same results, about three times the CPU) when it is missing. Both functions only accelerate what dpkg.py
  * defines; the tests check them against the pure-Python path on generated and garbled input.
  */
 #define PY_SSIZE_T_CLEAN

@@ -16,7 +16,7 @@ from actors.hostfs.etc_files import FileSignature, LineProblem
 
 try:  # C speed-ups of the stanza scan and the list stats, built by setup.py where a C compiler is present
     from actors.datasets.package import _dpkg_native
-except ImportError:  # the pure-Python path below gives the same results, at about four times the CPU
+except ImportError:  # the pure-Python path below gives the same results, at about three times the CPU
     _dpkg_native = None
 
 LOG = logging.getLogger("hostaudit.package")
@@ -351,6 +351,9 @@ class DpkgReader:
     consistent = False  # a file read while it is rewritten in place can be cut anywhere
 
     def __init__(self, hostfs: Path) -> None:
+        if _dpkg_native is None:
+            LOG.info("dpkg: the C speed-ups were not built (no C compiler at install?): reading on the "
+                     "pure-Python path, about three times the CPU for a full read")
         self.hostfs = hostfs
         self.status_path = procfs.host_path(hostfs, STATUS)
         self.updates_path = procfs.host_path(hostfs, UPDATES)
