@@ -184,7 +184,7 @@ class DatasetRunner:
 
         Looking lists every spool directory and reads its cursor: after a look that found room, the next
         SPOOL_CHECK_INTERVAL s of batches do not look again while this runner appends less than half that room
-        (a kernel stream spools a batch every 50 to 100 ms)."""
+        (a kernel stream spools a batch every 50 to 200 ms)."""
         now = time.monotonic()
         if self._spool_room > 0 and now - self._spool_checked_at < SPOOL_CHECK_INTERVAL:
             return False
@@ -319,7 +319,7 @@ STREAM_FLUSH_SECONDS = 1.0  # at a stop: the longest wait for the stream to hand
 
 def finish_stream(stream: Any, pump: threading.Thread, flushed: threading.Event) -> None:
     """At a stop (after `stopping` is set, before the actor stops): have a stream that holds items (`finish`: the
-    process connector's reader holds up to 100 ms of them) hand them over, and the pump spool them."""
+    process connector's reader holds up to 200 ms of them) hand them over, and the pump spool them."""
     stream.finish(STREAM_FLUSH_SECONDS)
     flushed.set()
     pump.join(STREAM_FLUSH_SECONDS)

@@ -69,6 +69,7 @@ PIPE_BYTES = 1 << 20  # the reader process's pipe to the relay thread
 FRAME_HOLD = 0.1
 FRAME_HOLD_STEADY = 0.2
 FRAME_ITEMS = 256  # ... or this many items
+BURST_ITEMS = FRAME_ITEMS // 2  # a frame this full by FRAME_HOLD is a burst's
 FINAL_PASSES = 8  # at most this many reads of what the sockets hold once the parent stops (then it exits)
 FRAME_LENGTH = struct.Struct("=I")  # each frame on that pipe: its length, then a pickle
 READ_SLICE = 0.25  # seconds the reader thread waits on the socket before checking for close()
@@ -652,7 +653,7 @@ class ProcConnector:
         gathered_at = 0.0  # when the first of `pending` came
         hold = FRAME_HOLD_STEADY  # how long `pending` may gather: FRAME_HOLD after a frame at least half full
         send_at = 0.0  # when `pending` goes out at the latest
-        quiet_at = 0.0  # when the main socket may wake it again: a FRAME_HOLD after that send
+        quiet_at = 0.0  # when the main socket may wake it again: a FRAME_HOLD after `send_at`
         sent_losses = (0, 0)
         last_passes = 0  # once the lifeline closed: passes left to send what the sockets still hold, then exit
         try:
@@ -695,11 +696,11 @@ class ProcConnector:
                 losses = (self._gaps, self._enobufs)
                 now = time.monotonic()
                 due = bool(pending) and (len(pending) >= FRAME_ITEMS or now >= send_at or last_passes > 0 or (
-                    len(pending) >= FRAME_ITEMS // 2 and now >= gathered_at + FRAME_HOLD))
+                    len(pending) >= BURST_ITEMS and now >= gathered_at + FRAME_HOLD))
                 if due or losses != sent_losses:
                     frame = pickle.dumps((pending, *losses, self.received, ""), pickle.HIGHEST_PROTOCOL)
                     _write_frame(frames, frame)
-                    hold = FRAME_HOLD if len(pending) >= FRAME_ITEMS // 2 else FRAME_HOLD_STEADY
+                    hold = FRAME_HOLD if len(pending) >= BURST_ITEMS else FRAME_HOLD_STEADY
                     pending, sent_losses = [], losses
                 if last_passes:
                     last_passes -= 1
