@@ -269,7 +269,9 @@ def test_the_stream_reports_a_storm_of_execs_that_polling_mostly_misses(spawn, c
           f"procfs at 1 s saw {len(seen_by_poll)} ({100 * len(seen_by_poll) / STORM_SIZE:.1f}%)")
     for event in started[:50]:
         valid(event)
-    assert len(with_exe) >= STORM_SIZE // 4 and len(with_args) >= STORM_SIZE // 4  # measured: ~90%
+    # The executable of every one, from /proc or, for one gone before it was read, from its exec's opens
+    # (fanotify); the arguments only from /proc (measured: 90-100%).
+    assert len(with_exe) >= STORM_SIZE - lost and len(with_args) >= STORM_SIZE // 4
     assert len(seen_by_poll) <= STORM_SIZE // 20  # polling misses nearly all of them
 
 

@@ -23,6 +23,7 @@ from actors.datasets.process import dataset as process_dataset
 from actors.datasets.process.dataset import (CHANGED_IMAGE, ERROR, EXISTING, STARTED, STOPPED, ProcessDataset,
                                      capability_names, container_id, read_details)
 from actors.datasets.process.options import parse_options as process_options
+from actors.datasets.process.exec_files import ExecFile
 from actors.ecs import assert_ecs
 from actors.event import CHANGE, ECS_VERSION, STATE, Event
 from actors.datasets.process.exe_hash import (HASH_TYPES, BackgroundHasher, ExecutableHasher, HashResult, TokenBucket,
@@ -116,9 +117,10 @@ def document(event: Event) -> dict[str, Any]:
 
 
 def exec_item(pid: int, details: Any = None, *, ppid: int | None = 1, fork_boot_ns: int | None = None,
-              boot_ns: int = 5_000_000_000, epoch: float = 1_700_000_005.0) -> ProcessExec:
+              boot_ns: int = 5_000_000_000, epoch: float = 1_700_000_005.0,
+              exec_file: ExecFile | None = None) -> ProcessExec:
     return ProcessExec(pid=pid, time=epoch, boot_ns=boot_ns, ppid=ppid, fork_boot_ns=fork_boot_ns, details=details,
-                       delay_ns=0)
+                       delay_ns=0, exec_file=exec_file)
 
 
 def exit_item(pid: int, *, code: int = 0, boot_ns: int = 5_001_000_000, epoch: float = 1_700_000_005.001,
@@ -729,6 +731,39 @@ def test_an_exec_read_in_time_gives_the_executable_and_args(host: Path) -> None:
     remove_process(host, 2100)
     _, [stopped] = ds.apply_stream(snapshot, [exit_item(2100, boot_ns=fork_ns + 2_500_000)])
     assert document(stopped)["event"]["duration"] == 2_500_000  # from the fork, to the nanosecond
+
+
+def test_a_process_gone_before_its_proc_was_read_gets_the_executable_its_exec_opened_and_its_hash(
+        host: Path) -> None:
+    tool = host / "usr" / "bin" / "tool"
+    tool.parent.mkdir(parents=True, exist_ok=True)
+    tool.write_bytes(b"\x7fELF tool")
+    opened = ExecFile("/usr/bin/tool", file_id(os.stat(tool)))
+    ds = dataset(host)
+    snapshot = ds.observe()
+    snapshot, [started] = ds.apply_stream(snapshot, [exec_item(2120, None, ppid=50, exec_file=opened)])
+    _, [stopped] = ds.apply_stream(snapshot, [exit_item(2120)])
+    for doc in (document(started), document(stopped)):
+        assert doc["process"]["executable"] == "/usr/bin/tool"
+        assert doc["process"]["hash"] == {"sha1": hashlib.sha1(tool.read_bytes()).hexdigest()}
+        assert "args" not in doc["process"]  # gone with the process: only the file outlives it
+    assert document(started)["message"] == "Process tool (PID: 2120) STARTED"
+
+
+def test_a_zombie_read_after_its_exe_link_went_gets_the_executable_its_exec_opened(host: Path) -> None:
+    ds = dataset(host)
+    committed = ds.observe()
+    add_process(host, 2130, comm="true", state="Z", exe=None, args=())
+    zombie = read_details(ds.proc, 2130)
+    assert zombie is not None and zombie.exe is None
+    opened = ExecFile("/usr/bin/true", (1, 2, 3, 4))
+    _, [started] = ds.apply_stream(committed, [exec_item(2130, zombie, exec_file=opened)])
+    doc = document(started)
+    assert doc["process"]["executable"] == "/usr/bin/true" and doc["process"]["name"] == "true"
+    # /proc wins when it named the executable: the exec's opens only fill what it could not.
+    add_process(host, 2131, comm="curl", exe="/usr/bin/curl", args=("curl",))
+    _, [started] = ds.apply_stream(committed, [exec_item(2131, read_details(ds.proc, 2131), exec_file=opened)])
+    assert document(started)["process"]["executable"] == "/usr/bin/curl"
 
 
 def test_a_process_read_as_it_died_keeps_the_parent_the_kernel_reported_at_fork(host: Path) -> None:

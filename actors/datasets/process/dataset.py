@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypedDict
 
@@ -282,6 +282,23 @@ def _read_rest(reader: _Reader, pid: int, exe: str | None, cmdline: bytes | None
         error="; ".join(reader.errors),
         vanished=vanished,
     )
+
+
+def exec_details(item: ProcessExec) -> ProcessDetails | None:
+    """What was read of an exec'd process, with the executable the kernel opened for the exec when /proc was too
+    late for it (a zombie's exe link is gone)."""
+    details = item.details
+    if details is not None and not details.exe and item.exec_file is not None:
+        return replace(details, exe=item.exec_file.path, exe_id=item.exec_file.identity)
+    return details
+
+
+def exec_image(item: ProcessExec) -> tuple[str, FileId] | None:
+    """The executable of an exec'd process and its identity, from /proc or else from the exec's opens."""
+    details = item.details
+    if details is not None and details.exe and details.exe_id is not None:
+        return details.exe, details.exe_id
+    return None if item.exec_file is None else (item.exec_file.path, item.exec_file.identity)
 
 
 @functools.lru_cache(maxsize=1024)  # asked for every exec: a host runs a few hundred distinct executables
@@ -618,7 +635,8 @@ class ProcessDataset:
         cannot be opened; with netlink, ConnectorUnavailable naming the setting."""
         if self.options.backend == "procfs":
             return None
-        connector = ProcConnector(self.read_execs)
+        # The exec opens name files in this process's mount namespace: of use when it is the host's (no hostfs).
+        connector = ProcConnector(self.read_execs, exec_files=self.hostfs == Path("/"))
         try:
             connector.open()
             self._streaming = True
@@ -702,7 +720,7 @@ class ProcessDataset:
     def _exec_record(self, item: ProcessExec, old: Mapping[str, Any] | None) -> ProcessRecord | None:
         """The record of an exec'd process from what was read at once; from the kernel's times alone when
         /proc was too late. None for an exec we can say nothing new about."""
-        details = item.details
+        details = exec_details(item)
         if details is not None and details.stat.flags & PF_KTHREAD:
             return None  # only kernel threads are left out: an exec'd process is real even if already a zombie
         if details is not None:
@@ -718,6 +736,9 @@ class ProcessDataset:
         if item.ppid is not None:
             record["ppid"] = item.ppid
         self._add_identity(record)
+        if item.exec_file is not None:  # gone before /proc was read: the file the kernel opened for its exec
+            record["exe"] = item.exec_file.path
+            self._add_hash(record, item.pid, item.exec_file.path, item.exec_file.identity)
         return record
 
     @staticmethod
@@ -810,7 +831,7 @@ class ProcessDataset:
                             ", ".join(details.denied))
         if details.error:
             record["error"] = f"failed to load process information for PID {details.pid}: {details.error}"
-        self._add_hash(record, details)
+        self._add_hash(record, details.pid, details.exe, details.exe_id)
         return record
 
     def _add_identity(self, record: ProcessRecord) -> None:
@@ -841,30 +862,30 @@ class ProcessDataset:
         if group is not None:
             record["group"] = group
 
-    def _add_hash(self, record: ProcessRecord, details: ProcessDetails) -> None:
+    def _add_hash(self, record: ProcessRecord, pid: int, exe: str | None, exe_id: FileId | None) -> None:
         """Put the executable's hash (or why it has none) into a new record when it is known already; else ask the
         hashing thread for it, and the record waits for it (see _attach_hashes)."""
-        key = str(details.pid)
+        key = str(pid)
         self._hash_jobs.pop(key, None)  # a new record of this pid: what an older one waited for is not its hash
-        job = self._request_hash(details)
+        job = self._request_hash(pid, exe, exe_id)
         if job is None:
             return
         if job.done:
             put_hash(record, job.result)
             return
-        self._hash_jobs[key] = (record["ticks"], details.exe or "", job)
+        self._hash_jobs[key] = (record["ticks"], exe or "", job)
         self._asked.append(job)
 
-    def _request_hash(self, details: ProcessDetails) -> HashJob | None:
+    def _request_hash(self, pid: int, exe: str | None, exe_id: FileId | None) -> HashJob | None:
         """Ask the hashing thread for the executable of a process just read: through /proc/PID/exe (the very file,
         in any mount namespace, even deleted), else the path on the host when it is still the same file. None
         when hashing is off, there is no executable, or too many files wait already."""
-        if self.hashing is None or not details.exe or details.exe_id is None:
+        if self.hashing is None or not exe or exe_id is None:
             return None
-        paths = [f"{self.proc}{details.pid}/exe"]
-        if not details.exe.endswith(" (deleted)"):
-            paths.append(host_exe_path(self.hostfs, details.exe))
-        job = self.hashing.request(details.exe_id, paths)
+        paths = [f"{self.proc}{pid}/exe"]
+        if not exe.endswith(" (deleted)"):
+            paths.append(host_exe_path(self.hostfs, exe))
+        job = self.hashing.request(exe_id, paths)
         if job is None:
             self._warn_once("hash-queue", "process: %d executables wait to be hashed already; new ones are reported "
                             "without hash until the queue shortens", self.hashing.max_jobs)
@@ -876,8 +897,8 @@ class ProcessDataset:
         if self.hashing is None:
             return
         for item in items:
-            if isinstance(item, ProcessExec) and item.details is not None:
-                job = self._request_hash(item.details)
+            if isinstance(item, ProcessExec) and (image := exec_image(item)) is not None:
+                job = self._request_hash(item.pid, *image)
                 if job is not None and not job.done:
                     self._asked.append(job)
         self._await_hashes(STREAM_HASH_WAIT)

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, NamedTuple, Sequence, TypeVar
 
+from actors.datasets.process.exec_files import ExecFile, ExecFiles
 from actors.hostfs.outcome import denied
 
 LOG = logging.getLogger("hostaudit.proc_connector")
@@ -113,6 +114,7 @@ class ProcessExec:
     fork_boot_ns: int | None  # when the process was forked (ns since boot), if the FORK was seen
     details: Any
     delay_ns: int  # from the kernel's timestamp to the moment the datagram was received
+    exec_file: ExecFile | None = None  # the file the kernel opened for it, when `details` names no executable
 
 
 @pickled_as_tuple
@@ -293,6 +295,8 @@ class ProcConnector:
       real-time priority (SCHED_FIFO `rt_priority`, else nice `reader_nice`), which does nothing else, so it
       neither waits for this process's GIL nor for a CPU slice. It sends the items to a relay thread here
       through a pipe, and exits when this process closes the connector or dies.
+      With `exec_files`, it also listens to fanotify's FAN_OPEN_EXEC (see ExecFiles): an exec whose
+      process is gone before its /proc is read still gets its executable (`ProcessExec.exec_file`).
     - `reader="thread"`: a thread of this process at nice `reader_nice`. Any other busy thread of the process
       (encoding events) then delays it by up to the GIL's switch interval: most short-lived processes are
       missed under load (ops/bench/bench_capture.py).
@@ -305,7 +309,7 @@ class ProcConnector:
     def __init__(self, enrich: Callable[[Sequence[int]], Sequence[Any]],
                  receive_buffer: int = DEFAULT_RECEIVE_BUFFER, ack_timeout: float = DEFAULT_ACK_TIMEOUT,
                  queue_items: int = QUEUE_ITEMS, reader: str = READER, rt_priority: int | None = READER_RT_PRIORITY,
-                 reader_nice: int | None = READER_NICE) -> None:
+                 reader_nice: int | None = READER_NICE, exec_files: bool = True) -> None:
         if reader not in ("process", "thread"):
             raise ValueError(f"reader must be 'process' or 'thread', not {reader!r}")
         self._enrich = enrich
@@ -315,6 +319,8 @@ class ProcConnector:
         self._reader = reader
         self._rt_priority = rt_priority
         self._reader_nice = reader_nice
+        self._want_exec_files = exec_files
+        self._exec_files: ExecFiles | None = None  # opened by the reader process
         self._socket: socket.socket | None = None
         self._poller = select.poll()
         self._buffer = bytearray(RECEIVE_BYTES)
@@ -638,6 +644,11 @@ class ProcConnector:
         self._raise_reader_priority()
         poller = select.poll()
         poller.register(lifeline, select.POLLIN)  # POLLHUP when the parent closes its end or dies
+        if self._want_exec_files:
+            self._open_exec_files()
+        mounts = self._exec_files.mounts if self._exec_files else -1
+        if mounts >= 0:
+            poller.register(mounts, select.POLLPRI)  # the mounts changed: mark the new filesystems
         if execs is not None:
             poller.register(execs.fileno(), select.POLLIN)
         main = self._socket.fileno()
@@ -672,9 +683,12 @@ class ProcConnector:
                         polling_main = not busy
                     until = send_at if pending else quiet_at if busy else None
                     wait = -1 if until is None else max(0, math.ceil((until - now) * 1000))
-                    if any(descriptor == lifeline for descriptor, _ in poller.poll(wait)):
-                        # The parent stops (finish or close) or died: the last passes send what is left.
-                        last_passes = last_passes or FINAL_PASSES
+                    for descriptor, _ in poller.poll(wait):
+                        if descriptor == lifeline:
+                            # The parent stops (finish or close) or died: the last passes send what is left.
+                            last_passes = last_passes or FINAL_PASSES
+                        elif descriptor == mounts and self._exec_files is not None:
+                            self._exec_files.mark_mounts()
                 raw += self._drain()  # the main socket first: what an EXEC read next follows is not older
                 if execs is not None:
                     if exec_raw := self._drain(execs):
@@ -711,6 +725,14 @@ class ProcConnector:
         except Exception as error:  # the socket failed, or a bug: the parent's read() raises it
             _write_frame(frames, pickle.dumps((pending, self._gaps, self._enobufs, self.received, str(error))))
             raise
+
+    def _open_exec_files(self) -> None:
+        """Listen to the files opened for exec, when the kernel (5.0+) and our rights (CAP_SYS_ADMIN) allow."""
+        try:
+            self._exec_files = ExecFiles().open()
+        except OSError as error:
+            LOG.info("process: cannot listen to exec opens with fanotify (%s); a process that exits within about "
+                     "a millisecond of its exec may be reported without executable", error.strerror or error)
 
     def _hold_newer_execs(self, exec_raw: list[tuple[RawEvent, int]],
                           main_raw: list[tuple[RawEvent, int]]) -> list[tuple[RawEvent, int]]:
@@ -798,6 +820,11 @@ class ProcConnector:
                 if len(data) == 6 and data[5] > 0:
                     exit_parent[data[0]] = data[5]
         details = dict(zip(live, self._enrich(list(live)))) if live else {}
+        files: dict[int, ExecFile] = {}
+        if self._exec_files is not None:  # the executables /proc no longer showed, from the exec opens
+            execs = [event.data[0] for event, _ in raw if event.what == PROC_EVENT_EXEC]
+            files = self._exec_files.take(execs, {pid for pid in execs
+                                                  if getattr(details.get(pid), "exe", None) is None})
         items: list[ProcessExec | ProcessExit] = []
         for event, received_ns in raw:
             what, data = event.what, event.data
@@ -806,7 +833,8 @@ class ProcConnector:
             elif len(data) < 2 or data[0] != data[1]:
                 continue  # a thread's exec or exit, an acknowledgement, an event we do not follow
             elif what == PROC_EVENT_EXEC:
-                items.append(self._exec_item(event, received_ns, clocks, details.get(data[0]), exit_parent))
+                items.append(self._exec_item(event, received_ns, clocks, details.get(data[0]), exit_parent,
+                                             files.get(data[0])))
             elif what == PROC_EVENT_EXIT:
                 items.append(self._exit_item(event, received_ns, clocks))
         return items
@@ -823,7 +851,7 @@ class ProcConnector:
         self._forks[child_pid] = (parent_tgid, event.timestamp_ns + clocks.to_boot_ns)
 
     def _exec_item(self, event: RawEvent, received_ns: int, clocks: _Clocks, details: Any,
-                   exit_parent: dict[int, int]) -> ProcessExec:
+                   exit_parent: dict[int, int], exec_file: ExecFile | None) -> ProcessExec:
         pid = event.data[0]
         parent, fork_boot_ns = self._forks.get(pid, (exit_parent.get(pid), None))
         return ProcessExec(
@@ -834,6 +862,7 @@ class ProcConnector:
             fork_boot_ns=fork_boot_ns,
             details=details,
             delay_ns=max(0, received_ns - event.timestamp_ns),
+            exec_file=exec_file,
         )
 
     def _exit_item(self, event: RawEvent, received_ns: int, clocks: _Clocks) -> ProcessExit:
