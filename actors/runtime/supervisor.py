@@ -2,7 +2,8 @@
 
 The command line plans the children with the validated settings (`plan`), then replaces itself, same pid, with a
 fresh interpreter that runs the plan (`exec_supervisor`, `main`): the supervisor that runs for months holds neither
-dynaconf, pydantic nor the configuration schema (28 MiB of its own before; about 15 after)."""
+dynaconf nor the configuration schema. It imports the children's modules itself before it forks the forkserver
+(`actors.runtime.sharing`), so one copy of their pages serves every process."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from actors.runtime.logs import configure_logging
 from actors.runtime.monitoring import build_stats, log_stats, serve
 from actors.runtime.worker import run_pickled, set_role
 from actors.runtime.forkserver import fork_forkserver, forkserver_context
+from actors.runtime.sharing import freeze_for_fork, import_shared_modules
 from actors.runtime.supervision import (Child, ProcessSupervisor, RestartSettings, Shutdown, Status, StopSignals,
                                         Wakeup)
 
@@ -144,6 +146,10 @@ def run(plan: Plan) -> int:
     without its supervisor (a failed HTTP bind exits 1 with one line, after stopping them).
     """
     context = forkserver_context("actors.runtime.preload")
+    # The children's modules, loaded here rather than in the forkserver: importing after the fork would copy most
+    # of the pages the two processes shared (9 MiB of the supervisor's own before; 4.5 after).
+    import_shared_modules()
+    freeze_for_fork()
     fork_forkserver()  # before any thread, and before the signal handlers: it inherits neither
     signals = StopSignals()
     stop_requested = signals.requested
