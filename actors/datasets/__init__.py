@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from types import SimpleNamespace
+from typing import Any, Mapping, NoReturn, Protocol, Sequence
 
 from actors.ecs import EcsField, FieldTable, with_custom_fields
 from actors.event import Event
@@ -23,14 +24,40 @@ BUILT_DATASETS: dict[str, str] = {
 PLANNED_DATASETS: tuple[str, ...] = ()
 
 
+class CheckedOptions(SimpleNamespace):
+    """A dataset's options as the configuration checked them, as read-only attributes (`options.hash.enabled`).
+
+    The agent's processes run on these, not on the pydantic models they were checked with: a collector then never
+    imports pydantic, which would cost the agent about 13 MiB (bench_memory)."""
+
+    def __setattr__(self, name: str, value: Any) -> NoReturn:
+        raise AttributeError(f"options are read-only: {name}")
+
+
+def checked_options(model: Any) -> CheckedOptions:
+    """A checked options model (pydantic, from the configuration) as CheckedOptions, nested models too."""
+    values = {name: getattr(model, name) for name in type(model).model_fields}
+    return CheckedOptions(**{name: checked_options(value) if hasattr(type(value), "model_fields") else value
+                             for name, value in values.items()})
+
+
 @dataclass(frozen=True)
 class DatasetContext:
     """What a dataset may know of its surroundings: where the host's files are and its own options."""
 
     hostfs: Path
-    options: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"detect_password_changes": True}
+    # Raw (e.g. {"detect_password_changes": True}: parsed by the dataset) or, in the agent, already checked.
+    options: Mapping[str, Any] | CheckedOptions = field(default_factory=dict)
     host_id: str = ""  # the host's machine-id, for entity ids
     digest_key: bytes = b""  # a random per-install key (kept 0600 in path.data) for keyed digests of secrets
+
+
+def dataset_options(context: DatasetContext, dataset: str) -> Any:
+    """The options of `dataset`: as the configuration checked them (the agent), else parsed now from the raw
+    mapping by the dataset's `options.parse_options` (tests, tools: this imports pydantic)."""
+    if isinstance(context.options, CheckedOptions):
+        return context.options
+    return importlib.import_module(f"actors.datasets.{dataset}.options").parse_options(context.options)
 
 
 class Dataset(Protocol):

@@ -10,7 +10,8 @@ import importlib
 
 from actors.datasets import BUILT_DATASETS
 
-SHARED_MODULES = ("json", "sqlite3", "psutil", "pykka", "pydantic", "ctypes", "actors.runtime.agent",
+# Not pydantic: the collectors run on options the command line checked (actors.datasets.CheckedOptions).
+SHARED_MODULES = ("json", "sqlite3", "psutil", "pykka", "ctypes", "actors.runtime.agent",
                   "actors.runtime.collector", "actors.runtime.doorbell", "actors.runtime.producer",
                   "actors.runtime.worker", "actors.outputs.console", "actors.outputs.file", *BUILT_DATASETS.values())
 

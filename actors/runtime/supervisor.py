@@ -63,6 +63,8 @@ class Plan:
 
 def plan(settings: Settings, agent: AgentIdentity, lock_fd: int) -> Plan:
     """The children of `settings`: the producer, and a collector per enabled dataset."""
+    from actors.datasets import CATALOG, checked_options
+    from actors.options import validate
     from actors.outputs.routing import routing_fields
     from actors.runtime.doorbell import doorbell_name
     from actors.runtime.worker import CollectorSpec, ProducerSpec
@@ -76,7 +78,9 @@ def plan(settings: Settings, agent: AgentIdentity, lock_fd: int) -> Plan:
     for name, dataset in settings.datasets.items():
         spec = CollectorSpec(
             dataset=name, period=dataset.period, state_period=dataset.state_period,
-            options=dict(dataset.options), hostfs=settings.hostfs, path_data=settings.path_data,
+            # Checked here into plain attributes: the collector needs no pydantic (actors.datasets.CheckedOptions).
+            options=checked_options(validate(CATALOG.options_schema(name), dataset.options, name)),
+            hostfs=settings.hostfs, path_data=settings.path_data,
             agent=agent, spool_max_bytes=settings.queue_disk_max_size,
             hang_file=settings.debug_hang_file, log_level=settings.logging_level, doorbell=doorbell,
             routing_fields=routing, hang_timeout=settings.hang_timeout_for(name),

@@ -21,6 +21,7 @@ from actors.runtime.logs import configure_logging
 
 if TYPE_CHECKING:  # the supervisor imports this module for run_pickled only: it stays without the event code
     from actors.runtime.agent import AgentIdentity
+    from actors.datasets import CheckedOptions
 
 log = logging.getLogger("hostaudit.worker")
 
@@ -53,7 +54,7 @@ class CollectorSpec:
     dataset: str
     period: float
     state_period: float
-    options: Mapping[str, Any]
+    options: Mapping[str, Any] | CheckedOptions  # checked by the command line (plan), or raw (tests)
     hostfs: Path
     path_data: Path
     agent: AgentIdentity

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -152,3 +153,29 @@ def test_sigterm_to_the_whole_process_group_stops_cleanly(agent_factory) -> None
     log = agent.log()
     assert "restart attempt" not in log, "no child is restarted while the agent stops"
     assert "exit code 255" not in log, "the forkserver survived the signal, so every child's exit was seen"
+
+
+def test_no_process_of_the_agent_loads_pydantic_and_options_still_take_effect(agent_factory, tmp_path: Path) -> None:
+    # The command line checks every option with pydantic; the processes that run for months get them as plain
+    # attributes (actors.datasets.CheckedOptions) and never load it (about 13 MiB of the agent's memory).
+    marker = tmp_path / "marker-tool"
+    marker.write_bytes(Path("/bin/sleep").read_bytes())
+    marker.chmod(0o755)
+    agent = agent_factory(overrides=(
+        "hostaudit.modules=[{module: system, datasets: [host, login, package, process, socket, user], period: 1s, "
+        "process.hash.hash_types: [sha256]}]",))
+    for role in ("host", "login", "package", "process", "socket", "user", "producer"):
+        agent.wait_for_role(role, 20)
+    sleeper = subprocess.Popen([str(marker), "30"])
+    try:
+        started = agent.wait_for_event(lambda event: event["event"]["dataset"] == "process"
+                                       and event["process"]["pid"] == sleeper.pid, 20, "the marker's start")
+        assert set(started["process"]["hash"]) == {"sha256"}  # the non-default option reached the collector
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    tree = [psutil.Process(agent.pid), *psutil.Process(agent.pid).children(recursive=True)]
+    assert len(tree) >= 9  # supervisor, forkserver, producer, six collectors, the proc-connector reader
+    for process in tree:
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "pydantic" not in maps, f"{process.cmdline()[0]} (pid {process.pid}) loaded pydantic"

@@ -978,3 +978,54 @@ def test_values_accepted_before_stay_accepted(tmp_path: Path) -> None:
         "  socket.include_localhost: true\n  socket.full_scan_interval: 1m\n  socket.stream_buffer_bytes: 1GiB\n"
         "  user.detect_password_changes: false\n")))
     assert settings.datasets["process"].period == 0.5 and settings.datasets["user"].state_period == 12 * 3600
+
+
+# --- options as the collectors get them (no pydantic in the agent's processes) -----------------------------
+
+CHANGED_OPTIONS: dict[str, dict[str, Any]] = {
+    "process": {"backend": "procfs", "hash": {"hash_types": ["SHA256", "md5"], "max_file_size": "1 MiB"}},
+    "socket": {"include_localhost": True},
+    "user": {"detect_password_changes": False},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_DATASETS))
+def test_checked_options_carry_every_checked_value_plainly_and_survive_the_pickle_to_a_child(name: str) -> None:
+    from actors.datasets import CheckedOptions, checked_options, dataset_options, DatasetContext
+    from actors.options import validate
+
+    model = validate(CATALOG.options_schema(name), CHANGED_OPTIONS.get(name, {}), name)
+    plain = pickle.loads(pickle.dumps(checked_options(model)))
+
+    def same(model: Any, plain: Any) -> None:
+        assert isinstance(plain, CheckedOptions)
+        assert set(vars(plain)) == set(type(model).model_fields)
+        for field in type(model).model_fields:
+            value = getattr(model, field)
+            if hasattr(type(value), "model_fields"):
+                same(value, getattr(plain, field))
+            else:
+                assert getattr(plain, field) == value, f"{name}.{field}"
+    same(model, plain)
+    with pytest.raises(AttributeError, match="read-only"):
+        plain.anything = 1
+    context = DatasetContext(hostfs=Path("/"), options=plain)
+    assert dataset_options(context, name) is plain  # taken as checked: not parsed again
+    parsed = dataset_options(DatasetContext(hostfs=Path("/"), options=CHANGED_OPTIONS.get(name, {})), name)
+    same(parsed, plain)  # raw options (tests, tools) are parsed by the dataset's schema, to the same values
+
+
+def test_the_plan_hands_each_collector_checked_options_not_the_raw_mapping(tmp_path: Path) -> None:
+    from actors.datasets import CheckedOptions
+    from actors.runtime.agent import AgentIdentity
+    from actors.runtime.supervisor import plan
+
+    settings = load_settings(None, [
+        "hostaudit.modules=[{module: system, datasets: [process, socket], period: 1s, "
+        "process.hash.hash_types: [sha256], socket.include_localhost: true}]", f"path.data={tmp_path}"],
+        environ={}, catalog=CATALOG)
+    children = plan(settings, AgentIdentity("id", "ephemeral"), -1).children
+    specs = {child.name: pickle.loads(child.spec[1]) for child in children}
+    assert isinstance(specs["process"].options, CheckedOptions)
+    assert specs["process"].options.hash.hash_types == ("sha256",)
+    assert specs["socket"].options.include_localhost is True

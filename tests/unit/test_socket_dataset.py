@@ -18,9 +18,10 @@ from hypothesis import given, strategies as st
 from actors.datasets.socket.options import parse_options as parse_socket_options
 from actors.datasets import DatasetContext
 from actors.datasets.socket import dataset as socket_dataset
+from actors.datasets.socket.options import SocketOptions
 from actors.datasets.socket.dataset import (
     INBOUND, LISTENING, OUTBOUND, R_PROCESS, SOCKET_CLOSED, SOCKET_OPENED, TCP, UDP, ClosedCookies, ListenerTable,
-    PI_ARGS, ScannedProcess, SocketDataset, SocketOwners, Traffic, SocketObserver, SocketOptions, community_id, new_record, new_snapshot, socket_message,
+    PI_ARGS, ScannedProcess, SocketDataset, SocketOwners, Traffic, SocketObserver, community_id, new_record, new_snapshot, socket_message,
 )
 from actors.ecs import assert_ecs
 from actors.hostfs.entity import process_entity_id, socket_entity_id

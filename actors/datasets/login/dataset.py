@@ -9,16 +9,18 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from actors.datasets import DatasetContext
+from actors.datasets import DatasetContext, dataset_options
 from actors.datasets.login import files, utmp
 from actors.datasets.login.files import BTMP, WTMP, Found, NotUtmp, Source
-from actors.datasets.login.options import parse_options
 from actors.datasets.login.watch import FilesWatch
 from actors.ecs import EcsField
 from actors.event import CHANGE, Event
 from actors.hostfs import etc_files, procfs
+
+if TYPE_CHECKING:
+    from actors.datasets.login.options import LoginOptions
 
 DATASET = "login"
 # Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field).
@@ -275,7 +277,7 @@ class LoginDataset:
 
     def __init__(self, context: DatasetContext) -> None:
         self.hostfs = Path(context.hostfs)
-        self.options = parse_options(context.options)
+        self.options: LoginOptions = dataset_options(context, "login")
         self.patterns = ((WTMP, self.options.wtmp_file_pattern), (BTMP, self.options.btmp_file_pattern))
         self.more = threading.Event()  # set when a pass stopped before the end: the stream asks for another
         self._horizon: dict[str, int] | None = None  # file id -> size when this process first looked

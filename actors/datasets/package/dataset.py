@@ -6,12 +6,11 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from actors.datasets import DatasetContext
+from actors.datasets import DatasetContext, dataset_options
 from actors.datasets.package.apk import ApkReader
 from actors.datasets.package.dpkg import DpkgReader
-from actors.datasets.package.options import parse_options
 from actors.datasets.package.records import DatabaseRead, Package
 from actors.datasets.package.rpmdb import RpmReader
 from actors.ecs import EcsField
@@ -19,6 +18,9 @@ from actors.event import CHANGE, STATE, Event, changed_fields, describe_changes,
 from actors.hostfs import etc_files, procfs
 from actors.hostfs.entity import package_entity_id
 from actors.hostfs.etc_files import FileSignature
+
+if TYPE_CHECKING:
+    from actors.datasets.package.options import PackageOptions
 
 DATASET = "package"
 # Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field).
@@ -231,7 +233,7 @@ class PackageDataset:
 
     def __init__(self, context: DatasetContext) -> None:
         self.hostfs = Path(context.hostfs)
-        self.options = parse_options(context.options)
+        self.options: PackageOptions = dataset_options(context, "package")
         self.host_id = context.host_id
         self.readers = {name: READERS[name](self.hostfs) for name in self.options.databases}
         self._watched = {name: tuple(procfs.host_path(self.hostfs, path) for path in reader.watched)

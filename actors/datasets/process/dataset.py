@@ -9,22 +9,24 @@ import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypedDict
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypedDict
 
 from actors.hostfs import procfs
 from actors.hostfs.outcome import Outcome
 from actors.hostfs.procfs import (NANOS_PER_TICK, ProcStat, parse_cmdline, parse_status_ids, read_stat,
                                   status_values)
 from actors.hostfs.etc_files import AccountNames
-from actors.datasets import DatasetContext
+from actors.datasets import DatasetContext, dataset_options
 from actors.ecs import EcsField
 from actors.hostfs.host_facts import read_boot_id, read_boot_time
 from actors.hostfs.entity import process_entity_id, process_start_iso
 from actors.event import CHANGE, STATE, Event, iso_millis
 from actors.datasets.process.exe_hash import (ECS_HASH_TYPES, HASH_TYPES, BackgroundHasher, ExecutableHasher, FileId,
                                               HashJob, HashResult, file_id)
-from actors.datasets.process.options import parse_options
 from actors.datasets.process.proc_connector import ConnectorUnavailable, ProcConnector, ProcessExec, ProcessExit, pickled_as_tuple
+
+if TYPE_CHECKING:
+    from actors.datasets.process.options import ProcessOptions
 
 DATASET = "process"
 # Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field).
@@ -548,7 +550,7 @@ class ProcessDataset:
         self.hostfs = Path(context.hostfs)
         self.proc = str(procfs.host_path(self.hostfs, "/proc")) + "/"
         self.host_id = context.host_id
-        self.options = parse_options(context.options)
+        self.options: ProcessOptions = dataset_options(context, "process")
         self.hasher = ExecutableHasher(self.options.hash) if self.options.hash.enabled else None
         self.hashing = BackgroundHasher(self.hasher) if self.hasher is not None else None
         self._hash_jobs: dict[str, tuple[int, str, HashJob]] = {}  # pid -> (ticks, exe, job) of records awaiting it

@@ -16,13 +16,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from actors.hostfs import procfs
 from actors.hostfs.outcome import Outcome, denied, outcome
 from actors.hostfs.etc_files import AccountNames
-from actors.datasets.socket.options import SocketOptions, parse_options
-from actors.datasets import DatasetContext
+from actors.datasets import DatasetContext, dataset_options
 from actors.ecs import EcsField
 from actors.hostfs.host_facts import read_boot_id, read_boot_time
 from actors.hostfs.entity import process_entity_id, process_start_iso, socket_entity_id
@@ -32,6 +31,9 @@ from actors.datasets.socket.sock_diag import (
     TCP_TIME_WAIT, DestroyListener, Destroyed, DiagEntry, DiagSocket, DumpError, TcpCounters, decode_sockid,
     destroy_groups,
 )
+
+if TYPE_CHECKING:
+    from actors.datasets.socket.options import SocketOptions
 
 DATASET = "socket"
 # Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field).
@@ -910,7 +912,7 @@ class SocketDataset:
     def __init__(self, context: DatasetContext) -> None:
         self.hostfs = Path(context.hostfs)
         self.host_id = context.host_id
-        self.options = parse_options(context.options)
+        self.options: SocketOptions = dataset_options(context, "socket")
         self.closed = ClosedCookies()
         self.observer = SocketObserver(self.hostfs, self.options, self.closed)
         self.users = AccountNames(self.hostfs)  # from <hostfs>/etc/passwd and /etc/group, not NSS

@@ -10,15 +10,17 @@ import os
 import pwd
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from actors.hostfs import etc_files, procfs
-from actors.datasets import DatasetContext
+from actors.datasets import DatasetContext, dataset_options
 from actors.ecs import EcsField
-from actors.datasets.user.options import parse_options
 from actors.hostfs.entity import user_entity_id
 from actors.hostfs.etc_files import FileSignature, GroupEntry, LoadedFile, Parsed, PasswdEntry, ShadowEntry
 from actors.event import CHANGE, STATE, Event, changed_fields, describe_changes, iso_millis
+
+if TYPE_CHECKING:
+    from actors.datasets.user.options import UserOptions
 
 DATASET = "user"
 # Dotted ECS fields its events can carry besides the common ones (actors.datasets.is_common_field).
@@ -490,7 +492,7 @@ class UserDataset:
 
     def __init__(self, context: DatasetContext) -> None:
         self.hostfs = Path(context.hostfs)
-        self.options = parse_options(context.options)
+        self.options: UserOptions = dataset_options(context, "user")
         self.host_id = context.host_id
         self.digests = self._make_digests(context.digest_key) if self.options.detect_password_changes else None
         self._last: LastRead | None = None
