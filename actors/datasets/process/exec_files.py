@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import logging
 import os
+import re
 import resource
 import struct
 import time
 from typing import Collection, Iterable, NamedTuple
 
 from actors.datasets.process.exe_hash import FileId, file_id
-
-LOG = logging.getLogger("hostaudit.exec_files")
+from actors.hostfs import procfs
 
 FAN_CLOEXEC = 0x01
 FAN_NONBLOCK = 0x02
@@ -36,7 +35,7 @@ NO_EXEC_TYPES = frozenset({
     "proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "debugfs", "tracefs", "securityfs", "pstore", "bpf",
     "configfs", "fusectl", "hugetlbfs", "autofs", "binfmt_misc", "rpc_pipefs", "nsfs", "efivarfs", "selinuxfs",
 })
-
+MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")  # a space, tab, newline or backslash in a mount point: \040
 
 
 class ExecFile(NamedTuple):
@@ -59,15 +58,12 @@ def exec_mounts(mountinfo: str) -> list[str]:
     """The mount points of /proc/self/mountinfo's text that a program may be executed from, once each."""
     points: dict[str, None] = {}
     for line in mountinfo.splitlines():
-        fields = line.split()
-        if " - " not in line or len(fields) < 6:
+        mount, separator, filesystem = line.partition(" - ")  # id, parent, dev, root, point, options ... - type ...
+        fields, fs_type = mount.split(), filesystem.split()[:1]
+        if not separator or len(fields) < 6 or not fs_type or fs_type[0] in NO_EXEC_TYPES:
             continue
-        fs_type = line.split(" - ", 1)[1].split()[0:1]
-        options = fields[5].split(",")
-        if not fs_type or fs_type[0] in NO_EXEC_TYPES or "noexec" in options:
-            continue
-        points[fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
-               .replace("\\134", "\\")] = None
+        if "noexec" not in fields[5].split(","):
+            points[MOUNTINFO_ESCAPE.sub(lambda escape: chr(int(escape[1], 8)), fields[4])] = None
     return list(points)
 
 
@@ -117,8 +113,9 @@ class ExecFiles:
         self._libc = _libc()
         self._group = -1
         self._marked: set[str] = set()
-        self._opens: dict[int, tuple[float, list[int]]] = {}  # pid -> (first read at, descriptors of the files
-        self._held = 0  # it opened for exec, in order); pids in the order they were first read; all descriptors
+        # pid -> (when first read, descriptors of the files it opened for exec, in order); oldest pid first
+        self._opens: dict[int, tuple[float, list[int]]] = {}
+        self._held = 0  # descriptors in _opens
         self._interpreters: dict[FileId, tuple[int, int] | None] = {}  # a program -> its ELF interpreter's identity
         self._kept = KEPT_FILES
         self.mounts = -1  # /proc/self/mountinfo, for POLLPRI when the mounts change (then call `mark_mounts`)
@@ -144,19 +141,16 @@ class ExecFiles:
     def mark_mounts(self) -> int:
         """Mark the filesystems of the mounts not marked yet (at open, and when the mounts change); how many
         are marked in all."""
-        os.lseek(self.mounts, 0, os.SEEK_SET)
-        chunks = []
-        while chunk := os.read(self.mounts, 65536):
-            chunks.append(chunk)
-        for point in exec_mounts(b"".join(chunks).decode("utf-8", "replace")):
+        mountinfo = procfs.read_text(self._mountinfo_path) or ""
+        for point in exec_mounts(mountinfo):
             if point in self._marked:
                 continue
-            result = self._libc.fanotify_mark(self._group, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_OPEN_EXEC,
-                                              AT_FDCWD, os.fsencode(point))
-            if result == 0:
+            if self._libc.fanotify_mark(self._group, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_OPEN_EXEC, AT_FDCWD,
+                                        os.fsencode(point)) == 0:
                 self._marked.add(point)
-            elif not self._marked and ctypes.get_errno() in (errno.EINVAL, errno.EPERM, errno.ENOSYS):
-                code = ctypes.get_errno()  # the first mark: the kernel lacks FAN_OPEN_EXEC, or we lack the right
+                continue
+            code = ctypes.get_errno()  # the first mark refused: the kernel lacks FAN_OPEN_EXEC, or we lack the right
+            if not self._marked and code in (errno.EINVAL, errno.EPERM, errno.ENOSYS):
                 raise OSError(code, f"fanotify_mark FAN_OPEN_EXEC on {point}: {os.strerror(code)}")
         return len(self._marked)
 

@@ -644,11 +644,9 @@ class ProcConnector:
         self._raise_reader_priority()
         poller = select.poll()
         poller.register(lifeline, select.POLLIN)  # POLLHUP when the parent closes its end or dies
-        if self._want_exec_files:
-            self._open_exec_files()
-        mounts = self._exec_files.mounts if self._exec_files else -1
-        if mounts >= 0:
-            poller.register(mounts, select.POLLPRI)  # the mounts changed: mark the new filesystems
+        exec_files = self._open_exec_files() if self._want_exec_files else None
+        if exec_files is not None:
+            poller.register(exec_files.mounts, select.POLLPRI)  # the mounts changed: mark the new filesystems
         if execs is not None:
             poller.register(execs.fileno(), select.POLLIN)
         main = self._socket.fileno()
@@ -687,8 +685,8 @@ class ProcConnector:
                         if descriptor == lifeline:
                             # The parent stops (finish or close) or died: the last passes send what is left.
                             last_passes = last_passes or FINAL_PASSES
-                        elif descriptor == mounts and self._exec_files is not None:
-                            self._exec_files.mark_mounts()
+                        elif exec_files is not None and descriptor == exec_files.mounts:
+                            exec_files.mark_mounts()
                 raw += self._drain()  # the main socket first: what an EXEC read next follows is not older
                 if execs is not None:
                     if exec_raw := self._drain(execs):
@@ -726,13 +724,14 @@ class ProcConnector:
             _write_frame(frames, pickle.dumps((pending, self._gaps, self._enobufs, self.received, str(error))))
             raise
 
-    def _open_exec_files(self) -> None:
+    def _open_exec_files(self) -> ExecFiles | None:
         """Listen to the files opened for exec, when the kernel (5.0+) and our rights (CAP_SYS_ADMIN) allow."""
         try:
             self._exec_files = ExecFiles().open()
         except OSError as error:
             LOG.info("process: cannot listen to exec opens with fanotify (%s); a process that exits within about "
                      "a millisecond of its exec may be reported without executable", error.strerror or error)
+        return self._exec_files
 
     def _hold_newer_execs(self, exec_raw: list[tuple[RawEvent, int]],
                           main_raw: list[tuple[RawEvent, int]]) -> list[tuple[RawEvent, int]]:
