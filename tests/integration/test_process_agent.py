@@ -61,9 +61,17 @@ def test_every_short_lived_process_is_reported_by_the_whole_pipeline(agent_facto
                 if e["event"]["action"] == action and e["process"].get("parent", {}).get("pid") == shell
                 and e["process"].get("name") in (None, "true", "bash")}
 
-    wait_for(lambda: len(children("process_started")) >= runs, 60,
-             f"{runs} process_started events for the /bin/true children")
-    wait_for(lambda: len(children("process_stopped")) >= runs, 30, f"{runs} process_stopped events")
+    def reported(action: str, timeout: float) -> None:
+        try:
+            wait_for(lambda: len(children(action)) >= runs, timeout, f"{runs} {action} events for the children")
+        except AssertionError as error:  # say how far it got, and what the agent logged (losses, restarts)
+            started = [e for e in agent.events() if e["event"]["action"] == action
+                       and e["process"].get("parent", {}).get("pid") == shell]
+            raise AssertionError(f"{error}: {len(children(action))} counted, {len(started)} with the shell as "
+                                 f"parent; agent log:\n{agent.log()[-3000:]}") from None
+
+    reported("process_started", 60)
+    reported("process_stopped", 30)
     with_executable = [e for e in agent.events() if e["event"]["action"] == "process_started"
                        and e["process"].get("parent", {}).get("pid") == shell and e["process"].get("executable")]
     print(f"{len(with_executable)} of {runs} short-lived processes reported with their executable")
