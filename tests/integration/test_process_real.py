@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -439,3 +440,47 @@ def test_without_the_connector_auto_polls_with_one_warning_and_netlink_fails(pre
     assert len(warnings) == 1 and reason in warnings[0] and "polling /proc" in warnings[0]
     [netlink] = [line for line in lines if line.startswith("netlink:")]
     assert "process.backend is netlink" in netlink and reason in netlink
+
+
+def test_execs_read_behind_a_backlog_still_follow_their_forks(spawn) -> None:
+    """A reader that falls behind (here: stopped during a storm) finds more on the main socket than one drain
+    takes. The EXECs newer than what it drained wait for their FORKs, over as many passes as it takes, so
+    every exec, even of a process long gone, has its parent and its fork time."""
+    connector = dataset("netlink").open_stream()
+    assert connector is not None
+    try:
+        reader_pid = connector._child
+
+        device = os.stat(TRUE).st_dev
+        mark = f"fanotify sdev:{os.major(device) << 20 | os.minor(device):x} "  # the kernel's dev_t, in hex
+
+        def listening() -> bool:  # the reader process has marked the filesystem of /bin/true for exec opens
+            for fd in Path(f"/proc/{reader_pid}/fdinfo").iterdir():
+                try:
+                    if mark in fd.read_text(errors="replace"):
+                        return True
+                except FileNotFoundError:  # closed meanwhile (the reader closes what it inherited)
+                    pass
+            return False
+
+        wait_for(listening, 10, "the reader to listen to exec opens")
+        runs = 1500  # 4,500 messages: several drains of the main socket, far below its receive buffer
+        os.kill(reader_pid, signal.SIGSTOP)
+        try:
+            loop = subprocess.run(["bash", "-c", f"for i in $(seq {runs}); do /bin/true; done; echo $$"],
+                                  capture_output=True, text=True, timeout=120, check=True)
+        finally:
+            os.kill(reader_pid, signal.SIGCONT)
+        shell = int(loop.stdout.strip())
+        items = read_until(connector, lambda items: len(children_exits(items, shell)) >= runs - connector.lost(),
+                           60, f"the exits of {runs} children")
+        assert connector.lost() == 0, "the kernel dropped notifications: the test needs them all"
+        exits = {item.pid for item in children_exits(items, shell)}
+        execs = [item for item in items if isinstance(item, ProcessExec) and item.pid in exits]
+        assert len(execs) >= runs
+        orphans = [item for item in execs if item.ppid != shell or item.fork_boot_ns is None]
+        assert not orphans, f"{len(orphans)} of {len(execs)} execs read before their fork, e.g. {orphans[:3]}"
+        nameless = [item for item in execs if item.exec_file is None and not getattr(item.details, "exe", None)]
+        assert not nameless, f"{len(nameless)} of {len(execs)} execs without executable, e.g. {nameless[:3]}"
+    finally:
+        connector.close()

@@ -219,6 +219,15 @@ def attach_filter(sock: socket.socket, program: Sequence[tuple[int, int, int, in
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, program_header)  # the kernel copies the program
 
 
+def split_at_horizon(execs: list[tuple[RawEvent, int]], main: list[tuple[RawEvent, int]]
+                     ) -> tuple[list[tuple[RawEvent, int]], list[tuple[RawEvent, int]]]:
+    """The EXECs no newer than the last event drained from the main socket, and the newer ones, which wait for
+    the next pass: their FORKs (and parents) are still in the main socket, behind what one drain took."""
+    horizon = max((event.timestamp_ns for event, _ in main), default=-1)
+    return ([pair for pair in execs if pair[0].timestamp_ns <= horizon],
+            [pair for pair in execs if pair[0].timestamp_ns > horizon])
+
+
 def _write_frame(descriptor: int, payload: bytes) -> None:
     view = memoryview(FRAME_LENGTH.pack(len(payload)) + payload)
     while view:
@@ -658,6 +667,7 @@ class ProcConnector:
             any_waiting.register(execs.fileno(), select.POLLIN)
         polling_main = False
         first = True  # an EXEC may be on both sockets once, from before the split
+        held: list[tuple[RawEvent, int]] = []  # EXECs newer than the main socket's events read so far
         pending: list[ProcessExec | ProcessExit] = []  # read, not yet sent
         gathered_at = 0.0  # when the first of `pending` came
         hold = FRAME_HOLD_STEADY  # how long `pending` may gather: FRAME_HOLD after a frame at least half full
@@ -667,8 +677,8 @@ class ProcConnector:
         last_passes = 0  # once the lifeline closed: passes left to send what the sockets still hold, then exit
         try:
             while True:
-                raw, self._backlog = self._backlog, []
-                if not raw:
+                raw, self._backlog = self._backlog, []  # the subscription's leftovers, on the first pass
+                if not raw and not held:
                     # The main socket's events wake it only when nothing is pending and no EXEC came for a
                     # FRAME_HOLD: under a steady load its FORKs and EXITs are read at the EXECs' wake-ups.
                     now = time.monotonic()
@@ -689,14 +699,15 @@ class ProcConnector:
                             exec_files.mark_mounts()
                 raw += self._drain()  # the main socket first: what an EXEC read next follows is not older
                 if execs is not None:
-                    if exec_raw := self._drain(execs):
-                        if first:
-                            seen = {(event.cpu, event.seq) for event, _ in raw if event.what == PROC_EVENT_EXEC}
-                            exec_raw = [pair for pair in exec_raw if (pair[0].cpu, pair[0].seq) not in seen]
-                        if main_waiting.poll(0):  # the main socket holds more than one drain took (a backlog):
-                            exec_raw = self._hold_newer_execs(exec_raw, raw)  # an EXEC never before its FORK
-                        raw = sorted(raw + exec_raw, key=lambda pair: pair[0].timestamp_ns) if raw else exec_raw
-                    first = False
+                    exec_raw = self._drain(execs)
+                    if first:
+                        seen = {(event.cpu, event.seq) for event, _ in raw if event.what == PROC_EVENT_EXEC}
+                        exec_raw = [pair for pair in exec_raw if (pair[0].cpu, pair[0].seq) not in seen]
+                        first = False
+                    exec_raw, held = held + exec_raw, []
+                    if exec_raw and main_waiting.poll(0):  # the main socket holds more than one drain took:
+                        exec_raw, held = split_at_horizon(exec_raw, raw)  # an EXEC never before its FORK
+                    raw = sorted(raw + exec_raw, key=lambda pair: pair[0].timestamp_ns) if raw else exec_raw
                 if raw and (items := self._interpret(raw, _Clocks.now())):
                     if not pending:
                         gathered_at = time.monotonic()
@@ -716,7 +727,7 @@ class ProcConnector:
                     pending, sent_losses = [], losses
                 if last_passes:
                     last_passes -= 1
-                    if not last_passes or not (self._backlog or any_waiting.poll(0)):
+                    if not last_passes or not (held or any_waiting.poll(0)):
                         return
         except BrokenPipeError:  # the parent is gone
             return
@@ -732,15 +743,6 @@ class ProcConnector:
             LOG.info("process: cannot listen to exec opens with fanotify (%s); a process that exits within about "
                      "a millisecond of its exec may be reported without executable", error.strerror or error)
         return self._exec_files
-
-    def _hold_newer_execs(self, exec_raw: list[tuple[RawEvent, int]],
-                          main_raw: list[tuple[RawEvent, int]]) -> list[tuple[RawEvent, int]]:
-        """The EXECs no newer than the last event drained from the main socket; the newer ones wait in the
-        backlog for the next pass, with the FORKs (and parents) the main socket still holds for them."""
-        horizon = max((event.timestamp_ns for event, _ in main_raw), default=-1)
-        now = [pair for pair in exec_raw if pair[0].timestamp_ns <= horizon]
-        self._backlog.extend(pair for pair in exec_raw if pair[0].timestamp_ns > horizon)
-        return now
 
     def _raise_reader_priority(self) -> None:
         """SCHED_FIFO `rt_priority` for the reader process, else nice `reader_nice` (both need CAP_SYS_NICE; a
