@@ -7,4 +7,7 @@ setup(ext_modules=[
     # C compiler: optional=True lets the install go on without it).
     Extension("actors.datasets.package._dpkg_native", ["actors/datasets/package/_dpkg_native.c"],
               optional=True, extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]),
+    # One wake-up of the process-events reader (capture.py has the same in pure Python, used without it).
+    Extension("actors.datasets.process._capture_native", ["actors/datasets/process/_capture_native.c"],
+              optional=True, extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]),
 ])

@@ -6,7 +6,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Installed again when pyproject.toml, setup.py or a C source changed (the editable install builds the C
 # speed-ups in place).
 stale=""
-for source in pyproject.toml setup.py actors/datasets/package/_dpkg_native.c; do
+for source in pyproject.toml setup.py actors/datasets/package/_dpkg_native.c actors/datasets/process/_capture_native.c; do
   if [ -e .venv/.installed ] && [ "$source" -nt .venv/.installed ]; then stale=yes; fi
 done
 if [ ! -x .venv/bin/python ] || [ ! -e .venv/.installed ] || [ -n "$stale" ]; then

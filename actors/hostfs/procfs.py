@@ -11,7 +11,7 @@ from actors.hostfs.outcome import Outcome, outcome
 USER_HZ = 100  # clock ticks a second of /proc/PID/stat times (go-sysinfo hard-codes it too)
 NANOS_PER_TICK = 1_000_000_000 // USER_HZ
 FIRST_READ_BYTES = 16384  # one read of a /proc file: the whole of stat or status
-_MORE_BYTES = 65536
+MORE_BYTES = 65536
 
 
 class Unreadable(Exception):
@@ -54,7 +54,7 @@ def read_bytes(path: Path | str, whole: bool = True, short_is_end: bool = False)
             data = os.read(descriptor, FIRST_READ_BYTES)
             if whole and data and not (short_is_end and len(data) < FIRST_READ_BYTES):
                 chunks = [data]
-                while chunk := os.read(descriptor, _MORE_BYTES):
+                while chunk := os.read(descriptor, MORE_BYTES):
                     chunks.append(chunk)
                 data = b"".join(chunks)
             return data

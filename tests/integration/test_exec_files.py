@@ -120,8 +120,8 @@ def test_exec_mounts_skip_pseudo_and_noexec_filesystems_and_unescape_names() -> 
 
 def test_the_reader_process_gives_the_executable_of_execs_it_could_not_read(tmp_path: Path, script: str) -> None:
     # The enrichment reads nothing, as if every process were gone before its /proc could be read.
-    with_files = ProcConnector(lambda pids: [None] * len(pids)).open()
-    without = ProcConnector(lambda pids: [None] * len(pids), exec_files=False).open()
+    with_files = ProcConnector("/proc/", lambda reads: None).open()
+    without = ProcConnector("/proc/", lambda reads: None, exec_files=False).open()
     copy = tmp_path / "mytrue"
     shutil.copy(TRUE, copy)
     try:

@@ -29,9 +29,9 @@ from actors.event import CHANGE, ECS_VERSION, STATE, Event
 from actors.datasets.process.exe_hash import (HASH_TYPES, BackgroundHasher, ExecutableHasher, HashResult, TokenBucket,
                                               file_id, new_digest)
 from actors.datasets.process.options import HashOptions, hash_options
-from actors.datasets.process.proc_connector import (PROC_EVENT_EXEC, PROC_EVENT_EXIT, PROC_EVENT_FORK, PROC_EVENT_NONE,
-                                   ProcessExec, ProcessExit, decode_datagram, exit_status_code,
-                                   subscribe_message)
+from actors.datasets.process.capture import (PROC_EVENT_EXEC, PROC_EVENT_EXIT, PROC_EVENT_FORK, PROC_EVENT_NONE,
+                                             decode_datagram, read_execs)
+from actors.datasets.process.proc_connector import ProcessExec, ProcessExit, exit_status_code, subscribe_message
 from tests.agent_harness import wait_for
 from tests.hostfs import make_hostfs
 from tests.sample_support import EVENT_FIELDS, flat_field_names, sample_common, sample_path
@@ -842,7 +842,9 @@ def test_an_unreadable_exec_of_a_reported_process_keeps_what_the_poll_read(host:
 def test_exec_details_are_read_for_several_processes_at_once(host: Path) -> None:
     add_process(host, 2560, comm="a", exe="/usr/bin/a", args=("a",))
     add_process(host, 2561, comm="b", exe="/usr/bin/b", args=("b", "-x"))
-    first, gone, second = process_dataset.read_exec_details(str(host / "proc") + "/", [2560, 2562, 2561])
+    proc = str(host / "proc") + "/"
+    first, gone, second = [process_dataset.details_of(proc, reads)
+                           for reads in read_execs(proc, [2560, 2562, 2561])]
     assert gone is None
     assert (first.exe, first.args, first.stat.comm) == ("/usr/bin/a", ("a",), "a")
     assert (second.exe, second.args, second.ids) == ("/usr/bin/b", ("b", "-x"), ("0", "0", "0", "0", "0", "0"))

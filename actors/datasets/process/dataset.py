@@ -22,7 +22,8 @@ from actors.hostfs.host_facts import read_boot_id, read_boot_time
 from actors.hostfs.entity import process_entity_id, process_start_iso
 from actors.event import CHANGE, STATE, Event, iso_millis
 from actors.datasets.process.exe_hash import (ECS_HASH_TYPES, HASH_TYPES, BackgroundHasher, ExecutableHasher, FileId,
-                                              HashJob, HashResult, file_id)
+                                              HashJob, HashResult)
+from actors.datasets.process.capture import ExecReads, read_execs
 from actors.datasets.process.proc_connector import ConnectorUnavailable, ProcConnector, ProcessExec, ProcessExit, pickled_as_tuple
 
 if TYPE_CHECKING:
@@ -200,89 +201,54 @@ def _capability_names(mask: int) -> tuple[str, ...]:
     return tuple(names)
 
 
-class _Reader:
-    """Reads the files of one /proc/PID in order, collecting what was denied or failed."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.denied: list[str] = []
-        self.errors: list[str] = []
-        self.failed: set[str] = set()  # names that exist but could not be read (denied or another error)
-
-    def file(self, name: str, whole: bool = False) -> bytes | None:
-        try:
-            return procfs.read_bytes(self.base + name, whole, short_is_end=True)
-        except procfs.Unreadable as error:
-            self._problem(name, error)
-            return None
-
-    def link(self, name: str) -> str | None:
-        try:
-            return procfs.read_link(self.base + name)
-        except procfs.Unreadable as error:
-            self._problem(name, error)
-            return None
-
-    def file_id(self, name: str) -> FileId | None:
-        try:
-            return file_id(os.stat(self.base + name))
-        except OSError:  # gone, denied, or a dangling link in a synthetic tree: no hash, not an error
-            return None
-
-    def _problem(self, name: str, error: procfs.Unreadable) -> None:
-        self.failed.add(name)
-        if error.outcome is Outcome.DENIED:
-            self.denied.append(name)
-        else:
-            self.errors.append(str(error))
-
-
 def read_details(proc: str, pid: int, stat: ProcStat | None = None) -> ProcessDetails | None:
     """Read one process now (`proc` is "<hostfs>/proc/"); None when it is gone before anything is read.
 
     A file absent after another was read means the process exited while we read it (`vanished`); a zombie
     still has its stat and status, with an empty cmdline and no exe.
     """
-    reader = _Reader(f"{proc}{pid}/")
-    return _read_rest(reader, pid, reader.link("exe"), reader.file("cmdline", whole=True), stat)
+    return details_of(proc, read_execs(proc, [pid], with_stat=stat is None)[0], stat)
 
 
-def read_exec_details(proc: str, pids: Sequence[int]) -> list[ProcessDetails | None]:
-    """Read processes that have just exec'd: the executable and arguments of all of them first (what matters
-    most, and each may exit any moment), then their other files."""
-    readers = [_Reader(f"{proc}{pid}/") for pid in pids]
-    images = [(reader.link("exe"), reader.file("cmdline", whole=True)) for reader in readers]
-    return [_read_rest(reader, pid, exe, cmdline, None) for reader, pid, (exe, cmdline) in zip(readers, pids, images)]
+def details_of(proc: str, reads: ExecReads, stat: ProcStat | None = None) -> ProcessDetails | None:
+    """What the reads of a process under `proc` say (`stat` given when it was read before); None when its stat
+    was gone or unreadable. A file that could not be read is named in `denied` (EACCES, EPERM) or `error`."""
+    base = f"{proc}{reads.pid}/"
+    denied: list[str] = []
+    errors: list[str] = []
 
+    def content(name: str, value: Any) -> Any:
+        if isinstance(value, int):  # the errno that failed it
+            error = procfs.Unreadable(base + name, OSError(value, os.strerror(value)))
+            if error.outcome is Outcome.DENIED:
+                denied.append(name)
+            else:
+                errors.append(str(error))
+            return None
+        return value
 
-def _read_rest(reader: _Reader, pid: int, exe: str | None, cmdline: bytes | None,
-               stat: ProcStat | None) -> ProcessDetails | None:
+    exe, cmdline = content("exe", reads.exe), content("cmdline", reads.cmdline)
     if stat is None:
-        raw = reader.file("stat")
+        raw = content("stat", reads.stat)
         stat = None if raw is None else procfs.parse_stat(raw)
         if stat is None:
             return None
-    status = reader.file("status")
-    cwd = reader.link("cwd")
-    exe_id = reader.file_id("exe") if exe else None
-    cgroup = reader.file("cgroup", whole=True)
+    status, cwd, cgroup = content("status", reads.status), content("cwd", reads.cwd), content("cgroup", reads.cgroup)
     ids, effective, permitted = parse_status(status) if status else (None, 0, 0)
-    vanished = any(content is None and name not in reader.failed
-                   for name, content in (("cmdline", cmdline), ("status", status)))
     return ProcessDetails(
-        pid=pid,
+        pid=reads.pid,
         stat=stat,
         exe=exe,
-        exe_id=exe_id,
+        exe_id=reads.exe_id if exe else None,
         args=None if cmdline is None else parse_cmdline(cmdline),
         cwd=cwd,
         ids=ids,
         cap_effective=effective,
         cap_permitted=permitted,
         container_id=None if cgroup is None else container_id(cgroup.decode("utf-8", "replace")),
-        denied=tuple(reader.denied),
-        error="; ".join(reader.errors),
-        vanished=vanished,
+        denied=tuple(denied),
+        error="; ".join(errors),
+        vanished=reads.cmdline is None or reads.status is None,  # absent (not failed) after stat was read
     )
 
 
@@ -638,7 +604,7 @@ class ProcessDataset:
         if self.options.backend == "procfs":
             return None
         # The exec opens name files in this process's mount namespace: of use when it is the host's (no hostfs).
-        connector = ProcConnector(self.read_execs, exec_files=self.hostfs == Path("/"))
+        connector = ProcConnector(self.proc, self.exec_details_of, exec_files=self.hostfs == Path("/"))
         try:
             connector.open()
             self._streaming = True
@@ -653,10 +619,10 @@ class ProcessDataset:
                         error)
             return None
 
-    def read_execs(self, pids: Sequence[int]) -> list[ProcessDetails | None]:
-        """The connector's enrichment: read processes that have just exec'd (runs in the connector's thread,
-        so it touches no dataset state)."""
-        return read_exec_details(self.proc, pids)
+    def exec_details_of(self, reads: ExecReads) -> ProcessDetails | None:
+        """The connector's parse of what it read of a process that has just exec'd (runs in the connector's
+        reader, so it touches no dataset state)."""
+        return details_of(self.proc, reads)
 
     def apply_stream(self, snapshot: Any, items: Sequence[Any]) -> tuple[Any, Sequence[Event]]:
         """Fold connector items into the committed snapshot. Before the first poll (no snapshot) items are

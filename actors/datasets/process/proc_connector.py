@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import gc
 import logging
@@ -18,43 +17,29 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, NamedTuple, Sequence, TypeVar
+from typing import Any, BinaryIO, Callable, Sequence, TypeVar
 
+from actors.datasets.process.capture import (CN_IDX_PROC, CN_VAL_PROC, NETLINK_CONNECTOR, NLMSG_DONE, NLMSG_HEADER,
+                                             PROC_EVENT_EXEC, PROC_EVENT_EXIT, PROC_EVENT_FORK, PROC_EVENT_NONE,
+                                             ExecReads, RawEvent, Wake, capture_wake, decode_records)
 from actors.datasets.process.exec_files import ExecFile, ExecFiles
 from actors.hostfs.outcome import denied
 
 LOG = logging.getLogger("hostaudit.proc_connector")
 T = TypeVar("T")
 
-NETLINK_CONNECTOR = 11
-CN_IDX_PROC = 1
-CN_VAL_PROC = 1
-NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE = 1, 2, 3
 PROC_CN_MCAST_LISTEN, PROC_CN_MCAST_IGNORE = 1, 2
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 CAP_NET_ADMIN = 12
 
-PROC_EVENT_NONE = 0x00000000  # the kernel's acknowledgement of a (un)subscribe request
-PROC_EVENT_FORK = 0x00000001
-PROC_EVENT_EXEC = 0x00000002
-PROC_EVENT_EXIT = 0x80000000
 
-# nlmsghdr (16 bytes) + cn_msg (20) + the head of proc_event: what, cpu, timestamp_ns (16; the union follows).
-NLMSG_HEADER = struct.Struct("=IHHII")
-EVENT_HEADER = struct.Struct("=IHHII IIIIHH IIQ")
-EVENT_DATA_OFFSET = EVENT_HEADER.size  # 52
-FORK_DATA = struct.Struct("=iiii")  # parent_pid, parent_tgid, child_pid, child_tgid
-EXEC_DATA = struct.Struct("=ii")  # process_pid, process_tgid
-EXIT_DATA = struct.Struct("=iiII")  # process_pid, process_tgid, exit_code, exit_signal
-EXIT_PARENT = struct.Struct("=ii")  # parent_pid, parent_tgid (Linux >= 4.18)
-ACK_DATA = struct.Struct("=I")  # err
+
 
 DEFAULT_RECEIVE_BUFFER = 8 * 1024 * 1024
 DEFAULT_ACK_TIMEOUT = 1.0
 MAX_MESSAGES_PER_READ = 512  # drain at most this many datagrams before reading the new processes' /proc
-RECEIVE_BYTES = 8192
 FORK_MEMORY = 65536  # pids whose FORK we remember (for the parent and the start of a later EXEC)
-QUEUE_ITEMS = 20_000  # enriched items waiting for read(); beyond, the backlog stays in the kernel's buffer
+QUEUE_ITEMS = 20_000  # items waiting for read(); beyond, the backlog stays in the kernel's buffer
 READER = "process"  # where the reader runs: "process" (its own, real-time) or "thread" (see ProcConnector)
 READER_RT_PRIORITY = 1  # SCHED_FIFO priority of the reader process: the lowest real-time one is enough
 READER_NICE = -10  # the reader's nice when it cannot be real-time, or runs as a thread (needs CAP_SYS_NICE)
@@ -71,6 +56,7 @@ FRAME_HOLD = 0.1
 FRAME_HOLD_STEADY = 0.2
 FRAME_ITEMS = 256  # ... or this many items
 BURST_ITEMS = FRAME_ITEMS // 2  # a frame this full by FRAME_HOLD is a burst's
+GATHERED_WAKES = 1024  # wake-ups taken without an item (FORKs alone) are made into items at this many
 FINAL_PASSES = 8  # at most this many reads of what the sockets hold once the parent stops (then it exits)
 FRAME_LENGTH = struct.Struct("=I")  # each frame on that pipe: its length, then a pickle
 READ_SLICE = 0.25  # seconds the reader thread waits on the socket before checking for close()
@@ -104,8 +90,8 @@ def pickled_as_tuple(cls: type[T]) -> type[T]:
 @pickled_as_tuple
 @dataclass(frozen=True, slots=True)
 class ProcessExec:
-    """A process replaced its image (execve), with what was read of it at once (`details`, from the `enrich`
-    callback; None when the process was gone before it could be read)."""
+    """A process replaced its image (execve), with what was read of it at once (`details`: the `parse` callback's
+    view of its reads; None when the process was gone before it could be read)."""
 
     pid: int
     time: float  # epoch seconds of the exec, from the kernel's timestamp
@@ -130,54 +116,11 @@ class ProcessExit:
     delay_ns: int
 
 
-class RawEvent(NamedTuple):
-    """One decoded connector message, before enrichment (a named tuple: several are made per exec)."""
-
-    what: int
-    cpu: int
-    seq: int
-    ack: int
-    timestamp_ns: int  # CLOCK_MONOTONIC, as the kernel's ktime_get_ns()
-    data: tuple[int, ...]
-
-
 def subscribe_message(port: int, operation: int, ack: int = 0) -> bytes:
     """Return the datagram that (un)subscribes the socket to process events (PROC_CN_MCAST_LISTEN/IGNORE)."""
     payload = struct.pack("=I", operation)
     cn_msg = struct.pack("=IIIIHH", CN_IDX_PROC, CN_VAL_PROC, 0, ack, len(payload), 0) + payload
     return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(cn_msg), NLMSG_DONE, 0, 0, port) + cn_msg
-
-
-def decode_datagram(datagram: bytes | memoryview) -> list[RawEvent]:
-    """Decode the connector messages in one datagram; messages that are not process events are skipped."""
-    events: list[RawEvent] = []
-    offset, size = 0, len(datagram)
-    while offset + EVENT_HEADER.size <= size:
-        (length, kind, _flags, _seq, _port, idx, val, seq, ack, _data_length, _cflags, what, cpu,
-         timestamp) = EVENT_HEADER.unpack_from(datagram, offset)
-        if length < NLMSG_HEADER.size:
-            break
-        if kind == NLMSG_DONE and idx == CN_IDX_PROC and val == CN_VAL_PROC:
-            end = min(offset + length, size)
-            events.append(RawEvent(what, cpu, seq, ack, timestamp, _event_data(datagram, offset, what, end)))
-        offset += (length + 3) & ~3
-    return events
-
-
-def _event_data(datagram: bytes | memoryview, offset: int, what: int, end: int) -> tuple[int, ...]:
-    start = offset + EVENT_DATA_OFFSET
-    if what == PROC_EVENT_FORK and start + FORK_DATA.size <= end:
-        return FORK_DATA.unpack_from(datagram, start)
-    if what == PROC_EVENT_EXEC and start + EXEC_DATA.size <= end:
-        return EXEC_DATA.unpack_from(datagram, start)
-    if what == PROC_EVENT_EXIT and start + EXIT_DATA.size <= end:
-        head = EXIT_DATA.unpack_from(datagram, start)
-        if start + EXIT_DATA.size + EXIT_PARENT.size <= end:
-            return head + EXIT_PARENT.unpack_from(datagram, start + EXIT_DATA.size)
-        return head + (0, 0)
-    if what == PROC_EVENT_NONE and start + ACK_DATA.size <= end:
-        return ACK_DATA.unpack_from(datagram, start)
-    return ()
 
 
 def exit_status_code(status: int) -> int:
@@ -219,13 +162,15 @@ def attach_filter(sock: socket.socket, program: Sequence[tuple[int, int, int, in
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, program_header)  # the kernel copies the program
 
 
-def split_at_horizon(execs: list[tuple[RawEvent, int]], main: list[tuple[RawEvent, int]]
-                     ) -> tuple[list[tuple[RawEvent, int]], list[tuple[RawEvent, int]]]:
-    """The EXECs no newer than the last event drained from the main socket, and the newer ones, which wait for
-    the next pass: their FORKs (and parents) are still in the main socket, behind what one drain took."""
-    horizon = max((event.timestamp_ns for event, _ in main), default=-1)
-    return ([pair for pair in execs if pair[0].timestamp_ns <= horizon],
-            [pair for pair in execs if pair[0].timestamp_ns > horizon])
+Captured = tuple[RawEvent, int, "ExecReads | None"]  # a message, when it was received, an EXEC's reads
+
+
+def split_at_horizon(events: list[Captured]) -> tuple[list[Captured], list[Captured]]:
+    """The events up to the last FORK or EXIT taken from the main socket, and the EXECs newer than that, which
+    wait for the next frame: their FORKs (and parents) are still in the main socket, behind what was drained."""
+    horizon = max((event.timestamp_ns for event, _, _ in events if event.what != PROC_EVENT_EXEC), default=-1)
+    return ([entry for entry in events if entry[0].what != PROC_EVENT_EXEC or entry[0].timestamp_ns <= horizon],
+            [entry for entry in events if entry[0].what == PROC_EVENT_EXEC and entry[0].timestamp_ns > horizon])
 
 
 def _write_frame(descriptor: int, payload: bytes) -> None:
@@ -295,9 +240,10 @@ class _Clocks:
 class ProcConnector:
     """A subscription to the process connector, read by its own process (or thread).
 
-    The reader receives each datagram as it comes and reads a new process's /proc files at once (through
-    `enrich(pids)`, which reads the executable and arguments of every pid before their other files), then
-    queues the items; `read()` hands them out. A /bin/true lives about 0.4 ms after its exec, and its
+    At each wake-up the reader drains the sockets and reads the /proc files (under `proc`) of the processes
+    that exec'd at once (capture.capture_wake: in C when built, with no interpreter between the EXEC and the
+    reads); at each frame it turns what it took into items (`parse` makes an exec's `details` of its reads)
+    and queues them; `read()` hands them out. A /bin/true lives about 0.4 ms after its exec, and its
     executable and arguments vanish when it exits, so the reader must run within microseconds of the EXEC:
 
     - `reader="process"` (default): the reader is a forked child process (`hostaudit: proc-connector`) at
@@ -315,13 +261,14 @@ class ProcConnector:
     the later EXEC its parent and start.
     """
 
-    def __init__(self, enrich: Callable[[Sequence[int]], Sequence[Any]],
+    def __init__(self, proc: str, parse: Callable[[ExecReads], Any],
                  receive_buffer: int = DEFAULT_RECEIVE_BUFFER, ack_timeout: float = DEFAULT_ACK_TIMEOUT,
                  queue_items: int = QUEUE_ITEMS, reader: str = READER, rt_priority: int | None = READER_RT_PRIORITY,
                  reader_nice: int | None = READER_NICE, exec_files: bool = True) -> None:
         if reader not in ("process", "thread"):
             raise ValueError(f"reader must be 'process' or 'thread', not {reader!r}")
-        self._enrich = enrich
+        self._proc = proc
+        self._parse = parse
         self._receive_buffer = receive_buffer
         self._ack_timeout = ack_timeout
         self._queue_items = queue_items
@@ -332,14 +279,15 @@ class ProcConnector:
         self._exec_files: ExecFiles | None = None  # opened by the reader process
         self._socket: socket.socket | None = None
         self._poller = select.poll()
-        self._buffer = bytearray(RECEIVE_BYTES)
-        self._backlog: list[tuple[RawEvent, int]] = []  # received while waiting for the acknowledgement
+        self._backlog: list[Wake] = []  # taken while waiting for the acknowledgement
+        self._dedupe_execs = False  # the next frame may hold an EXEC twice (from both sockets, once: the split)
         self._forks: dict[int, tuple[int, int]] = {}  # child pid -> (parent pid, fork time ns since boot)
         self._last_seq: dict[int, int] = {}  # cpu -> last sequence number seen (gaps are drops)
         self._gaps = 0
         self._exec_socket: socket.socket | None = None  # the reader process's EXECs, split off the main socket
         self._unseen: dict[tuple[int, int], float] = {}  # (cpu, seq) missing while the two sockets are read
         self._enobufs = 0
+        self._sent_losses = (0, 0)  # (gaps, ENOBUFS) as the reader process last told the parent
         self.received = 0
         self._queue: deque[list[ProcessExec | ProcessExit]] = deque()
         self._queued = 0
@@ -413,14 +361,14 @@ class ProcConnector:
         while (left := deadline - time.monotonic()) > 0:
             if not self._poller.poll(left * 1000):
                 continue
-            for event, received_ns in self._drain():
+            wake = capture_wake(self._socket, None, self._proc, MAX_MESSAGES_PER_READ)
+            self._backlog.append(wake)  # another listener's acknowledgement is skipped with ours, as any
+            for event, _, _ in decode_records(wake):
                 if event.what == PROC_EVENT_NONE and event.ack == cookie + 1:
                     error = event.data[0] if event.data else 0
                     if error:
                         raise ConnectorUnavailable(f"the kernel refused the subscription: {os.strerror(error)}")
                     return
-                if event.what != PROC_EVENT_NONE:  # another listener's acknowledgement is not ours
-                    self._backlog.append((event, received_ns))
         raise ConnectorUnavailable(
             f"no acknowledgement from the kernel within {self._ack_timeout:g} s: the process connector only "
             "serves the initial PID and user namespaces (run on the host, or with --pid=host and CAP_NET_ADMIN)")
@@ -522,14 +470,16 @@ class ProcConnector:
             LOG.debug("cannot raise the process-events reader to nice %d: %s", self._reader_nice, error)
 
     def _read_now(self, timeout: float) -> list[ProcessExec | ProcessExit]:
-        """One step of the reader: wait up to `timeout` s, receive what is there, enrich it."""
+        """One step of the reader: wait up to `timeout` s, take what is there (reading the new processes), make items."""
         if self._socket is None:
             raise ConnectorUnavailable("the process connector is closed")
-        raw, self._backlog = self._backlog, []
-        if not raw and not self._poller.poll(max(0.0, timeout) * 1000):
+        wakes, self._backlog = self._backlog, []
+        if not wakes and not self._poller.poll(max(0.0, timeout) * 1000):
             return []
-        raw += self._drain()
-        return self._interpret(raw, _Clocks.now())
+        wake = capture_wake(self._socket, None, self._proc, MAX_MESSAGES_PER_READ)
+        self._enobufs += wake.enobufs
+        items, _ = self._frame_items([*wakes, wake], [], main_more=False)
+        return items
 
     # -- the reader in a process ----------------------------------------------------------------------------
 
@@ -588,6 +538,7 @@ class ProcConnector:
             execs.bind((0, CN_IDX_PROC))
             execs.setblocking(False)
             attach_filter(self._socket, exec_filter(execs=False))
+            self._dedupe_execs = True
         except OSError as error:
             LOG.debug("cannot split exec events off (%s): one socket", error)
             execs.close()
@@ -638,7 +589,7 @@ class ProcConnector:
                 self._fail(error)
 
     def _reader_process(self, frames: int, lifeline: int) -> None:
-        """The reader process's whole life: receive, enrich, send; until the parent closes its lifeline (or dies),
+        """The reader process's whole life: take, make items, send; until the parent closes its lifeline (or dies),
         then what the sockets still hold is read and sent before it exits."""
         assert self._socket is not None
         # The parent decides when this process ends: a group-wide SIGINT or SIGTERM (Ctrl-C, systemd's stop)
@@ -659,37 +610,35 @@ class ProcConnector:
         if execs is not None:
             poller.register(execs.fileno(), select.POLLIN)
         main = self._socket.fileno()
-        main_waiting = select.poll()  # asked without waiting: is anything left on the main socket?
-        main_waiting.register(main, select.POLLIN)
-        any_waiting = select.poll()  # the same for both sockets (the last passes)
+        any_waiting = select.poll()  # asked without waiting: is anything left on the sockets? (the last passes)
         any_waiting.register(main, select.POLLIN)
         if execs is not None:
             any_waiting.register(execs.fileno(), select.POLLIN)
         polling_main = False
-        first = True  # an EXEC may be on both sockets once, from before the split
-        held: list[tuple[RawEvent, int]] = []  # EXECs newer than the main socket's events read so far
-        pending: list[ProcessExec | ProcessExit] = []  # read, not yet sent
-        gathered_at = 0.0  # when the first of `pending` came
-        hold = FRAME_HOLD_STEADY  # how long `pending` may gather: FRAME_HOLD after a frame at least half full
-        send_at = 0.0  # when `pending` goes out at the latest
+        gathered, self._backlog = self._backlog, []  # taken, not yet made into items (the subscription's first)
+        gathered_items = sum(wake.items for wake in gathered)
+        held: list[Captured] = []  # EXECs newer than the main socket's events drained so far
+        main_more = False  # the last wake-up left more on the main socket than it drained
+        hold = FRAME_HOLD_STEADY  # how long items may gather: FRAME_HOLD after a frame at least half full
+        gathered_at = time.monotonic()  # when the first of the waiting items came
+        send_at = gathered_at + hold  # when the waiting items go out at the latest
         quiet_at = 0.0  # when the main socket may wake it again: a FRAME_HOLD after `send_at`
-        sent_losses = (0, 0)
         last_passes = 0  # once the lifeline closed: passes left to send what the sockets still hold, then exit
         try:
             while True:
-                raw, self._backlog = self._backlog, []  # the subscription's leftovers, on the first pass
-                if not raw and not held:
-                    # The main socket's events wake it only when nothing is pending and no EXEC came for a
+                waiting = gathered_items + len(held)
+                if not main_more:
+                    # The main socket's events wake it only when nothing waits and no EXEC came for a
                     # FRAME_HOLD: under a steady load its FORKs and EXITs are read at the EXECs' wake-ups.
                     now = time.monotonic()
-                    busy = execs is not None and (bool(pending) or now < quiet_at)
+                    busy = execs is not None and (waiting > 0 or now < quiet_at)
                     if polling_main == busy:
                         if busy:
                             poller.unregister(main)
                         else:
                             poller.register(main, select.POLLIN)
                         polling_main = not busy
-                    until = send_at if pending else quiet_at if busy else None
+                    until = send_at if waiting else quiet_at if busy else None
                     wait = -1 if until is None else max(0, math.ceil((until - now) * 1000))
                     for descriptor, _ in poller.poll(wait):
                         if descriptor == lifeline:
@@ -697,43 +646,49 @@ class ProcConnector:
                             last_passes = last_passes or FINAL_PASSES
                         elif exec_files is not None and descriptor == exec_files.mounts:
                             exec_files.mark_mounts()
-                raw += self._drain()  # the main socket first: what an EXEC read next follows is not older
-                if execs is not None:
-                    exec_raw = self._drain(execs)
-                    if first:
-                        seen = {(event.cpu, event.seq) for event, _ in raw if event.what == PROC_EVENT_EXEC}
-                        exec_raw = [pair for pair in exec_raw if (pair[0].cpu, pair[0].seq) not in seen]
-                        first = False
-                    exec_raw, held = held + exec_raw, []
-                    if exec_raw and main_waiting.poll(0):  # the main socket holds more than one drain took:
-                        exec_raw, held = split_at_horizon(exec_raw, raw)  # an EXEC never before its FORK
-                    raw = sorted(raw + exec_raw, key=lambda pair: pair[0].timestamp_ns) if raw else exec_raw
-                if raw and (items := self._interpret(raw, _Clocks.now())):
-                    if not pending:
+                # The main socket first: what an EXEC read next follows is not older. The reads are done here.
+                wake = capture_wake(self._socket, execs, self._proc, MAX_MESSAGES_PER_READ)
+                main_more = wake.main_more
+                self._enobufs += wake.enobufs
+                if wake.records:
+                    gathered.append(wake)
+                    if wake.items and not waiting:
                         gathered_at = time.monotonic()
                         send_at = gathered_at + hold
                         quiet_at = send_at + FRAME_HOLD
-                    pending += items
+                    gathered_items += wake.items
                 if self._unseen:
                     self._settle_gaps()
-                losses = (self._gaps, self._enobufs)
+                waiting = gathered_items + len(held)
                 now = time.monotonic()
-                due = bool(pending) and (len(pending) >= FRAME_ITEMS or now >= send_at or last_passes > 0 or (
-                    len(pending) >= BURST_ITEMS and now >= gathered_at + FRAME_HOLD))
-                if due or losses != sent_losses:
-                    frame = pickle.dumps((pending, *losses, self.received, ""), pickle.HIGHEST_PROTOCOL)
-                    _write_frame(frames, frame)
-                    hold = FRAME_HOLD if len(pending) >= BURST_ITEMS else FRAME_HOLD_STEADY
-                    pending, sent_losses = [], losses
+                due = waiting > 0 and (waiting >= FRAME_ITEMS or now >= send_at or last_passes > 0 or (
+                    waiting >= BURST_ITEMS and now >= gathered_at + FRAME_HOLD))
+                ending = last_passes == 1 or (last_passes > 0 and not (main_more or any_waiting.poll(0)))
+                losses_changed = (self._gaps, self._enobufs) != self._sent_losses
+                if due or ending or losses_changed or len(gathered) >= GATHERED_WAKES:
+                    items, held = self._frame_items(gathered, held, main_more and not ending)
+                    gathered, gathered_items = [], 0
+                    if items or (self._gaps, self._enobufs) != self._sent_losses:
+                        self._send(frames, items)
+                        hold = FRAME_HOLD if len(items) >= BURST_ITEMS else FRAME_HOLD_STEADY
+                    if held:
+                        gathered_at = now
+                        send_at = now + hold
                 if last_passes:
                     last_passes -= 1
-                    if not last_passes or not (held or any_waiting.poll(0)):
+                    if ending:
                         return
         except BrokenPipeError:  # the parent is gone
             return
         except Exception as error:  # the socket failed, or a bug: the parent's read() raises it
-            _write_frame(frames, pickle.dumps((pending, self._gaps, self._enobufs, self.received, str(error))))
+            _write_frame(frames, pickle.dumps(([], self._gaps, self._enobufs, self.received, str(error))))
             raise
+
+    def _send(self, frames: int, items: list[ProcessExec | ProcessExit]) -> None:
+        """Write one frame to the parent: the items, and the losses and messages counted so far."""
+        _write_frame(frames, pickle.dumps((items, self._gaps, self._enobufs, self.received, ""),
+                                          pickle.HIGHEST_PROTOCOL))
+        self._sent_losses = (self._gaps, self._enobufs)
 
     def _open_exec_files(self) -> ExecFiles | None:
         """Listen to the files opened for exec, when the kernel (5.0+) and our rights (CAP_SYS_ADMIN) allow."""
@@ -760,29 +715,6 @@ class ProcConnector:
             except OSError as error:
                 LOG.debug("cannot raise the process-events reader to nice %d: %s", self._reader_nice, error)
 
-    def _drain(self, sock: socket.socket | None = None) -> list[tuple[RawEvent, int]]:
-        """Receive what is queued (up to MAX_MESSAGES_PER_READ datagrams) without blocking, from the main socket
-        or `sock`."""
-        sock = sock or self._socket
-        assert sock is not None
-        events: list[tuple[RawEvent, int]] = []
-        view = memoryview(self._buffer)
-        for _ in range(MAX_MESSAGES_PER_READ):
-            try:
-                size = sock.recv_into(self._buffer)
-            except BlockingIOError:
-                break
-            except OSError as error:
-                if error.errno == errno.ENOBUFS:  # the kernel dropped some: counted; the next poll reconciles
-                    self._enobufs += 1
-                    continue
-                raise
-            received_ns = time.monotonic_ns()
-            for event in decode_datagram(view[:size]):
-                self._count(event)
-                events.append((event, received_ns))
-        return events
-
     def _count(self, event: RawEvent) -> None:
         if event.what == PROC_EVENT_NONE:
             return
@@ -807,34 +739,59 @@ class ProcConnector:
             del self._unseen[key]
             self._gaps += 1
 
-    def _interpret(self, raw: list[tuple[RawEvent, int]], clocks: _Clocks) -> list[ProcessExec | ProcessExit]:
-        """Turn raw events into items. The processes that exec'd and have not exited in this batch are read
-        together, first; an EXEC whose process exits later in the batch is not read (it is gone)."""
-        live: dict[int, None] = {}  # pids whose last EXEC in the batch comes after their last EXIT, in order
+    def _frame_items(self, wakes: list[Wake], held: list[Captured], main_more: bool
+                     ) -> tuple[list[ProcessExec | ProcessExit], list[Captured]]:
+        """Turn what the wake-ups took (and the EXECs held from the last frame) into items, in the kernel's order.
+        With `main_more`, the EXECs newer than the main socket's last event are held for the next frame."""
+        events: list[Captured] = []
+        for wake in wakes:
+            taken = decode_records(wake)
+            for event, _, _ in taken:
+                self._count(event)
+            events += taken
+        if self._dedupe_execs:  # the first frame after the split: an EXEC may have come on both sockets
+            self._dedupe_execs = False
+            seen: set[tuple[int, int]] = set()
+            events = [entry for entry in events if entry[0].what != PROC_EVENT_EXEC
+                      or ((entry[0].cpu, entry[0].seq) not in seen and not seen.add((entry[0].cpu, entry[0].seq)))]
+        events.sort(key=lambda entry: entry[0].timestamp_ns)
+        if held:
+            events = sorted(held + events, key=lambda entry: entry[0].timestamp_ns)
+        if main_more:
+            events, held = split_at_horizon(events)
+        else:
+            held = []
+        return self._interpret(events, _Clocks.now()), held
+
+    def _interpret(self, events: list[Captured], clocks: _Clocks) -> list[ProcessExec | ProcessExit]:
+        """Turn captured events into items: each EXEC with what `parse` makes of its reads, and, when /proc named
+        no executable (the process was gone), the file its exec opened."""
         exit_parent: dict[int, int] = {}
-        for event, _ in raw:
-            what, data = event.what, event.data
-            if what == PROC_EVENT_EXEC and len(data) >= 2 and data[0] == data[1]:
-                live[data[0]] = None
-            elif what == PROC_EVENT_EXIT and len(data) >= 2 and data[0] == data[1]:
-                live.pop(data[0], None)
-                if len(data) == 6 and data[5] > 0:
-                    exit_parent[data[0]] = data[5]
-        details = dict(zip(live, self._enrich(list(live)))) if live else {}
+        details: dict[int, Any] = {}  # id(reads) -> parsed: one read serves the EXECs of a pid in a wake-up
+        execs: list[int] = []
+        for event, _, reads in events:
+            data = event.data
+            if event.what == PROC_EVENT_EXEC:
+                execs.append(data[0] if data else -1)
+                if reads is not None and id(reads) not in details:
+                    details[id(reads)] = self._parse(reads)
+            elif event.what == PROC_EVENT_EXIT and len(data) == 6 and data[0] == data[1] and data[5] > 0:
+                exit_parent[data[0]] = data[5]
         files: dict[int, ExecFile] = {}
-        if self._exec_files is not None:  # the executables /proc no longer showed, from the exec opens
-            execs = [event.data[0] for event, _ in raw if event.what == PROC_EVENT_EXEC]
-            files = self._exec_files.take(execs, {pid for pid in execs
-                                                  if getattr(details.get(pid), "exe", None) is None})
+        if self._exec_files is not None and execs:  # the executables /proc no longer showed, from the exec opens
+            named = {reads.pid for event, _, reads in events if reads is not None
+                     and getattr(details[id(reads)], "exe", None) is not None}
+            files = self._exec_files.take(execs, {pid for pid in execs if pid not in named})
         items: list[ProcessExec | ProcessExit] = []
-        for event, received_ns in raw:
+        for event, received_ns, reads in events:
             what, data = event.what, event.data
             if what == PROC_EVENT_FORK:
                 self._remember_fork(event, clocks)
             elif len(data) < 2 or data[0] != data[1]:
                 continue  # a thread's exec or exit, an acknowledgement, an event we do not follow
             elif what == PROC_EVENT_EXEC:
-                items.append(self._exec_item(event, received_ns, clocks, details.get(data[0]), exit_parent,
+                items.append(self._exec_item(event, received_ns, clocks,
+                                             None if reads is None else details[id(reads)], exit_parent,
                                              files.get(data[0])))
             elif what == PROC_EVENT_EXIT:
                 items.append(self._exit_item(event, received_ns, clocks))

@@ -1,0 +1,244 @@
+"""One wake-up of the process-events reader: drain the connector's sockets into fixed records, and read at once the
+/proc files of the processes that exec'd (in C when `_capture_native` is built, else the same in Python)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import struct
+import time
+from typing import NamedTuple, Sequence
+
+from actors.datasets.process.exe_hash import FileId, file_id
+from actors.hostfs import procfs
+
+NETLINK_CONNECTOR = 11
+CN_IDX_PROC = 1
+CN_VAL_PROC = 1
+NLMSG_DONE = 3
+
+PROC_EVENT_NONE = 0x00000000  # the kernel's acknowledgement of a (un)subscribe request
+PROC_EVENT_FORK = 0x00000001
+PROC_EVENT_EXEC = 0x00000002
+PROC_EVENT_EXIT = 0x80000000
+
+# nlmsghdr (16 bytes) + cn_msg (20) + the head of proc_event: what, cpu, timestamp_ns (16; the union follows).
+NLMSG_HEADER = struct.Struct("=IHHII")
+EVENT_HEADER = struct.Struct("=IHHII IIIIHH IIQ")
+EVENT_DATA_OFFSET = EVENT_HEADER.size  # 52
+FORK_DATA = struct.Struct("=iiii")  # parent_pid, parent_tgid, child_pid, child_tgid
+EXEC_DATA = struct.Struct("=ii")  # process_pid, process_tgid
+EXIT_DATA = struct.Struct("=iiII")  # process_pid, process_tgid, exit_code, exit_signal
+EXIT_PARENT = struct.Struct("=ii")  # parent_pid, parent_tgid (Linux >= 4.18)
+ACK_DATA = struct.Struct("=I")  # err
+RECEIVE_BYTES = 8192
+# A captured message (as _capture_native.c's Record): what, cpu, seq, ack, timestamp_ns, received_ns, the number
+# of data values, the index of its reads (an EXEC read at this wake-up, else -1), then six data values.
+RECORD = struct.Struct("=IIIIQQqq6q")
+
+
+class RawEvent(NamedTuple):
+    """One decoded connector message (a named tuple: several are made per exec)."""
+
+    what: int
+    cpu: int
+    seq: int
+    ack: int
+    timestamp_ns: int  # CLOCK_MONOTONIC, as the kernel's ktime_get_ns()
+    data: tuple[int, ...]
+
+
+class ExecReads(NamedTuple):
+    """The /proc files of a process read just after its exec, as they came. Each is its content (a link's target
+    as str, a file's bytes), None when it was not there (the process was gone), or the errno that failed it.
+    When stat could not be read, nothing after it was."""
+
+    pid: int
+    exe: str | int | None
+    cmdline: bytes | int | None
+    stat: bytes | int | None
+    status: bytes | int | None
+    cwd: str | int | None
+    exe_id: FileId | None  # the executable's identity (the hash cache's key), when it has a path
+    cgroup: bytes | int | None
+
+
+class Wake(NamedTuple):
+    """What one wake-up of the reader took: its messages as RECORDs, the reads of the processes that exec'd."""
+
+    records: bytes
+    reads: list[ExecReads]
+    main_more: bool  # the main socket held more once the EXECs were drained (a backlog; two sockets)
+    enobufs: int  # datagrams the kernel dropped (ENOBUFS), as far as these drains saw
+    items: int  # process EXECs and EXITs among the records (threads' and FORKs are not items)
+
+
+def decode_datagram(datagram: bytes | memoryview) -> list[RawEvent]:
+    """Decode the connector messages in one datagram; messages that are not process events are skipped."""
+    events: list[RawEvent] = []
+    offset, size = 0, len(datagram)
+    while offset + EVENT_HEADER.size <= size:
+        (length, kind, _flags, _seq, _port, idx, val, seq, ack, _data_length, _cflags, what, cpu,
+         timestamp) = EVENT_HEADER.unpack_from(datagram, offset)
+        if length < NLMSG_HEADER.size:
+            break
+        if kind == NLMSG_DONE and idx == CN_IDX_PROC and val == CN_VAL_PROC:
+            end = min(offset + length, size)
+            events.append(RawEvent(what, cpu, seq, ack, timestamp, _event_data(datagram, offset, what, end)))
+        offset += (length + 3) & ~3
+    return events
+
+
+def _event_data(datagram: bytes | memoryview, offset: int, what: int, end: int) -> tuple[int, ...]:
+    start = offset + EVENT_DATA_OFFSET
+    if what == PROC_EVENT_FORK and start + FORK_DATA.size <= end:
+        return FORK_DATA.unpack_from(datagram, start)
+    if what == PROC_EVENT_EXEC and start + EXEC_DATA.size <= end:
+        return EXEC_DATA.unpack_from(datagram, start)
+    if what == PROC_EVENT_EXIT and start + EXIT_DATA.size <= end:
+        head = EXIT_DATA.unpack_from(datagram, start)
+        if start + EXIT_DATA.size + EXIT_PARENT.size <= end:
+            return head + EXIT_PARENT.unpack_from(datagram, start + EXIT_DATA.size)
+        return head + (0, 0)
+    if what == PROC_EVENT_NONE and start + ACK_DATA.size <= end:
+        return ACK_DATA.unpack_from(datagram, start)
+    return ()
+
+
+def decode_records(wake: Wake) -> list[tuple[RawEvent, int, ExecReads | None]]:
+    """The messages of a wake-up, in the order taken: each with when it was received and, for an EXEC read then,
+    its reads."""
+    reads = wake.reads
+    return [(RawEvent(what, cpu, seq, ack, timestamp, tuple(data[:count])), received_ns,
+             reads[index] if index >= 0 else None)
+            for what, cpu, seq, ack, timestamp, received_ns, count, index, *data in RECORD.iter_unpack(wake.records)]
+
+
+def _failed(error: OSError) -> int | None:
+    """A read's outcome when it failed: None when the file or process is not there, else the errno."""
+    return None if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ESRCH) else error.errno or errno.EIO
+
+
+def read_file(path: str, whole: bool) -> bytes | int | None:
+    """procfs.read_bytes(path, whole, short_is_end=True), with a failure as its errno."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as error:
+        return _failed(error)
+    try:
+        data = os.read(descriptor, procfs.FIRST_READ_BYTES)
+        if whole and len(data) >= procfs.FIRST_READ_BYTES:
+            chunks = [data]
+            while chunk := os.read(descriptor, procfs.MORE_BYTES):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        return data
+    except OSError as error:
+        return _failed(error)
+    finally:
+        os.close(descriptor)
+
+
+def read_link(path: str) -> str | int | None:
+    """os.readlink(path), with a failure as its errno."""
+    try:
+        return os.readlink(path)
+    except OSError as error:
+        return _failed(error)
+
+
+def read_identity(path: str) -> FileId | None:
+    try:
+        return file_id(os.stat(path))
+    except OSError:  # gone, denied, or a dangling link in a synthetic tree: no hash, not an error
+        return None
+
+
+def read_execs(proc: str, pids: Sequence[int], with_stat: bool = True) -> list[ExecReads]:
+    """Read processes that have just exec'd (`proc` is "<hostfs>/proc/"): the executable and arguments of all of
+    them first (what matters most, and each may exit any moment), then their other files. Without `with_stat`,
+    stat is not read (the caller has it) and is left None."""
+    bases = [f"{proc}{pid}/" for pid in pids]
+    images = [(read_link(base + "exe"), read_file(base + "cmdline", True)) for base in bases]
+    rows: list[ExecReads] = []
+    for pid, base, (exe, cmdline) in zip(pids, bases, images):
+        stat = read_file(base + "stat", False) if with_stat else None
+        if with_stat and not isinstance(stat, bytes):
+            rows.append(ExecReads(pid, exe, cmdline, stat, None, None, None, None))
+            continue
+        status, cwd = read_file(base + "status", False), read_link(base + "cwd")
+        exe_id = read_identity(base + "exe") if isinstance(exe, str) and exe else None
+        rows.append(ExecReads(pid, exe, cmdline, stat, status, cwd, exe_id, read_file(base + "cgroup", True)))
+    return rows
+
+
+def _drain(sock: socket.socket, most: int, buffer: bytearray, records: list[bytes]) -> int:
+    """Receive up to `most` datagrams without waiting, as RECORDs; return how many the kernel dropped."""
+    enobufs = 0
+    view = memoryview(buffer)
+    for _ in range(most):
+        try:
+            size = sock.recv_into(buffer, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+        except OSError as error:
+            if error.errno == errno.ENOBUFS:
+                enobufs += 1
+                continue
+            raise
+        received_ns = time.monotonic_ns()
+        records += [RECORD.pack(event.what, event.cpu, event.seq, event.ack, event.timestamp_ns, received_ns,
+                                len(event.data), -1, *event.data, *(0,) * (6 - len(event.data)))
+                    for event in decode_datagram(view[:size])]
+    return enobufs
+
+
+def capture_wake_python(main: socket.socket, execs: socket.socket | None, proc: str, most: int) -> Wake:
+    """Drain the main socket then the EXEC socket (None when there is one socket), each up to `most` datagrams
+    without waiting; read the processes whose last EXEC in them comes after their last EXIT (an exited pid may
+    already be another process's) with read_execs."""
+    buffer = bytearray(RECEIVE_BYTES)
+    records: list[bytes] = []
+    enobufs = _drain(main, most, buffer, records)
+    if execs is not None:
+        enobufs += _drain(execs, most, buffer, records)
+    main_more = False
+    if execs is not None:  # asked after the EXECs were taken: their FORKs came before them
+        waiting = select.poll()
+        waiting.register(main, select.POLLIN)
+        main_more = bool(waiting.poll(0))
+    live: dict[int, None] = {}
+    items = 0
+    unpacked = [RECORD.unpack(record) for record in records]
+    for what, _cpu, _seq, _ack, _ts, _received, count, _index, pid, tgid, *_ in unpacked:
+        if count >= 2 and pid == tgid and what in (PROC_EVENT_EXEC, PROC_EVENT_EXIT):
+            items += 1
+            if what == PROC_EVENT_EXEC:
+                live.setdefault(pid, None)
+            else:
+                live.pop(pid, None)
+    index_of = {pid: index for index, pid in enumerate(live)}
+    packed = b"".join(
+        RECORD.pack(what, cpu, seq, ack, ts, received, count,
+                    index_of.get(data[0], -1) if what == PROC_EVENT_EXEC and count == 2 and data[0] == data[1] else -1,
+                    *data)
+        for what, cpu, seq, ack, ts, received, count, _index, *data in unpacked)
+    return Wake(packed, read_execs(proc, list(live)), main_more, enobufs, items)
+
+
+try:
+    from actors.datasets.process._capture_native import capture_wake as _capture_wake_native
+except ImportError:  # built without a C compiler: the same in Python
+    _capture_wake_native = None
+NATIVE = _capture_wake_native is not None
+
+
+def capture_wake(main: socket.socket, execs: socket.socket | None, proc: str, most: int,
+                 native: bool = NATIVE) -> Wake:
+    """One wake-up's take (see capture_wake_python), by the C extension unless `native` is False."""
+    if not native or _capture_wake_native is None:
+        return capture_wake_python(main, execs, proc, most)
+    return Wake(*_capture_wake_native(main.fileno(), -1 if execs is None else execs.fileno(), os.fsencode(proc),
+                                      most, ExecReads))
