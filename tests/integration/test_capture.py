@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -153,3 +154,36 @@ def test_c_and_python_capture_the_same_messages(split: bool, sleepers: list[subp
         sleeper.wait(10)
     finally:
         unsubscribe(*c_sockets, *python_sockets)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["C", "Python"])
+def test_gather_takes_wake_ups_until_a_frame_is_due_or_the_lifeline_closes(native: bool) -> None:
+    main, execs = subscribed(split=True)
+    lifeline_in, lifeline_out = os.pipe()
+    try:
+        start = time.monotonic()
+        timing = capture.Timing(start, start, 0.0, 0.3)  # nothing waits: the first item starts a 0.3 s hold
+        child = subprocess.Popen(["/bin/true", "gathered"])
+        records: list[tuple] = []
+        while not any(record[0] == PROC_EVENT_EXEC and record[8] == child.pid for record in records):
+            assert time.monotonic() - start < 10, "the child's EXEC never came"
+            called = time.monotonic()
+            taken = capture.gather(main, execs, lifeline_in, -1, "/proc/", 512, 0, False, timing, 256, 128, 0.1,
+                                   1024, native=native)
+            # Returned when the frame was due: a 0.3 s hold from its first item, which came after the call.
+            assert taken.fired == 0 and time.monotonic() - called >= 0.3
+            assert taken.timing.send_at - taken.timing.gathered_at == pytest.approx(0.3)
+            records += [record for wake in taken.wakes for record in RECORD.iter_unpack(wake.records)]
+            timing = capture.Timing(time.monotonic(), time.monotonic(), 0.0, 0.3)
+        child.wait(10)
+        os.close(lifeline_out)
+        lifeline_out = -1
+        start = time.monotonic()
+        taken = capture.gather(main, execs, lifeline_in, -1, "/proc/", 512, 0, False,
+                               capture.Timing(start, start + 60, 0.0, 60.0), 256, 128, 0.1, 1024, native=native)
+        assert taken.fired & capture.LIFELINE_FIRED and time.monotonic() - start < 5
+    finally:
+        for descriptor in (lifeline_in, lifeline_out):
+            if descriptor >= 0:
+                os.close(descriptor)
+        unsubscribe(main, execs)

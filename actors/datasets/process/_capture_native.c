@@ -350,14 +350,9 @@ PyDoc_STRVAR(capture_wake_doc,
              "capture_wake(main, execs, proc, most, reads_type) -> (records, reads, main_more, enobufs, items)\n\n"
              "capture.capture_wake_python, in C (see there).");
 
-static PyObject *capture_wake(PyObject *self, PyObject *args) {
-    int main_socket, exec_socket;
-    const char *proc;
-    Py_ssize_t most;
-    PyObject *reads_type;
-    if (!PyArg_ParseTuple(args, "iiynO", &main_socket, &exec_socket, &proc, &most, &reads_type)) {
-        return NULL;
-    }
+/* One wake-up's take as (records, reads, main_more, enobufs, items); NULL with an exception set. */
+static PyObject *capture_once(int main_socket, int exec_socket, const char *proc, Py_ssize_t most,
+                              PyObject *reads_type) {
     Records records = {0};
     long enobufs = 0;
     long *live = NULL;
@@ -453,7 +448,119 @@ static PyObject *read_execs_entry(PyObject *self, PyObject *args) {
     return rows;
 }
 
+static PyObject *capture_wake(PyObject *self, PyObject *args) {
+    int main_socket, exec_socket;
+    const char *proc;
+    Py_ssize_t most;
+    PyObject *reads_type;
+    if (!PyArg_ParseTuple(args, "iiynO", &main_socket, &exec_socket, &proc, &most, &reads_type)) {
+        return NULL;
+    }
+    return capture_once(main_socket, exec_socket, proc, most, reads_type);
+}
+
+static double monotonic_seconds(void) { return (double)monotonic_ns() / 1e9; }
+
+PyDoc_STRVAR(gather_doc, "gather(main, execs, lifeline, mounts, proc, most, reads_type, waiting, main_more, "
+                         "gathered_at, send_at, quiet_at, hold, frame_items, burst_items, frame_hold, most_wakes)"
+                         "\n\ncapture.gather_python, in C (see there).");
+
+static PyObject *gather(PyObject *self, PyObject *args) {
+    int main_socket, exec_socket, lifeline, mounts, main_more;
+    const char *proc;
+    Py_ssize_t most, most_wakes;
+    long waiting, frame_items, burst_items;
+    double gathered_at, send_at, quiet_at, hold, frame_hold;
+    PyObject *reads_type;
+    if (!PyArg_ParseTuple(args, "iiiiynOlpddddlldn", &main_socket, &exec_socket, &lifeline, &mounts, &proc, &most,
+                          &reads_type, &waiting, &main_more, &gathered_at, &send_at, &quiet_at, &hold, &frame_items,
+                          &burst_items, &frame_hold, &most_wakes)) {
+        return NULL;
+    }
+    PyObject *wakes = PyList_New(0);
+    if (wakes == NULL) {
+        return NULL;
+    }
+    int fired = 0;
+    for (;;) {
+        if (!main_more) {
+            double now = monotonic_seconds();
+            int busy = exec_socket >= 0 && (waiting > 0 || now < quiet_at);
+            struct pollfd fds[4];
+            nfds_t count = 0;
+            fds[count++] = (struct pollfd){.fd = lifeline, .events = POLLIN};
+            if (mounts >= 0) {
+                fds[count++] = (struct pollfd){.fd = mounts, .events = POLLPRI};
+            }
+            if (exec_socket >= 0) {
+                fds[count++] = (struct pollfd){.fd = exec_socket, .events = POLLIN};
+            }
+            if (!busy) {
+                fds[count++] = (struct pollfd){.fd = main_socket, .events = POLLIN};
+            }
+            double until = waiting > 0 ? send_at : busy ? quiet_at : -1.0;
+            int timeout = -1;
+            if (until >= 0) {
+                double left = (until - now) * 1000.0;
+                timeout = left <= 0 ? 0 : left >= (double)INT_MAX ? INT_MAX : (int)left + ((double)(int)left < left);
+            }
+            int ready;
+            Py_BEGIN_ALLOW_THREADS
+            ready = poll(fds, count, timeout);
+            Py_END_ALLOW_THREADS
+            if (ready < 0) {
+                if (errno == EINTR) {
+                    if (PyErr_CheckSignals() < 0) {
+                        Py_DECREF(wakes);
+                        return NULL;
+                    }
+                    continue;
+                }
+                Py_DECREF(wakes);
+                return PyErr_SetFromErrno(PyExc_OSError);
+            }
+            for (nfds_t i = 0; i < count; i++) {
+                if (fds[i].fd == lifeline && fds[i].revents) {
+                    fired |= 1;
+                } else if (fds[i].fd == mounts && (fds[i].revents & POLLPRI)) {
+                    fired |= 2;
+                }
+            }
+        }
+        PyObject *wake = capture_once(main_socket, exec_socket, proc, most, reads_type);
+        if (wake == NULL) {
+            Py_DECREF(wakes);
+            return NULL;
+        }
+        main_more = PyObject_IsTrue(PyTuple_GET_ITEM(wake, 2));
+        long enobufs = PyLong_AsLong(PyTuple_GET_ITEM(wake, 3));
+        long items = PyLong_AsLong(PyTuple_GET_ITEM(wake, 4));
+        if (PyBytes_GET_SIZE(PyTuple_GET_ITEM(wake, 0)) > 0 || enobufs > 0) {
+            if (PyList_Append(wakes, wake) < 0) {
+                Py_DECREF(wake);
+                Py_DECREF(wakes);
+                return NULL;
+            }
+        }
+        Py_DECREF(wake);
+        if (items > 0 && waiting == 0) {
+            gathered_at = monotonic_seconds();
+            send_at = gathered_at + hold;
+            quiet_at = send_at + frame_hold;
+        }
+        waiting += items;
+        double now = monotonic_seconds();
+        int due = waiting > 0 && (waiting >= frame_items || now >= send_at ||
+                                  (waiting >= burst_items && now >= gathered_at + frame_hold));
+        if (due || fired || enobufs > 0 || PyList_GET_SIZE(wakes) >= most_wakes) {
+            break;
+        }
+    }
+    return Py_BuildValue("(NiNddd)", wakes, fired, PyBool_FromLong(main_more), gathered_at, send_at, quiet_at);
+}
+
 static PyMethodDef methods[] = {
+    {"gather", gather, METH_VARARGS, gather_doc},
     {"capture_wake", capture_wake, METH_VARARGS, capture_wake_doc},
     {"read_execs", read_execs_entry, METH_VARARGS, read_execs_doc},
     {NULL, NULL, 0, NULL},

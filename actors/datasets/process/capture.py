@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 import socket
@@ -228,10 +229,79 @@ def capture_wake_python(main: socket.socket, execs: socket.socket | None, proc: 
     return Wake(packed, read_execs(proc, list(live)), main_more, enobufs, items)
 
 
+class Timing(NamedTuple):
+    """When the items a reader holds go out (monotonic seconds), and how long new ones may gather."""
+
+    gathered_at: float  # when the first of the waiting items came
+    send_at: float  # when they go out at the latest
+    quiet_at: float  # until then, the main socket's events alone do not wake the reader (a FRAME_HOLD after)
+    hold: float  # how long items may gather from the first: FRAME_HOLD after a full frame, else longer
+
+
+class Gathered(NamedTuple):
+    """What gather() took until a frame was due or something else needs the caller."""
+
+    wakes: list[Wake]  # the wake-ups that took records (or saw drops)
+    fired: int  # LIFELINE_FIRED: the parent closed the lifeline; MOUNTS_FIRED: the mount table changed
+    main_more: bool  # the last wake-up left more on the main socket
+    timing: Timing
+
+
+LIFELINE_FIRED, MOUNTS_FIRED = 1, 2
+
+
+def gather_python(main: socket.socket, execs: socket.socket | None, lifeline: int, mounts: int, proc: str,
+                  most: int, waiting: int, main_more: bool, timing: Timing, frame_items: int, burst_items: int,
+                  frame_hold: float, most_wakes: int) -> Gathered:
+    """Wait and take wake-ups (capture_wake_python) until a frame is due, the lifeline or the mounts (-1: none)
+    fire, the kernel dropped some, or `most_wakes` wake-ups took records. `waiting` items are held already.
+
+    A frame is due at `timing.send_at`, at `frame_items` items, or at `burst_items` a FRAME_HOLD (`frame_hold`)
+    after the first. The main socket's events (FORKs, EXITs) wake it only when nothing waits and no EXEC came
+    for a FRAME_HOLD after the last frame was due: under a steady load they are read at the EXECs' wake-ups.
+    While the main socket has more than a drain takes, it takes again without waiting."""
+    gathered_at, send_at, quiet_at, hold = timing
+    wakes: list[Wake] = []
+    fired = 0
+    while True:
+        if not main_more:
+            now = time.monotonic()
+            busy = execs is not None and (waiting > 0 or now < quiet_at)
+            poller = select.poll()
+            poller.register(lifeline, select.POLLIN)
+            if mounts >= 0:
+                poller.register(mounts, select.POLLPRI)
+            if execs is not None:
+                poller.register(execs, select.POLLIN)
+            if not busy:
+                poller.register(main, select.POLLIN)
+            until = send_at if waiting else quiet_at if busy else None
+            for descriptor, events in poller.poll(-1 if until is None else max(0, math.ceil((until - now) * 1000))):
+                if descriptor == lifeline:
+                    fired |= LIFELINE_FIRED
+                elif descriptor == mounts and events & select.POLLPRI:
+                    fired |= MOUNTS_FIRED
+        wake = capture_wake_python(main, execs, proc, most)
+        main_more = wake.main_more
+        if wake.records or wake.enobufs:
+            wakes.append(wake)
+        if wake.items and not waiting:
+            gathered_at = time.monotonic()
+            send_at = gathered_at + hold
+            quiet_at = send_at + frame_hold
+        waiting += wake.items
+        now = time.monotonic()
+        due = waiting > 0 and (waiting >= frame_items or now >= send_at or (
+            waiting >= burst_items and now >= gathered_at + frame_hold))
+        if due or fired or wake.enobufs or len(wakes) >= most_wakes:
+            return Gathered(wakes, fired, main_more, Timing(gathered_at, send_at, quiet_at, hold))
+
+
 try:
     from actors.datasets.process._capture_native import capture_wake as _capture_wake_native
+    from actors.datasets.process._capture_native import gather as _gather_native
 except ImportError:  # built without a C compiler: the same in Python
-    _capture_wake_native = None
+    _capture_wake_native = _gather_native = None
 NATIVE = _capture_wake_native is not None
 
 
@@ -242,3 +312,19 @@ def capture_wake(main: socket.socket, execs: socket.socket | None, proc: str, mo
         return capture_wake_python(main, execs, proc, most)
     return Wake(*_capture_wake_native(main.fileno(), -1 if execs is None else execs.fileno(), os.fsencode(proc),
                                       most, ExecReads))
+
+
+def gather(main: socket.socket, execs: socket.socket | None, lifeline: int, mounts: int, proc: str, most: int,
+           waiting: int, main_more: bool, timing: Timing, frame_items: int, burst_items: int, frame_hold: float,
+           most_wakes: int, native: bool = NATIVE) -> Gathered:
+    """gather_python's take, by the C extension unless `native` is False (then no interpreter runs between a
+    wake-up and the next, only once a frame)."""
+    if not native or _gather_native is None:
+        return gather_python(main, execs, lifeline, mounts, proc, most, waiting, main_more, timing, frame_items,
+                             burst_items, frame_hold, most_wakes)
+    wakes, fired, main_more, gathered_at, send_at, quiet_at = _gather_native(
+        main.fileno(), -1 if execs is None else execs.fileno(), lifeline, mounts, os.fsencode(proc), most,
+        ExecReads, waiting, main_more, timing.gathered_at, timing.send_at, timing.quiet_at, timing.hold,
+        frame_items, burst_items, frame_hold, most_wakes)
+    return Gathered([Wake(*wake) for wake in wakes], fired, main_more, Timing(gathered_at, send_at, quiet_at,
+                                                                              timing.hold))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import gc
 import logging
-import math
 import operator
 import os
 import pickle
@@ -21,7 +20,8 @@ from typing import Any, BinaryIO, Callable, Sequence, TypeVar
 
 from actors.datasets.process.capture import (CN_IDX_PROC, CN_VAL_PROC, NETLINK_CONNECTOR, NLMSG_DONE, NLMSG_HEADER,
                                              PROC_EVENT_EXEC, PROC_EVENT_EXIT, PROC_EVENT_FORK, PROC_EVENT_NONE,
-                                             ExecReads, RawEvent, Wake, capture_wake, decode_records)
+                                             LIFELINE_FIRED, MOUNTS_FIRED, ExecReads, RawEvent, Timing, Wake,
+                                             capture_wake, decode_records, gather)
 from actors.datasets.process.exec_files import ExecFile, ExecFiles
 from actors.hostfs.outcome import denied
 
@@ -602,67 +602,44 @@ class ProcConnector:
         gc.freeze()  # the inherited heap is never collected here: its pages stay shared with the parent
         _set_title(READER_TITLE)
         self._raise_reader_priority()
-        poller = select.poll()
-        poller.register(lifeline, select.POLLIN)  # POLLHUP when the parent closes its end or dies
         exec_files = self._open_exec_files() if self._want_exec_files else None
-        if exec_files is not None:
-            poller.register(exec_files.mounts, select.POLLPRI)  # the mounts changed: mark the new filesystems
-        if execs is not None:
-            poller.register(execs.fileno(), select.POLLIN)
         main = self._socket.fileno()
         any_waiting = select.poll()  # asked without waiting: is anything left on the sockets? (the last passes)
         any_waiting.register(main, select.POLLIN)
         if execs is not None:
             any_waiting.register(execs.fileno(), select.POLLIN)
-        polling_main = False
+        mounts = -1 if exec_files is None else exec_files.mounts
         gathered, self._backlog = self._backlog, []  # taken, not yet made into items (the subscription's first)
         gathered_items = sum(wake.items for wake in gathered)
         held: list[Captured] = []  # EXECs newer than the main socket's events drained so far
         main_more = False  # the last wake-up left more on the main socket than it drained
-        hold = FRAME_HOLD_STEADY  # how long items may gather: FRAME_HOLD after a frame at least half full
-        gathered_at = time.monotonic()  # when the first of the waiting items came
-        send_at = gathered_at + hold  # when the waiting items go out at the latest
-        quiet_at = 0.0  # when the main socket may wake it again: a FRAME_HOLD after `send_at`
+        now = time.monotonic()
+        timing = Timing(now, now + FRAME_HOLD_STEADY, 0.0, FRAME_HOLD_STEADY)
         last_passes = 0  # once the lifeline closed: passes left to send what the sockets still hold, then exit
         try:
             while True:
-                waiting = gathered_items + len(held)
-                if not main_more:
-                    # The main socket's events wake it only when nothing waits and no EXEC came for a
-                    # FRAME_HOLD: under a steady load its FORKs and EXITs are read at the EXECs' wake-ups.
-                    now = time.monotonic()
-                    busy = execs is not None and (waiting > 0 or now < quiet_at)
-                    if polling_main == busy:
-                        if busy:
-                            poller.unregister(main)
-                        else:
-                            poller.register(main, select.POLLIN)
-                        polling_main = not busy
-                    until = send_at if waiting else quiet_at if busy else None
-                    wait = -1 if until is None else max(0, math.ceil((until - now) * 1000))
-                    for descriptor, _ in poller.poll(wait):
-                        if descriptor == lifeline:
-                            # The parent stops (finish or close) or died: the last passes send what is left.
-                            last_passes = last_passes or FINAL_PASSES
-                        elif exec_files is not None and descriptor == exec_files.mounts:
-                            exec_files.mark_mounts()
-                # The main socket first: what an EXEC read next follows is not older. The reads are done here.
-                wake = capture_wake(self._socket, execs, self._proc, MAX_MESSAGES_PER_READ)
-                main_more = wake.main_more
-                self._enobufs += wake.enobufs
-                if wake.records:
-                    gathered.append(wake)
-                    if wake.items and not waiting:
-                        gathered_at = time.monotonic()
-                        send_at = gathered_at + hold
-                        quiet_at = send_at + FRAME_HOLD
+                if last_passes:
+                    wake = capture_wake(self._socket, execs, self._proc, MAX_MESSAGES_PER_READ)
+                    wakes, main_more = [wake], wake.main_more
+                else:  # waits and takes wake-ups until a frame is due (in C: no interpreter in between)
+                    taken = gather(self._socket, execs, lifeline, mounts, self._proc, MAX_MESSAGES_PER_READ,
+                                   gathered_items + len(held), main_more, timing, FRAME_ITEMS, BURST_ITEMS,
+                                   FRAME_HOLD, GATHERED_WAKES)
+                    wakes, main_more, timing = taken.wakes, taken.main_more, taken.timing
+                    if taken.fired & LIFELINE_FIRED:  # the parent stops (finish or close) or died
+                        last_passes = FINAL_PASSES  # the last passes send what is left
+                    if taken.fired & MOUNTS_FIRED and exec_files is not None:
+                        exec_files.mark_mounts()  # the mounts changed: mark the new filesystems
+                for wake in wakes:
+                    self._enobufs += wake.enobufs
                     gathered_items += wake.items
+                gathered += [wake for wake in wakes if wake.records]
                 if self._unseen:
                     self._settle_gaps()
                 waiting = gathered_items + len(held)
                 now = time.monotonic()
-                due = waiting > 0 and (waiting >= FRAME_ITEMS or now >= send_at or last_passes > 0 or (
-                    waiting >= BURST_ITEMS and now >= gathered_at + FRAME_HOLD))
+                due = waiting > 0 and (waiting >= FRAME_ITEMS or now >= timing.send_at or last_passes > 0 or (
+                    waiting >= BURST_ITEMS and now >= timing.gathered_at + FRAME_HOLD))
                 ending = last_passes == 1 or (last_passes > 0 and not (main_more or any_waiting.poll(0)))
                 losses_changed = (self._gaps, self._enobufs) != self._sent_losses
                 if due or ending or losses_changed or len(gathered) >= GATHERED_WAKES:
@@ -670,10 +647,9 @@ class ProcConnector:
                     gathered, gathered_items = [], 0
                     if items or (self._gaps, self._enobufs) != self._sent_losses:
                         self._send(frames, items)
-                        hold = FRAME_HOLD if len(items) >= BURST_ITEMS else FRAME_HOLD_STEADY
+                        timing = timing._replace(hold=FRAME_HOLD if len(items) >= BURST_ITEMS else FRAME_HOLD_STEADY)
                     if held:
-                        gathered_at = now
-                        send_at = now + hold
+                        timing = timing._replace(gathered_at=now, send_at=now + timing.hold)
                 if last_passes:
                     last_passes -= 1
                     if ending:
