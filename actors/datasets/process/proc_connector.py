@@ -32,9 +32,6 @@ PROC_CN_MCAST_LISTEN, PROC_CN_MCAST_IGNORE = 1, 2
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 CAP_NET_ADMIN = 12
 
-
-
-
 DEFAULT_RECEIVE_BUFFER = 8 * 1024 * 1024
 DEFAULT_ACK_TIMEOUT = 1.0
 MAX_MESSAGES_PER_READ = 512  # drain at most this many datagrams before reading the new processes' /proc
@@ -470,7 +467,7 @@ class ProcConnector:
             LOG.debug("cannot raise the process-events reader to nice %d: %s", self._reader_nice, error)
 
     def _read_now(self, timeout: float) -> list[ProcessExec | ProcessExit]:
-        """One step of the reader: wait up to `timeout` s, take what is there (reading the new processes), make items."""
+        """One step of the reader: wait up to `timeout` s, take what is there (the new processes read), make items."""
         if self._socket is None:
             raise ConnectorUnavailable("the process connector is closed")
         wakes, self._backlog = self._backlog, []
@@ -657,7 +654,11 @@ class ProcConnector:
         except BrokenPipeError:  # the parent is gone
             return
         except Exception as error:  # the socket failed, or a bug: the parent's read() raises it
-            _write_frame(frames, pickle.dumps(([], self._gaps, self._enobufs, self.received, str(error))))
+            try:  # what was taken still goes out, if it can be made into items
+                items, _ = self._frame_items(gathered, held, main_more=False)
+            except Exception:
+                items = []
+            _write_frame(frames, pickle.dumps((items, self._gaps, self._enobufs, self.received, str(error))))
             raise
 
     def _send(self, frames: int, items: list[ProcessExec | ProcessExit]) -> None:
