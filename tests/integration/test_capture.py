@@ -187,3 +187,25 @@ def test_gather_takes_wake_ups_until_a_frame_is_due_or_the_lifeline_closes(nativ
             if descriptor >= 0:
                 os.close(descriptor)
         unsubscribe(main, execs)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["C", "Python"])
+def test_main_more_means_a_drain_stopped_at_its_limit_not_that_something_came_since(native: bool) -> None:
+    """The reader takes again without waiting only behind a real backlog: after the EXECs, the main socket is
+    drained once more (their FORKs came before them), and `main_more` says that drain stopped at `most`."""
+    main, execs = subscribed(split=True)
+    try:
+        subprocess.run(["bash", "-c", "for i in 1 2 3 4 5; do /bin/true; done"], check=True)
+        behind = capture_wake(main, execs, "/proc/", 1, native=native)  # one datagram a drain: more is left
+        assert behind.main_more
+        wait_for(lambda: not capture_wake(main, execs, "/proc/", 512, native=native).main_more, 10,
+                 "the backlog drained")
+        shell = subprocess.run(["bash", "-c", "/bin/true; echo $$"], capture_output=True, text=True, check=True)
+        taken = capture_wake(main, execs, "/proc/", 512, native=native)
+        records = list(RECORD.iter_unpack(taken.records))
+        children = {record[10] for record in records if record[0] == 1 and record[9] == int(shell.stdout)}  # FORKs
+        execs_taken = {record[8] for record in records if record[0] == PROC_EVENT_EXEC}
+        assert not taken.main_more
+        assert children and children <= execs_taken, "the shell's child: its FORK and its EXEC in one take"
+    finally:
+        unsubscribe(main, execs)

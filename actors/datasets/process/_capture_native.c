@@ -136,14 +136,15 @@ static int decode(const unsigned char *datagram, size_t size, uint64_t received_
     return 0;
 }
 
-/* Receive up to `most` datagrams without waiting; ENOBUFS counts in *enobufs. -1 with an exception set. */
+/* Receive up to `most` datagrams without waiting; ENOBUFS counts in *enobufs. Returns 1 when it stopped at
+ * `most` (there may be more), 0 when the socket was empty, -1 with an exception set. */
 static int drain(int descriptor, Py_ssize_t most, Records *records, long *enobufs) {
     unsigned char buffer[RECEIVE_BYTES];
     for (Py_ssize_t turn = 0; turn < most; turn++) {
         ssize_t size = recv(descriptor, buffer, sizeof buffer, MSG_DONTWAIT);
         if (size < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                break;
+                return 0;
             }
             if (errno == ENOBUFS) {
                 (*enobufs)++;
@@ -160,7 +161,7 @@ static int drain(int descriptor, Py_ssize_t most, Records *records, long *enobuf
             return -1;
         }
     }
-    return 0;
+    return 1;
 }
 
 static int is_vanished(int error) { return error == ENOENT || error == ENOTDIR || error == ESRCH; }
@@ -357,17 +358,15 @@ static PyObject *capture_once(int main_socket, int exec_socket, const char *proc
     long enobufs = 0;
     long *live = NULL;
     PyObject *blob = NULL, *reads = NULL, *result = NULL;
-    if (drain(main_socket, most, &records, &enobufs) < 0) {
+    int main_more = drain(main_socket, most, &records, &enobufs);
+    if (main_more < 0) {
         goto done;
     }
+    size_t from_main = records.size;
     if (exec_socket >= 0 && drain(exec_socket, most, &records, &enobufs) < 0) {
         goto done;
     }
-    int main_more = 0;
-    if (exec_socket >= 0) { /* asked after the EXECs were taken: their FORKs came before them */
-        struct pollfd waiting = {.fd = main_socket, .events = POLLIN};
-        main_more = poll(&waiting, 1, 0) > 0 && (waiting.revents & POLLIN);
-    }
+    size_t taken = records.size;
     /* The pids whose last EXEC comes after their last EXIT, in the order of their EXECs (a dict's). */
     live = PyMem_Malloc((records.size ? records.size : 1) * sizeof(long));
     if (live == NULL) {
@@ -375,14 +374,12 @@ static PyObject *capture_once(int main_socket, int exec_socket, const char *proc
         goto done;
     }
     Py_ssize_t count = 0;
-    long items = 0;
     for (size_t i = 0; i < records.size; i++) {
         const Record *record = &records.items[i];
         if (record->count < 2 || record->data[0] != record->data[1]) {
             continue;
         }
         if (record->what == EVENT_EXEC || record->what == EVENT_EXIT) {
-            items++;
             Py_ssize_t at = 0;
             while (at < count && live[at] != record->data[0]) {
                 at++;
@@ -408,6 +405,17 @@ static PyObject *capture_once(int main_socket, int exec_socket, const char *proc
     }
     if ((reads = read_execs(proc, live, count, reads_type)) == NULL) {
         goto done;
+    }
+    if (taken > from_main) { /* the FORKs of the EXECs just taken came before them: on the main socket now */
+        if ((main_more = drain(main_socket, most, &records, &enobufs)) < 0) {
+            goto done;
+        }
+    }
+    long items = 0; /* process EXECs and EXITs */
+    for (size_t i = 0; i < records.size; i++) {
+        const Record *record = &records.items[i];
+        items += (record->what == EVENT_EXEC || record->what == EVENT_EXIT) && record->count >= 2 &&
+                 record->data[0] == record->data[1];
     }
     if ((blob = PyBytes_FromStringAndSize((const char *)records.items, (Py_ssize_t)(records.size * sizeof(Record)))) ==
         NULL) {

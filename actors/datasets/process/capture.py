@@ -71,7 +71,7 @@ class Wake(NamedTuple):
 
     records: bytes
     reads: list[ExecReads]
-    main_more: bool  # the main socket held more once the EXECs were drained (a backlog; two sockets)
+    main_more: bool  # the main socket's last drain stopped at its limit: a backlog
     enobufs: int  # datagrams the kernel dropped (ENOBUFS), as far as these drains saw
     items: int  # process EXECs and EXITs among the records (threads' and FORKs are not items)
 
@@ -175,15 +175,16 @@ def read_execs(proc: str, pids: Sequence[int], with_stat: bool = True) -> list[E
     return rows
 
 
-def _drain(sock: socket.socket, most: int, buffer: bytearray, records: list[bytes]) -> int:
-    """Receive up to `most` datagrams without waiting, as RECORDs; return how many the kernel dropped."""
+def _drain(sock: socket.socket, most: int, buffer: bytearray, records: list[bytes]) -> tuple[bool, int]:
+    """Receive up to `most` datagrams without waiting, as RECORDs; return whether it stopped at `most` (there
+    may be more) and how many datagrams the kernel dropped."""
     enobufs = 0
     view = memoryview(buffer)
     for _ in range(most):
         try:
             size = sock.recv_into(buffer, 0, socket.MSG_DONTWAIT)
         except BlockingIOError:
-            break
+            return False, enobufs
         except OSError as error:
             if error.errno == errno.ENOBUFS:
                 enobufs += 1
@@ -193,40 +194,44 @@ def _drain(sock: socket.socket, most: int, buffer: bytearray, records: list[byte
         records += [RECORD.pack(event.what, event.cpu, event.seq, event.ack, event.timestamp_ns, received_ns,
                                 len(event.data), -1, *event.data, *(0,) * (6 - len(event.data)))
                     for event in decode_datagram(view[:size])]
-    return enobufs
+    return True, enobufs
 
 
 def capture_wake_python(main: socket.socket, execs: socket.socket | None, proc: str, most: int) -> Wake:
     """Drain the main socket then the EXEC socket (None when there is one socket), each up to `most` datagrams
     without waiting; read the processes whose last EXEC in them comes after their last EXIT (an exited pid may
-    already be another process's) with read_execs."""
+    already be another process's) with read_execs; when EXECs were taken, drain the main socket again: their
+    FORKs came before them, so they are all taken unless that drain stops at `most` (`main_more`)."""
     buffer = bytearray(RECEIVE_BYTES)
     records: list[bytes] = []
-    enobufs = _drain(main, most, buffer, records)
+    main_more, enobufs = _drain(main, most, buffer, records)
+    from_main = len(records)
     if execs is not None:
-        enobufs += _drain(execs, most, buffer, records)
-    main_more = False
-    if execs is not None:  # asked after the EXECs were taken: their FORKs came before them
-        waiting = select.poll()
-        waiting.register(main, select.POLLIN)
-        main_more = bool(waiting.poll(0))
+        enobufs += _drain(execs, most, buffer, records)[1]
     live: dict[int, None] = {}
-    items = 0
     unpacked = [RECORD.unpack(record) for record in records]
     for what, _cpu, _seq, _ack, _ts, _received, count, _index, pid, tgid, *_ in unpacked:
-        if count >= 2 and pid == tgid and what in (PROC_EVENT_EXEC, PROC_EVENT_EXIT):
-            items += 1
+        if count >= 2 and pid == tgid:
             if what == PROC_EVENT_EXEC:
                 live.setdefault(pid, None)
-            else:
+            elif what == PROC_EVENT_EXIT:
                 live.pop(pid, None)
     index_of = {pid: index for index, pid in enumerate(live)}
-    packed = b"".join(
+    packed = [
         RECORD.pack(what, cpu, seq, ack, ts, received, count,
                     index_of.get(data[0], -1) if what == PROC_EVENT_EXEC and count == 2 and data[0] == data[1] else -1,
                     *data)
-        for what, cpu, seq, ack, ts, received, count, _index, *data in unpacked)
-    return Wake(packed, read_execs(proc, list(live)), main_more, enobufs, items)
+        for what, cpu, seq, ack, ts, received, count, _index, *data in unpacked]
+    reads = read_execs(proc, list(live))
+    if len(records) > from_main:
+        more: list[bytes] = []
+        main_more, dropped = _drain(main, most, buffer, more)
+        enobufs += dropped
+        packed += more
+        unpacked += [RECORD.unpack(record) for record in more]
+    items = sum(1 for what, _cpu, _seq, _ack, _ts, _received, count, _index, pid, tgid, *_ in unpacked
+                if what in (PROC_EVENT_EXEC, PROC_EVENT_EXIT) and count >= 2 and pid == tgid)
+    return Wake(b"".join(packed), reads, main_more, enobufs, items)
 
 
 class Timing(NamedTuple):
