@@ -450,6 +450,7 @@ def test_execs_read_behind_a_backlog_still_follow_their_forks(spawn, native: boo
     wake-ups in Python (a host where the C capture could not be built)."""
     if not native:
         monkeypatch.setattr(capture, "_capture_wake_native", None)
+        monkeypatch.setattr(capture, "_gather_native", None)
     elif not capture.NATIVE:
         pytest.skip("the C capture is not built")
     connector = dataset("netlink").open_stream()
@@ -478,12 +479,15 @@ def test_execs_read_behind_a_backlog_still_follow_their_forks(spawn, native: boo
         finally:
             os.kill(reader_pid, signal.SIGCONT)
         shell = int(loop.stdout.strip())
-        items = read_until(connector, lambda items: len(children_exits(items, shell)) >= runs - connector.lost(),
-                           60, f"the exits of {runs} children")
-        assert connector.lost() == 0, "the kernel dropped notifications: the test needs them all"
+        try:  # every one: 4,500 messages fit the receive buffers many times over
+            items = read_until(connector, lambda items: len(children_exits(items, shell)) >= runs, 60,
+                               f"the exits of {runs} children")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; notifications counted as lost: {connector.lost()}") from None
         exits = {item.pid for item in children_exits(items, shell)}
         execs = [item for item in items if isinstance(item, ProcessExec) and item.pid in exits]
-        assert len(execs) >= runs
+        assert len(execs) >= runs, f"{len(execs)} execs for {len(exits)} exits (lost {connector.lost()})"
+        print(f"{len(execs)} execs read behind a backlog; notifications counted as lost: {connector.lost()}")
         orphans = [item for item in execs if item.ppid != shell or item.fork_boot_ns is None]
         assert not orphans, f"{len(orphans)} of {len(execs)} execs read before their fork, e.g. {orphans[:3]}"
         nameless = [item for item in execs if item.exec_file is None and not getattr(item.details, "exe", None)]

@@ -257,15 +257,6 @@ static int path_of(char *path, size_t room, const char *proc, long pid, const ch
     return 0;
 }
 
-#define SET_ITEM(tuple, index, value)                                                                              \
-    do {                                                                                                           \
-        PyObject *item_ = (value);                                                                                 \
-        if (item_ == NULL) {                                                                                       \
-            goto fail;                                                                                             \
-        }                                                                                                          \
-        PyTuple_SET_ITEM((tuple), (index), item_);                                                                 \
-    } while (0)
-
 /* capture.ExecReads for each pid, in capture.read_execs's order: every exe link and cmdline first, then the
  * rest of each (stat; and when stat was read: status, cwd, the executable's identity, cgroup). */
 static PyObject *read_execs(const char *proc, const long *pids, Py_ssize_t count, PyObject *reads_type) {
