@@ -117,37 +117,20 @@ def decode_records(wake: Wake) -> list[tuple[RawEvent, int, ExecReads | None]]:
             for what, cpu, seq, ack, timestamp, received_ns, count, index, *data in RECORD.iter_unpack(wake.records)]
 
 
-def _failed(error: OSError) -> int | None:
-    """A read's outcome when it failed: None when the file or process is not there, else the errno."""
-    return None if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ESRCH) else error.errno or errno.EIO
-
-
 def read_file(path: str, whole: bool) -> bytes | int | None:
     """procfs.read_bytes(path, whole, short_is_end=True), with a failure as its errno."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as error:
-        return _failed(error)
-    try:
-        data = os.read(descriptor, procfs.FIRST_READ_BYTES)
-        if whole and len(data) >= procfs.FIRST_READ_BYTES:
-            chunks = [data]
-            while chunk := os.read(descriptor, procfs.MORE_BYTES):
-                chunks.append(chunk)
-            data = b"".join(chunks)
-        return data
-    except OSError as error:
-        return _failed(error)
-    finally:
-        os.close(descriptor)
+        return procfs.read_bytes(path, whole, short_is_end=True)
+    except procfs.Unreadable as error:
+        return error.errno or errno.EIO
 
 
 def read_link(path: str) -> str | int | None:
-    """os.readlink(path), with a failure as its errno."""
+    """procfs.read_link(path), with a failure as its errno."""
     try:
-        return os.readlink(path)
-    except OSError as error:
-        return _failed(error)
+        return procfs.read_link(path)
+    except procfs.Unreadable as error:
+        return error.errno or errno.EIO
 
 
 def read_identity(path: str) -> FileId | None:

@@ -731,9 +731,7 @@ class ProcConnector:
             seen: set[tuple[int, int]] = set()
             events = [entry for entry in events if entry[0].what != PROC_EVENT_EXEC
                       or ((entry[0].cpu, entry[0].seq) not in seen and not seen.add((entry[0].cpu, entry[0].seq)))]
-        events.sort(key=lambda entry: entry[0].timestamp_ns)
-        if held:
-            events = sorted(held + events, key=lambda entry: entry[0].timestamp_ns)
+        events = sorted(held + events, key=lambda entry: entry[0].timestamp_ns)
         if main_more:
             events, held = split_at_horizon(events)
         else:
