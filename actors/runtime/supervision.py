@@ -24,6 +24,10 @@ log = logging.getLogger("hostaudit.supervisor")
 WATCH_MAX_SECONDS = 5.0  # the longest wait between two looks at the children (a hang deadline may come sooner)
 FAILED_RETRY_MAX = 3600.0
 DUPLICATE_SIGNAL_SECONDS = 1.0  # GNU timeout signals the process and then its group: one request, not two
+# A child that stopped cleanly may have had the signal its supervisor is getting too (systemd signals the whole
+# group); the supervisor's handler runs on its main thread, maybe after the exit is seen: it has this long to say so.
+STOP_SIGNAL_GRACE_SECONDS = 1.0
+CLEAN_STOPS = (0, -signal.SIGTERM, -signal.SIGINT)  # the exit codes of a child told to stop
 
 
 class RestartPolicy(Protocol):
@@ -181,11 +185,11 @@ class ProcessSupervisor(pykka.ThreadingActor):
                 self.actor_ref.tell(Watch())
         elif isinstance(message, Restart):
             child = self.children[message.name]
-            if not self.stopping and not child.failed and not child.alive:
+            if not self._stop_under_way() and not child.failed and not child.alive:
                 self._start(child)
         elif isinstance(message, RetryFailed):
             child = self.children[message.name]
-            if not self.stopping and child.failed and not child.alive:
+            if not self._stop_under_way() and child.failed and not child.alive:
                 child.failed, child.attempt = False, 0
                 child.restart_times.clear()
                 log.warning("%s: retrying after its cool-down (retry %d after being marked failed)", child.name,
@@ -284,7 +288,8 @@ class ProcessSupervisor(pykka.ThreadingActor):
             reason = f"hung, {reason}"
         if child.heartbeat is not None:
             child.heartbeat.close()
-        if self.stopping or self.stop_requested.is_set():
+        seen_at = time.monotonic()
+        if self._stop_under_way(child.process.exitcode):
             log.info("%s exited (%s) while stopping", child.name, reason)
             return
         supervisor = self.policy
@@ -306,7 +311,13 @@ class ProcessSupervisor(pykka.ThreadingActor):
         child.restarts += 1
         delay = min(supervisor.backoff_max, supervisor.backoff_initial * 2 ** (child.attempt - 1))
         log.warning("%s exited (%s); restart attempt %d in %.1f s", child.name, reason, child.attempt, delay)
-        self._after(delay, Restart(child.name))
+        self._after(max(0.0, delay - (now - seen_at)), Restart(child.name))  # the grace counts as backoff
+
+    def _stop_under_way(self, exitcode: int | None = None) -> bool:
+        """Whether the agent is stopping; after a clean stop of a child, whether it starts to within the grace."""
+        if self.stopping or self.stop_requested.is_set():
+            return True
+        return exitcode in CLEAN_STOPS and self.stop_requested.wait(STOP_SIGNAL_GRACE_SECONDS)
 
     def _after(self, delay: float, message: Any) -> None:
         """Send `message` to this actor after `delay` seconds (cancelled by a shutdown)."""
