@@ -81,7 +81,7 @@ static uint64_t monotonic_ns(void) {
     return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
 }
 
-/* proc_connector.decode_datagram and _event_data, into records. */
+/* capture.decode_datagram and _event_data, into records. */
 static int decode(const unsigned char *datagram, size_t size, uint64_t received_ns, Records *records) {
     size_t offset = 0;
     while (offset + HEADER_BYTES <= size) {

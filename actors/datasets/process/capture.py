@@ -158,9 +158,9 @@ def read_execs(proc: str, pids: Sequence[int], with_stat: bool = True) -> list[E
     return rows
 
 
-def _drain(sock: socket.socket, most: int, buffer: bytearray, records: list[bytes]) -> tuple[bool, int]:
-    """Receive up to `most` datagrams without waiting, as RECORDs; return whether it stopped at `most` (there
-    may be more) and how many datagrams the kernel dropped."""
+def _drain(sock: socket.socket, most: int, buffer: bytearray, rows: list[list[int]]) -> tuple[bool, int]:
+    """Receive up to `most` datagrams without waiting, as the fields of RECORDs (no read index yet); return
+    whether it stopped at `most` (there may be more) and how many datagrams the kernel dropped."""
     enobufs = 0
     view = memoryview(buffer)
     for _ in range(most):
@@ -174,10 +174,15 @@ def _drain(sock: socket.socket, most: int, buffer: bytearray, records: list[byte
                 continue
             raise
         received_ns = time.monotonic_ns()
-        records += [RECORD.pack(event.what, event.cpu, event.seq, event.ack, event.timestamp_ns, received_ns,
-                                len(event.data), -1, *event.data, *(0,) * (6 - len(event.data)))
-                    for event in decode_datagram(view[:size])]
+        rows += [[event.what, event.cpu, event.seq, event.ack, event.timestamp_ns, received_ns, len(event.data), -1,
+                  *event.data, *(0,) * (6 - len(event.data))]
+                 for event in decode_datagram(view[:size])]
     return True, enobufs
+
+
+def _of_a_process(row: list[int]) -> bool:
+    """Whether a RECORD's fields are a process's EXEC or EXIT (not a thread's, not a FORK): what makes an item."""
+    return row[0] in (PROC_EVENT_EXEC, PROC_EVENT_EXIT) and row[6] >= 2 and row[8] == row[9]
 
 
 def capture_wake_python(main: socket.socket, execs: socket.socket | None, proc: str, most: int) -> Wake:
@@ -186,35 +191,28 @@ def capture_wake_python(main: socket.socket, execs: socket.socket | None, proc: 
     already be another process's) with read_execs; when EXECs were taken, drain the main socket again: their
     FORKs came before them, so they are all taken unless that drain stops at `most` (`main_more`)."""
     buffer = bytearray(RECEIVE_BYTES)
-    records: list[bytes] = []
-    main_more, enobufs = _drain(main, most, buffer, records)
-    from_main = len(records)
+    rows: list[list[int]] = []
+    main_more, enobufs = _drain(main, most, buffer, rows)
+    from_main = len(rows)
     if execs is not None:
-        enobufs += _drain(execs, most, buffer, records)[1]
-    live: dict[int, None] = {}
-    unpacked = [RECORD.unpack(record) for record in records]
-    for what, _cpu, _seq, _ack, _ts, _received, count, _index, pid, tgid, *_ in unpacked:
-        if count >= 2 and pid == tgid:
-            if what == PROC_EVENT_EXEC:
-                live.setdefault(pid, None)
-            elif what == PROC_EVENT_EXIT:
-                live.pop(pid, None)
+        enobufs += _drain(execs, most, buffer, rows)[1]
+    live: dict[int, None] = {}  # in the order of their EXECs
+    for row in rows:
+        if _of_a_process(row):
+            if row[0] == PROC_EVENT_EXEC:
+                live.setdefault(row[8], None)
+            else:
+                live.pop(row[8], None)
     index_of = {pid: index for index, pid in enumerate(live)}
-    packed = [
-        RECORD.pack(what, cpu, seq, ack, ts, received, count,
-                    index_of.get(data[0], -1) if what == PROC_EVENT_EXEC and count == 2 and data[0] == data[1] else -1,
-                    *data)
-        for what, cpu, seq, ack, ts, received, count, _index, *data in unpacked]
+    for row in rows:
+        if row[0] == PROC_EVENT_EXEC and _of_a_process(row):
+            row[7] = index_of.get(row[8], -1)
     reads = read_execs(proc, list(live))
-    if len(records) > from_main:
-        more: list[bytes] = []
-        main_more, dropped = _drain(main, most, buffer, more)
+    if len(rows) > from_main:
+        main_more, dropped = _drain(main, most, buffer, rows)
         enobufs += dropped
-        packed += more
-        unpacked += [RECORD.unpack(record) for record in more]
-    items = sum(1 for what, _cpu, _seq, _ack, _ts, _received, count, _index, pid, tgid, *_ in unpacked
-                if what in (PROC_EVENT_EXEC, PROC_EVENT_EXIT) and count >= 2 and pid == tgid)
-    return Wake(b"".join(packed), reads, main_more, enobufs, items)
+    items = sum(1 for row in rows if _of_a_process(row))
+    return Wake(b"".join(RECORD.pack(*row) for row in rows), reads, main_more, enobufs, items)
 
 
 class Timing(NamedTuple):
