@@ -359,6 +359,7 @@ class ProcConnector:
             if not self._poller.poll(left * 1000):
                 continue
             wake = capture_wake(self._socket, None, self._proc, MAX_MESSAGES_PER_READ)
+            self._enobufs += wake.enobufs
             self._backlog.append(wake)  # another listener's acknowledgement is skipped with ours, as any
             for event, _, _ in decode_records(wake):
                 if event.what == PROC_EVENT_NONE and event.ack == cookie + 1:
