@@ -299,8 +299,9 @@ def test_background_hasher_gives_the_same_digests_and_shares_a_job_per_file(tmp_
     binary.write_bytes(os.urandom(3 * MIB + 17))
     hashing = BackgroundHasher(ExecutableHasher(hash_options({"hash_types": ["sha256", "xxh64"]})))
     try:
-        job = hashing.request(identity(binary), [str(tmp_path / "gone"), str(binary)])  # the first path is gone
-        assert job is not None and hashing.request(identity(binary), [str(binary)]) is job
+        with hashing._condition:  # the hashing thread cannot take the job meanwhile: both requests find it unfinished
+            job = hashing.request(identity(binary), [str(tmp_path / "gone"), str(binary)])  # the first path is gone
+            assert job is not None and hashing.request(identity(binary), [str(binary)]) is job
         assert hashing.wait([job], 30), "the hash within 30 s"
         content = binary.read_bytes()
         assert job.result == HashResult({"sha256": hashlib.sha256(content).hexdigest(),
